@@ -21,7 +21,7 @@ class GuestSpec:
     memory_mib: int
     ciuser: str | None = None
     sshkeys: tuple[str, ...] = ()  # decoded public key lines (the VM config stores them urlencoded)
-    ipconfig0: str | None = None  # raw PVE property string, e.g. "ip=dhcp" or "ip=10.0.0.5/24,gw=10.0.0.1"
+    ipconfig0: str | None = None  # raw PVE property string, e.g. "ip=dhcp"
     macaddr: str = "bc:24:11:00:00:00"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -77,5 +77,5 @@ class GuestBackend(Protocol):
         ...
 
     def close(self) -> None:
-        """Stop every guest this backend started and free host resources (netns, mounts, cgroups)."""
+        """Stop every guest this backend started; free netns, mounts, cgroups."""
         ...

@@ -1,0 +1,84 @@
+"""What every command shares: the AppContext in ctx.obj, output helpers and the stderr reporter."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, TextIO
+
+import click
+
+from provision import paths
+from provision.config import LabConfig, load_config
+
+
+@dataclass
+class StderrReporter:
+    """Progress lines on stderr: `[  3.2s] clone: waiting for task ...`."""
+
+    quiet: bool = False
+    verbosity: int = 0
+    stream: TextIO = field(default_factory=lambda: sys.stderr)
+    _start: float = field(default_factory=time.monotonic)
+    _stage: str = ""
+
+    def _line(self, text: str) -> None:
+        elapsed = time.monotonic() - self._start
+        self.stream.write(f"[{elapsed:6.1f}s] {text}\n")
+        self.stream.flush()
+
+    def stage(self, name: str) -> None:
+        self._stage = name
+        if not self.quiet:
+            self._line(f"{name} ...")
+
+    def step(self, message: str) -> None:
+        if not self.quiet:
+            prefix = f"{self._stage}: " if self._stage else ""
+            self._line(f"{prefix}{message}")
+
+    def warn(self, message: str) -> None:
+        self.stream.write(f"warning: {message}\n")
+        self.stream.flush()
+
+
+@dataclass
+class AppContext:
+    """Global options, resolved lazily so `labctl --help` stays fast."""
+
+    config_path: str | None = None
+    json_output: bool = False
+    verbosity: int = 0
+    quiet: bool = False
+    state_dir_override: str | None = None
+
+    @cached_property
+    def reporter(self) -> StderrReporter:
+        return StderrReporter(quiet=self.quiet, verbosity=self.verbosity)
+
+    @cached_property
+    def config(self) -> LabConfig:
+        return load_config(self.config_path)
+
+    @cached_property
+    def state_dir(self) -> Path:
+        return paths.state_dir(self.state_dir_override)
+
+    def emit(self, data: Any, human: str | None = None) -> None:
+        """--json: one JSON document on stdout. Otherwise the human rendering on stdout."""
+        if self.json_output:
+            click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+        elif human is not None:
+            click.echo(human)
+
+    def say(self, message: str) -> None:
+        """A people-facing message: stderr, unless --quiet."""
+        if not self.quiet:
+            click.echo(message, err=True)
+
+
+pass_app = click.make_pass_decorator(AppContext)
