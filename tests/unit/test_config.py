@@ -1,0 +1,122 @@
+"""The lab file: defaults, env overrides, [vm.NAME] tables, and how secrets are guarded."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from provision.config import KEYS, Secret, load_config
+from provision.errors import ConfigError
+
+LAB = """
+[proxmox]
+host = "pve.lan"
+token_id = "root@pam!labctl"
+fingerprint = "AA:BB"
+
+[ssh]
+user = "ubuntu"
+
+[vm.gemma]
+cores = 8
+ram = "16G"
+disk = "40G"
+
+[vm.tiny]
+ram = "2G"
+"""
+
+
+def write(tmp_path: Path, text: str, mode: int = 0o600) -> Path:
+    path = tmp_path / "labctl.toml"
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("LABCTL_"):
+            monkeypatch.delenv(name)
+
+
+def test_vm_tables_get_defaults_for_what_they_leave_out(tmp_path: Path) -> None:
+    config = load_config(str(write(tmp_path, LAB)))
+    assert config.vms["gemma"].shape.cores == 8
+    assert config.vms["gemma"].shape.memory_mib == 16384
+    assert config.vms["gemma"].shape.disk_gib == 40
+    assert config.vms["tiny"].shape.cores == 4  # defaults.cores
+    assert config.vms["tiny"].shape.cpu_type == "host"
+    assert config.get("proxmox.port") == 8006
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LABCTL_PROXMOX_PORT", "9443")
+    monkeypatch.setenv("LABCTL_PROXMOX_VERIFY", "false")
+    config = load_config(str(write(tmp_path, LAB)))
+    assert config.get("proxmox.port") == 9443
+    assert config.get("proxmox.verify") is False
+
+
+def test_secret_from_env_never_shows_in_repr(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LABCTL_PROXMOX_TOKEN_SECRET", "s3cr3t-uuid")
+    config = load_config(str(write(tmp_path, LAB, mode=0o644)))  # no secret in the file: ok
+    secret = config.secret("proxmox.token_secret")
+    assert secret.reveal() == "s3cr3t-uuid"
+    assert "s3cr3t" not in repr(config) and "s3cr3t" not in str(secret)
+
+
+def test_world_readable_file_holding_a_secret_is_refused_with_the_fix(tmp_path: Path) -> None:
+    path = write(tmp_path, LAB.replace('fingerprint = "AA:BB"', 'token_secret = "zq9-secret-value"'), 0o644)
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path))
+    assert "chmod 600" in str(caught.value)
+    assert "zq9-secret-value" not in str(caught.value)
+
+
+def test_secret_command_supplies_the_secret(tmp_path: Path) -> None:
+    text = LAB.replace('fingerprint = "AA:BB"', 'token_secret_cmd = "echo from-manager"')
+    config = load_config(str(write(tmp_path, text, 0o644)))
+    assert config.secret("proxmox.token_secret").reveal() == "from-manager"
+
+
+def test_failing_secret_command_is_a_config_error(tmp_path: Path) -> None:
+    text = LAB.replace('fingerprint = "AA:BB"', 'token_secret_cmd = "false"')
+    with pytest.raises(ConfigError, match="exited 1"):
+        load_config(str(write(tmp_path, text)))
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [("[proxmox]\nhots = 'x'\n", "unknown key proxmox.hots"),
+     ("[bogus]\n", "unknown section"),
+     ("[proxmox]\nport = 'x'\n", "proxmox.port must be int"),
+     ("[vm.a_b]\n", "invalid VM name"),
+     ("[vm.x]\nram = '32X'\n", "vm.x"),
+     ("[vm.x]\nsize = 3\n", "unknown key size"),
+     ("[proxmox\n", "invalid TOML")],
+)
+def test_bad_lab_files_name_the_key(tmp_path: Path, text: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment.replace(".", r"\.").replace("[", r"\[")):
+        load_config(str(write(tmp_path, text)))
+
+
+def test_missing_lab_file_points_at_init(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="labctl init"):
+        load_config(None)
+
+
+def test_every_key_is_declared_once_with_help() -> None:
+    paths = [key.path for key in KEYS]
+    assert len(paths) == len(set(paths))
+    assert all(key.help for key in KEYS)
+    assert all(isinstance(key.default, key.type) for key in KEYS)
+
+
+def test_secret_is_falsy_when_empty() -> None:
+    assert not Secret("")
