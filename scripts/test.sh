@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Run labctl's whole test suite on this machine: set-up, lint, types, tests.
+# Usage: ./scripts/test.sh [extra pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/bootstrap.sh
+export PATH="$PWD/.venv/bin:$PATH"
+
+echo "== ruff" >&2
+ruff check provision tests bench
+echo "== mypy" >&2
+mypy
+echo "== pytest" >&2
+set +e
+python -m pytest "$@"
+status=$?
+set -e
+if [[ $status -eq 5 ]]; then
+  echo "pytest collected no tests" >&2
+  exit 1
+fi
+exit $status
