@@ -1,0 +1,187 @@
+"""Build the Ollama TEST DOUBLE's release tree and model registry for the local mirror.
+
+Layout written under a mirror root (what tests/doubles/mirror.py serves):
+
+    <root>/download/v<version>/ollama-linux-amd64.tar.zst     # bin/ollama + lib/ollama/...
+    <root>/download/v<version>/sha256sum.txt                   # "<hex>  ./ollama-linux-amd64.tar.zst"
+    <root>/registry/manifests/<namespace>/<model>/<tag>         # Docker v2 manifest (JSON)
+    <root>/registry/blobs/sha256:<hex>                          # layers and config
+
+The tarball has the shape of the real release (`.github/workflows/release.yaml`): entries
+`bin/ollama` and `lib/ollama/...`, owned by root, extracted by the role into /usr/local.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+import subprocess
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+DOUBLE_SOURCE = Path(__file__).resolve().parent / "ollama_double" / "ollama.py"
+DEFAULT_VERSION = "0.32.15"  # the version the role pins (newest non-rc tag in ollama.md)
+DEFAULT_MODEL_BYTES = 128 << 20  # scaled-down gemma2:2b "weights" (real: 1,629,509,152 bytes)
+TARBALL_MTIME = 1_767_225_600  # fixed so two builds of one version are byte-identical
+MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
+
+DOUBLE_NOTE = b"""This is the labctl Ollama TEST DOUBLE, not Ollama.
+bin/ollama is a stdlib-only Python stand-in (see its docstring); llama-server is its runner.
+"""
+
+
+@dataclass(frozen=True)
+class Release:
+    """A built release-shaped tarball of the double."""
+
+    version: str
+    tarball: Path
+    sha256: str
+    checksum_file: Path
+
+    def url(self, base_url: str) -> str:
+        """The tarball URL under a mirror base such as http://10.213.30.1:8080/download."""
+        return f"{base_url.rstrip('/')}/v{self.version}/{self.tarball.name}"
+
+
+@dataclass(frozen=True)
+class PublishedModel:
+    """A model published in the mirror's registry."""
+
+    name: str  # e.g. "gemma2:2b"
+    manifest_digest: str  # hex sha256 of the manifest = /api/tags "digest"
+    model_digest: str  # "sha256:<hex>" of the weights layer
+    model_bytes: int
+    total_bytes: int  # /api/tags "size": layers + config
+
+
+def double_script(version: str) -> bytes:
+    """The double's source with its version baked in (what `ollama -v` reports)."""
+    source = DOUBLE_SOURCE.read_text()
+    marker = 'VERSION = "0.0.0-double"'
+    if marker not in source:
+        raise RuntimeError(f"version marker not found in {DOUBLE_SOURCE}")
+    return source.replace(marker, f'VERSION = "{version}"', 1).encode()
+
+
+def _tar_bytes(version: str) -> bytes:
+    script = double_script(version)
+    entries: list[tuple[str, bytes | None, int]] = [
+        ("bin", None, 0o755),
+        ("bin/ollama", script, 0o755),
+        ("lib", None, 0o755),
+        ("lib/ollama", None, 0o755),
+        ("lib/ollama/llama-server", script, 0o755),
+        ("lib/ollama/DOUBLE-NOT-OLLAMA.txt", DOUBLE_NOTE, 0o644),
+    ]
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data, mode in entries:
+            info = tarfile.TarInfo(name)
+            info.mode, info.mtime, info.uid, info.gid = mode, TARBALL_MTIME, 0, 0
+            info.uname = info.gname = "root"
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def build_release(root: Path, version: str = DEFAULT_VERSION, arch: str = "amd64") -> Release:
+    """Write the release tarball and its sha256sum.txt under <root>/download/v<version>/."""
+    release_dir = root / "download" / f"v{version}"
+    release_dir.mkdir(parents=True, exist_ok=True)
+    tarball = release_dir / f"ollama-linux-{arch}.tar.zst"
+    compressed = subprocess.run(
+        ["zstd", "-q", "-c", "-3"], input=_tar_bytes(version), capture_output=True, check=True
+    ).stdout
+    tarball.write_bytes(compressed)
+    digest = hashlib.sha256(compressed).hexdigest()
+    checksum_file = release_dir / "sha256sum.txt"
+    # The real file lists every asset with a "./" prefix (find . | xargs sha256sum).
+    lines = [f"{digest}  ./{tarball.name}"]
+    lines += [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  ./{p.name}"
+              for p in sorted(release_dir.iterdir())
+              if p.is_file() and p.name not in (tarball.name, checksum_file.name)]
+    checksum_file.write_text("\n".join(lines) + "\n")
+    return Release(version, tarball, digest, checksum_file)
+
+
+def _write_blob(blobs: Path, data: bytes) -> dict[str, object]:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    (blobs / digest).write_bytes(data)
+    return {"digest": digest, "size": len(data)}
+
+
+def _write_weights(blobs: Path, size: int, seed: str) -> dict[str, object]:
+    """Deterministic pseudo-random weights, streamed to disk (sizes up to a few hundred MiB)."""
+    rng = random.Random(seed)
+    hasher = hashlib.sha256()
+    tmp = blobs / f"tmp-{hashlib.sha256(seed.encode()).hexdigest()[:16]}"
+    with tmp.open("wb") as out:
+        left = size
+        while left:
+            chunk = rng.randbytes(min(left, 1 << 20))
+            hasher.update(chunk)
+            out.write(chunk)
+            left -= len(chunk)
+    digest = "sha256:" + hasher.hexdigest()
+    tmp.replace(blobs / digest)
+    return {"digest": digest, "size": size}
+
+
+def publish_model(
+    root: Path,
+    name: str = "gemma2:2b",
+    model_bytes: int = DEFAULT_MODEL_BYTES,
+    *,
+    family: str = "gemma2",
+    parameter_size: str = "2.6B",
+    quantization: str = "Q4_0",
+) -> PublishedModel:
+    """Put a model into the mirror's registry with the real gemma2 layer set (scaled weights)."""
+    model, _, tag = name.partition(":")
+    namespace, _, model = model.rpartition("/")
+    namespace, tag = namespace or "library", tag or "latest"
+    registry = root / "registry"
+    blobs = registry / "blobs"
+    blobs.mkdir(parents=True, exist_ok=True)
+    weights = _write_weights(blobs, model_bytes, f"{namespace}/{model}:{tag}:{model_bytes}")
+    template = _write_blob(blobs, b"<start_of_turn>user\n{{ if .System }}{{ .System }} "
+                           b"{{ end }}{{ .Prompt }}<end_of_turn>\n<start_of_turn>model\n"
+                           b"{{ .Response }}<end_of_turn>\n")
+    license_ = _write_blob(blobs, b"Gemma Terms of Use (placeholder text for the test double)\n")
+    params = _write_blob(blobs, json.dumps({"stop": ["<start_of_turn>", "<end_of_turn>"]},
+                                           separators=(",", ":")).encode())
+    config = _write_blob(blobs, json.dumps({
+        "model_format": "gguf", "model_family": family, "model_families": [family],
+        "model_type": parameter_size, "file_type": quantization,
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [weights["digest"], template["digest"],
+                                                  license_["digest"], params["digest"]]},
+    }, separators=(",", ":")).encode())
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", **config},
+        "layers": [
+            {"mediaType": "application/vnd.ollama.image.model", **weights},
+            {"mediaType": "application/vnd.ollama.image.template", **template},
+            {"mediaType": "application/vnd.ollama.image.license", **license_},
+            {"mediaType": "application/vnd.ollama.image.params", **params},
+        ],
+    }
+    raw = json.dumps(manifest, separators=(",", ":")).encode()
+    target = registry / "manifests" / namespace / model / tag
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(raw)
+    sizes = [int(x["size"]) for x in (weights, template, license_, params, config)]  # type: ignore[call-overload]
+    return PublishedModel(name=name if ":" in name else f"{name}:latest",
+                          manifest_digest=hashlib.sha256(raw).hexdigest(),
+                          model_digest=str(weights["digest"]), model_bytes=model_bytes,
+                          total_bytes=sum(sizes))
