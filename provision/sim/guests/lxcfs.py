@@ -1,0 +1,109 @@
+"""lxcfs: makes /proc/meminfo, cpuinfo, stat, ... inside a guest show its cgroup shape.
+
+One lxcfs per backend, mounted under the backend's state dir. The whole mount is bound read-only
+into each guest at /run/lxcfs (nspawn cannot bind single files from a FUSE mount), and after
+boot the files are bound over /proc from inside the guest's mount namespace (guests.md 2b/3b).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from provision.sim.guests.errors import GuestBackendError
+from provision.sim.guests.hostcmd import quiet, run
+
+GUEST_MOUNT = "/run/lxcfs"
+PROC_FILES = ("meminfo", "cpuinfo", "stat", "loadavg", "uptime", "swaps", "diskstats")
+
+
+def is_mountpoint(path: Path) -> bool:
+    target = str(path)
+    with open("/proc/self/mountinfo") as fh:
+        return any(line.split()[4] == target for line in fh)
+
+
+class Lxcfs:
+    def __init__(self, mountpoint: Path, log_path: Path) -> None:
+        self.mountpoint = mountpoint
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("lxcfs") is not None and Path("/dev/fuse").exists()
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        if is_mountpoint(self.mountpoint):
+            quiet(["umount", "-l", str(self.mountpoint)])
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                # -l: per-guest loadavg; --enable-cfs: CPU count from the CFS quota too
+                [
+                    "lxcfs",
+                    "-f",
+                    "-l",
+                    "--enable-cfs",
+                    "-p",
+                    f"{self.mountpoint}.pid",
+                    str(self.mountpoint),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout_s
+        while not (self.mountpoint / "proc/meminfo").exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise GuestBackendError(f"lxcfs did not come up (see {self.log_path})")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+        if is_mountpoint(self.mountpoint):
+            quiet(["umount", "-l", str(self.mountpoint)])
+        with contextlib.suppress(OSError):
+            os.unlink(f"{self.mountpoint}.pid")
+
+    @staticmethod
+    def kill_recorded(pid: int, mountpoint: Path) -> None:
+        """Crash cleanup: end an lxcfs a previous run recorded (only if it is still lxcfs)."""
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "lxcfs":
+                os.kill(pid, signal.SIGTERM)
+                for _ in range(50):
+                    if not Path(f"/proc/{pid}").exists():
+                        break
+                    time.sleep(0.05)
+        if is_mountpoint(mountpoint):
+            quiet(["umount", "-l", str(mountpoint)])
+
+
+def bind_into_guest(init_pid: int) -> None:
+    """Bind the lxcfs files over the guest's /proc files, inside the guest's mount namespace."""
+    script = " && ".join(
+        f"mount --bind {GUEST_MOUNT}/proc/{name} /proc/{name}" for name in PROC_FILES
+    )
+    try:
+        run(["nsenter", "-t", str(init_pid), "-m", "sh", "-c", script], timeout=10)
+    except GuestBackendError as exc:
+        raise GuestBackendError(f"binding lxcfs into the guest failed: {exc}") from exc
