@@ -10,7 +10,7 @@ from __future__ import annotations
 
 
 class PveError(Exception):
-    """An API error: HTTP `status`, `message` (becomes the reason phrase) and per-parameter `errors`.
+    """An API error: HTTP `status`, `message` (the reason phrase) and per-parameter `errors`.
 
     >>> str(PveError(500, "VM 100 not running"))
     'VM 100 not running'

@@ -27,9 +27,20 @@ SCHEMA_FILE = "generated/proxmox/latest/raw_capture.json"
 
 # qemu-server's index limits for `<base>[n]` keys (the capture only states some in descriptions).
 INDEX_LIMITS: dict[str, int] = {
-    "net": 31, "ipconfig": 31, "scsi": 30, "virtio": 15, "sata": 5, "ide": 3, "unused": 255,
-    "usb": 13, "serial": 3, "parallel": 2, "hostpci": 15, "numa": 7, "virtiofs": 9,
-}  # fmt: skip
+    "net": 31,
+    "ipconfig": 31,
+    "scsi": 30,
+    "virtio": 15,
+    "sata": 5,
+    "ide": 3,
+    "unused": 255,
+    "usb": 13,
+    "serial": 3,
+    "parallel": 2,
+    "hostpci": 15,
+    "numa": 7,
+    "virtiofs": 9,
+}
 UNDEFINED = "property is not defined in schema and the schema does not allow additional properties"
 MISSING = "property is missing and it is not optional"
 INDEXED_KEY = re.compile(r"^([a-z][a-z_-]*?)(0|[1-9]\d*)$")
@@ -168,9 +179,12 @@ def _normalise_legacy(properties: dict[str, Any], params: dict[str, Any]) -> dic
 
 
 def _check_object(
-    path: str, properties: dict[str, Any], value: dict[str, Any], errors: dict[str, str],
+    path: str,
+    properties: dict[str, Any],
+    value: dict[str, Any],
+    errors: dict[str, str],
     from_json: bool,
-) -> None:  # fmt: skip
+) -> None:
     for key, prop in properties.items():
         if key.endswith("[n]") or key in value:
             continue
@@ -316,9 +330,7 @@ def parse_property_string(fmt: dict[str, Any], text: str) -> dict[str, Any]:
                 key = sub["alias"]
                 sub = fmt.get(key)
             if key in result:
-                raise formats.FormatError(
-                    f"duplicate key in comma-separated list property: {key}"
-                )
+                raise formats.FormatError(f"duplicate key in comma-separated list property: {key}")
             if sub is not None and sub.get("type") == "boolean":
                 parsed = formats.parse_boolean(value)
                 result[key] = value if parsed is None else str(parsed)
