@@ -1,0 +1,1 @@
+"""Sweep VM shapes for the minimum that meets a target: pure strategies, the VM loop, storage."""
