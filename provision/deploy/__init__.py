@@ -1,0 +1,24 @@
+"""Deploy Ollama and the models onto VMs with Ansible (playbooks/site.yml via ansible-runner)."""
+
+from provision.deploy.inventory import DeployHost, SshSettings
+from provision.deploy.runner import (
+    DeployOptions,
+    DeployResult,
+    HostStats,
+    TaskOutcome,
+    default_inventory_path,
+    deploy,
+    new_run_id,
+)
+
+__all__ = [
+    "DeployHost",
+    "DeployOptions",
+    "DeployResult",
+    "HostStats",
+    "SshSettings",
+    "TaskOutcome",
+    "default_inventory_path",
+    "deploy",
+    "new_run_id",
+]

@@ -1,0 +1,137 @@
+"""A real guest + the Ollama double's mirror, for deploy tests and bench/deploy.py.
+
+Boots systemd-nspawn guests through the simulator's ContainerBackend on this helper's own
+network (bridge ldbr30, 10.213.30.0/24, prefix ld30), serves the double's release and model
+registry on the bridge's host address, and pins each guest's SSH host key (read through the
+guest agent's file-read, as labctl does) into a known_hosts file.
+"""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from provision.deploy import DeployHost, DeployOptions, SshSettings
+from provision.sim.guests.base import GuestSpec
+from provision.sim.guests.container import ContainerBackend
+from tests.doubles import OllamaMirror, PublishedModel, Release, prepare_mirror
+
+BRIDGE, SUBNET, PREFIX = "ldbr30", "10.213.30.0/24", "ld30"
+MODEL = "gemma2:2b"
+MODEL_BYTES = 48 << 20  # small "weights": pulls and loads in well under a second here
+GUEST_USER = "labuser"
+
+_vmids = itertools.count(300)
+
+
+@dataclass
+class Lab:
+    """One backend, one mirror, one SSH identity; guests come and go."""
+
+    backend: ContainerBackend
+    mirror: OllamaMirror
+    release: Release
+    models: list[PublishedModel]
+    key: Path
+    known_hosts: Path
+    state_dir: Path
+
+    @property
+    def ssh(self) -> SshSettings:
+        return SshSettings(private_key=self.key, known_hosts=self.known_hosts)
+
+    def options(self, **overrides: object) -> DeployOptions:
+        """DeployOptions pointing the role at the mirror (release + model registry)."""
+        fields: dict[str, object] = {
+            "models": (MODEL,),
+            "ollama_version": self.release.version,
+            "download_base_url": self.mirror.download_base_url,
+            "environment": {"OLLAMA_DOUBLE_REGISTRY": self.mirror.url},
+        }
+        fields.update(overrides)
+        return DeployOptions(**fields)  # type: ignore[arg-type]
+
+    def boot(self, name: str | None = None, cores: int = 2, memory_mib: int = 4096) -> DeployHost:
+        """A fresh linked clone, started, answering SSH, its host key pinned."""
+        vmid = next(_vmids)
+        spec = GuestSpec(
+            vmid=vmid, name=name or f"ld30vm{vmid}", cores=cores, memory_mib=memory_mib,
+            ciuser=GUEST_USER, sshkeys=(self.key.with_suffix(".pub").read_text().strip(),),
+            ipconfig0="ip=dhcp", macaddr=f"BC:24:11:30:{vmid // 256:02X}:{vmid % 256:02X}",
+        )
+        self.backend.clone_disk(None, vmid, linked=True)
+        self.backend.start(spec)
+        self.backend.wait_ready(vmid, timeout_s=60)
+        ip = self.backend.guest_ip(vmid)
+        assert ip is not None
+        for kind in ("ed25519", "ecdsa", "rsa"):
+            try:
+                line = self.backend.file_read(vmid, f"/etc/ssh/ssh_host_{kind}_key.pub")
+            except FileNotFoundError:
+                continue
+            key_type, blob = line.decode().split()[:2]
+            with self.known_hosts.open("a") as fh:
+                fh.write(f"{ip} {key_type} {blob}\n")
+        self._vmids.append(vmid)
+        return DeployHost(name=spec.name, address=ip, user=GUEST_USER)
+
+    def vmid_of(self, host: DeployHost) -> int:
+        for vmid in self._vmids:
+            if self.backend.guest_ip(vmid) == host.address:
+                return vmid
+        raise KeyError(host.name)
+
+    def ssh_run(self, host: DeployHost, command: str) -> subprocess.CompletedProcess[str]:
+        """Run a command in the guest with the system ssh client, pinned like Ansible."""
+        return subprocess.run(
+            ["ssh", "-i", str(self.key), "-o", "IdentitiesOnly=yes",
+             "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={self.known_hosts}",
+             "-o", "BatchMode=yes", f"{host.user}@{host.address}", command],
+            capture_output=True, text=True, timeout=120, check=False,
+        )
+
+    def destroy(self, host: DeployHost) -> None:
+        vmid = self.vmid_of(host)
+        self.backend.stop(vmid)
+        self.backend.delete_disk(vmid)
+        self._vmids.remove(vmid)
+
+    def close(self) -> None:
+        for vmid in list(self._vmids):
+            try:
+                self.backend.stop(vmid)
+                self.backend.delete_disk(vmid)
+            except Exception:  # noqa: BLE001 - best effort; backend.close() sweeps the rest
+                pass
+        self._vmids.clear()
+
+    def __post_init__(self) -> None:
+        self._vmids: list[int] = []
+
+
+@contextmanager
+def lab(workdir: Path, model_bytes: int = MODEL_BYTES) -> Iterator[Lab]:
+    """Backend + mirror + key under workdir; everything is torn down on exit."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    key = workdir / "id_ed25519"
+    if not key.exists():
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
+                       check=True)
+    known_hosts = workdir / "known_hosts"
+    known_hosts.write_text("")
+    release, models = prepare_mirror(workdir / "mirror", models={MODEL: model_bytes})
+    backend = ContainerBackend(workdir / "guests", bridge=BRIDGE, subnet=SUBNET, prefix=PREFIX)
+    try:
+        mirror = OllamaMirror(workdir / "mirror", host=str(backend.leases.host_ip)).start()
+        the_lab = Lab(backend, mirror, release, models, key, known_hosts, workdir / "state")
+        try:
+            yield the_lab
+        finally:
+            the_lab.close()
+            mirror.stop()
+    finally:
+        backend.close()
