@@ -99,13 +99,14 @@ def test_nothing_fits_at_all() -> None:
 
 
 def test_tie_between_cpu_types_goes_to_more_tokens_then_the_first_listed() -> None:
-    space = Space((2, 4), (4 * G,), ("x86-64-v2-AES", "host"))
-    faster = {m.shape: m for m in [ok(2, 4, 3, cpu="x86-64-v2-AES"), ok(4, 4, 6, cpu="x86-64-v2-AES"),
+    v2 = "x86-64-v2-AES"
+    space = Space((2, 4), (4 * G,), (v2, "host"))
+    faster = {m.shape: m for m in [ok(2, 4, 3, cpu=v2), ok(4, 4, 6, cpu=v2),
                                    ok(2, 4, 3, cpu="host"), ok(4, 4, 8, cpu="host")]}
     for strategy in ("smart", "grid"):
         minimum, _ = run(space, faster, Targets(min_tps=5), strategy)
         assert minimum is not None and minimum.shape == Shape(4, 4 * G, "host")
-    equal = {m.shape: m for m in [ok(2, 4, 3, cpu="x86-64-v2-AES"), ok(4, 4, 8, cpu="x86-64-v2-AES"),
+    equal = {m.shape: m for m in [ok(2, 4, 3, cpu=v2), ok(4, 4, 8, cpu=v2),
                                   ok(2, 4, 3, cpu="host"), ok(4, 4, 8, cpu="host")]}
     for strategy in ("smart", "grid"):
         minimum, _ = run(space, equal, Targets(min_tps=5), strategy)

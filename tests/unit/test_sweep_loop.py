@@ -1,0 +1,232 @@
+"""The sweep loop with fake VMs: records every point at once, resumes, restores the shape."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from sweep_tables import MATRIX, gemma_table
+
+from provision.errors import GuestUnreachable, Interrupted, ProbeError, ProxmoxError, UsageError
+from provision.progress import RecordingReporter
+from provision.shape import NodeCapacity, Shape
+from provision.sweep.db import SweepStore, connect_for_tests
+from provision.sweep.loop import SweepLoop, SweepPlan, Worker, check_space_fits, result_from_store
+from provision.sweep.model import Measurement, Status, Targets
+
+G = 1024
+START = Shape(12, 32 * G, "host")
+
+
+@dataclass
+class FakeVm:
+    """A VM that only has a shape; counts reboots like a PVE VM without hotplug."""
+
+    name: str = "gemma"
+    shape: Shape = START
+    reboots: int = 0
+    fail_apply_on: Shape | None = None
+    history: list[Shape] = field(default_factory=list)
+
+    def current_shape(self) -> Shape:
+        return self.shape
+
+    def apply(self, shape: Shape) -> bool:
+        if shape == self.fail_apply_on:
+            raise ProxmoxError("config update failed")
+        if shape == self.shape:
+            return False
+        self.shape = shape
+        self.reboots += 1
+        self.history.append(shape)
+        return True
+
+
+@dataclass
+class TableProber:
+    """Answers from the gemma table; can be told to fail or to stop the sweep after n probes."""
+
+    vm: FakeVm
+    table: dict[Shape, Measurement] = field(default_factory=gemma_table)
+    interrupt_after: int | None = None
+    fail_on: set[Shape] = field(default_factory=set)
+    probed: list[Shape] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    rendezvous: threading.Barrier | None = None  # parallel workers: all probe once before any
+
+    def measure(self, shape: Shape) -> Measurement:
+        assert self.vm.shape == shape, "probed a VM that was not reshaped first"
+        if self.rendezvous is not None and not self.probed:
+            self.rendezvous.wait(timeout=30)
+        with self.lock:
+            if self.interrupt_after is not None and len(self.probed) >= self.interrupt_after:
+                raise KeyboardInterrupt
+            self.probed.append(shape)
+        if shape in self.fail_on:
+            raise ProbeError("SSH connection lost during run 2")
+        return self.table[shape]
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> SweepStore:
+    return connect_for_tests(tmp_path / "labctl.sqlite")
+
+
+def plan(**changes: object) -> SweepPlan:
+    base = SweepPlan(vm="gemma", space=MATRIX, targets=Targets(min_tps=10),
+                     probe_options={"model": "gemma2:2b", "runs": 3})
+    return SweepPlan(**{**base.__dict__, **changes})  # type: ignore[arg-type]
+
+
+def loop_for(store: SweepStore, vm: FakeVm, prober: TableProber) -> SweepLoop:
+    return SweepLoop(store, [Worker(vm, prober)], RecordingReporter())
+
+
+def test_a_sweep_finds_the_minimum_records_every_point_and_restores_the_shape(
+        store: SweepStore) -> None:
+    vm = FakeVm()
+    prober = TableProber(vm)
+    outcome = loop_for(store, vm, prober).run(plan())
+    assert outcome.result.minimum is not None
+    assert outcome.result.minimum.shape == Shape(4, 4 * G, "host")
+    assert [m.shape for m in store.measurements(outcome.record.id)] == prober.probed
+    assert vm.shape == START and outcome.restored
+    assert store.get(outcome.record.id).status == "done"
+    assert outcome.reboots == vm.reboots
+
+
+def test_keep_shape_leaves_the_vm_as_the_last_probe_left_it(store: SweepStore) -> None:
+    vm = FakeVm()
+    loop_for(store, vm, TableProber(vm)).run(plan(keep_shape=True))
+    assert vm.shape != START
+
+
+def test_ctrl_c_restores_the_shape_and_the_rerun_resumes_without_reprobing(
+        store: SweepStore) -> None:
+    vm = FakeVm()
+    first = TableProber(vm, interrupt_after=3)
+    with pytest.raises(Interrupted, match="run the same command again"):
+        loop_for(store, vm, first).run(plan())
+    assert vm.shape == START
+    [record] = store.all()
+    assert record.status == "interrupted"
+    assert len(store.measurements(record.id)) == 3
+
+    second = TableProber(vm)
+    outcome = loop_for(store, vm, second).run(plan())
+    assert outcome.record.id == record.id and outcome.record.resumed
+    assert not set(second.probed) & set(first.probed)
+    assert outcome.replayed == 3
+    other_vm = FakeVm()
+    uninterrupted = loop_for(connect_for_tests(":memory:"), other_vm, TableProber(other_vm))
+    assert outcome.result.minimum == uninterrupted.run(plan()).result.minimum
+
+
+def test_a_resumed_sweep_restores_the_shape_it_first_found(store: SweepStore) -> None:
+    vm = FakeVm()
+    with pytest.raises(Interrupted):
+        loop_for(store, vm, TableProber(vm, interrupt_after=2)).run(plan(keep_shape=True))
+    left_at = vm.shape
+    assert left_at != START  # as after a SIGKILL: the VM is stuck in a sweep shape
+    loop_for(store, vm, TableProber(vm)).run(plan())
+    assert vm.shape == START
+
+
+def test_fresh_starts_a_new_sweep_that_probes_again(store: SweepStore) -> None:
+    vm = FakeVm()
+    first = loop_for(store, vm, TableProber(vm)).run(plan())
+    again = TableProber(vm)
+    second = loop_for(store, vm, again).run(plan(fresh=True))
+    assert second.record.id != first.record.id
+    assert second.record.id.startswith(first.record.id)
+    assert len(again.probed) == first.probed > 0
+
+
+def test_same_arguments_after_a_finished_sweep_probe_nothing(store: SweepStore) -> None:
+    vm = FakeVm()
+    loop_for(store, vm, TableProber(vm)).run(plan())
+    again = TableProber(vm)
+    outcome = loop_for(store, vm, again).run(plan())
+    assert again.probed == [] and outcome.probed == 0 and outcome.reboots == 0
+
+
+def test_other_targets_are_another_sweep(store: SweepStore) -> None:
+    vm = FakeVm()
+    a = loop_for(store, vm, TableProber(vm)).run(plan())
+    b = loop_for(store, vm, TableProber(vm)).run(plan(targets=Targets(min_tps=5)))
+    assert a.record.id != b.record.id
+
+
+def test_a_failed_probe_is_recorded_and_tried_again_on_resume(store: SweepStore) -> None:
+    vm = FakeVm()
+    broken = Shape(4, 32 * G, "host")
+    first = loop_for(store, vm, TableProber(vm, fail_on={broken})).run(plan())
+    failed = [m for m in store.measurements(first.record.id) if m.status is Status.FAILED]
+    assert [m.shape for m in failed] == [broken]
+    assert "SSH connection lost" in failed[0].error
+    retry = TableProber(vm)
+    second = loop_for(store, vm, retry).run(plan())
+    assert broken in retry.probed
+    assert second.result.failed == ()
+
+
+def test_vm_not_answering_ssh_after_resize_is_a_failed_point(store: SweepStore) -> None:
+    class NoSsh(FakeVm):
+        def apply(self, shape: Shape) -> bool:
+            rebooted = super().apply(shape)
+            if shape.memory_mib == 2 * G:
+                raise GuestUnreachable("SSH did not answer within 180 s")
+            return rebooted
+
+    vm = NoSsh()
+    outcome = loop_for(store, vm, TableProber(vm)).run(plan(strategy="grid"))
+    assert {m.shape.memory_mib for m in outcome.result.failed} == {2 * G}
+
+
+def test_a_proxmox_error_stops_the_sweep_and_still_restores(store: SweepStore) -> None:
+    vm = FakeVm(fail_apply_on=Shape(4, 32 * G, "host"))
+    with pytest.raises(ProxmoxError):
+        loop_for(store, vm, TableProber(vm)).run(plan())
+    assert vm.shape == START
+    assert store.all()[0].status == "failed"
+
+
+def test_parallel_workers_share_the_shapes_and_agree_with_one_worker(store: SweepStore) -> None:
+    vms = [FakeVm(name="gemma"), FakeVm(name="gemma-2")]
+    both_started = threading.Barrier(2)
+    probers = [TableProber(vm, rendezvous=both_started) for vm in vms]
+    loop = SweepLoop(store, [Worker(v, p) for v, p in zip(vms, probers, strict=True)],
+                     RecordingReporter())
+    outcome = loop.run(plan(strategy="grid"))
+    assert all(p.probed for p in probers)
+    assert sorted(probers[0].probed + probers[1].probed) == sorted(MATRIX.shapes())
+    assert outcome.result.minimum is not None
+    assert outcome.result.minimum.shape == Shape(4, 4 * G, "host")
+    assert all(vm.shape == START for vm in vms)
+    workers = {row[0] for row in store.db.execute("SELECT worker FROM sweep_points")}
+    assert workers == {"gemma", "gemma-2"}
+
+
+def test_the_report_is_rebuilt_from_the_database(store: SweepStore) -> None:
+    vm = FakeVm()
+    outcome = loop_for(store, vm, TableProber(vm)).run(plan())
+    rebuilt = result_from_store(store, store.get(outcome.record.id[:5]))
+    assert rebuilt.minimum == outcome.result.minimum
+    assert rebuilt.inferred == outcome.result.inferred
+    assert rebuilt.measurements == outcome.result.measurements
+
+
+def test_unknown_sweep_id_is_a_usage_error(store: SweepStore) -> None:
+    with pytest.raises(UsageError, match="no sweep"):
+        store.get("deadbeef")
+
+
+def test_shapes_larger_than_the_node_are_refused_before_anything_changes() -> None:
+    node = NodeCapacity("pve1", cpus=8, memory_total_mib=64 * G, memory_free_mib=40 * G)
+    with pytest.raises(UsageError, match="12 cores is more than node pve1 has"):
+        check_space_fits(MATRIX, node, START)
+    small = NodeCapacity("pve1", cpus=16, memory_total_mib=24 * G, memory_free_mib=8 * G)
+    with pytest.raises(UsageError, match="RAM is more than node pve1 has free"):
+        check_space_fits(MATRIX, small, Shape(2, 4 * G))
