@@ -1,0 +1,692 @@
+"""labctl probe agent: runs INSIDE the guest with its own python3 (stdlib only, Python >= 3.7).
+
+labctl sends this file over SSH (`python3 - <options>`); it talks to Ollama on the guest's
+loopback, so no SSH latency enters the timings, and writes one JSON object per line to
+stdout, flushed at once, so the host sees every event as it happens:
+
+  {"event": "hello", ...}            agent and python version
+  {"event": "facts", ...}            vCPUs, CPU model and flags, kernel, memory, Ollama version,
+                                     the model's /api/tags entry (raw)
+  {"event": "run_start", "run": i}   a run begins
+  {"event": "sample", "run": i, ...} the VM's state, >= 5 times a second during each run
+  {"event": "run", "run": i, ...}    Ollama's own fields (raw), TTFT, sampler cost, failure
+  {"event": "ps", "entry": {...}}    the model's /api/ps entry (raw) after the first good run
+  {"event": "error", "kind": ...}    a fatal problem (Ollama missing, model missing, OOM...)
+  {"event": "end", ...}              the agent is done
+
+Interpretation (rates, statistics, verdicts shown to users) happens on the host, in
+provision/probe/parse.py; this file only measures and reports raw values.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from typing import Any
+from urllib.parse import urlsplit
+
+AGENT_PROTOCOL = 1
+# comm / argv names of Ollama's server and its runners, old and new (ollama.md §0, §7.4)
+OLLAMA_NAMES = frozenset({"ollama", "llama-server", "ollama_llama_server", "ollama_llama_se"})
+PYTHONS = re.compile(r"^python[0-9.]*$")
+FLAGS_OF_INTEREST = ("avx", "avx2", "avx512f", "fma", "f16c", "avx_vnni", "avx512_vnni")
+OOM_LINE = re.compile(r"(out of memory|oom-kill|oom_reaper|killed process)", re.IGNORECASE)
+KILLED_PROCESS = re.compile(r"Killed process (\d+) \(([^)]*)\)")
+MEMORY_TEXT = re.compile(r"(out of memory|requires more system memory|oom|cannot allocate)",
+                         re.IGNORECASE)
+SAMPLER_BUDGET = 0.005  # the sampler's own CPU, as a fraction of one core: half the 1 % limit
+MAX_INTERVAL_S = 0.2  # 5 Hz, the slowest sampling allowed
+AT_LIMIT_FRACTION = 0.10  # MemAvailable below 10 % of MemTotal = memory at the limit
+
+
+def emit(event: str, **fields: Any) -> None:
+    """One JSON line on stdout, flushed: the host reads events as they come."""
+    fields["event"] = event
+    sys.stdout.write(json.dumps(fields, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+class Fatal(Exception):
+    """A problem that ends the probe; reported as one error event."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+# --------------------------------------------------------------------------- /proc readers
+
+
+def read_text(path: str) -> str:
+    return read_bytes(path).decode("utf-8", "replace")
+
+
+def read_bytes(path: str) -> bytes:
+    # os.open/os.read: a third of the cost of open(); the sampler's budget is < 1 % of a core
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks: list[bytes] = []
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+
+
+def read_cpu_times() -> list[tuple[int, int]]:
+    """(busy, total) jiffies for the whole machine (index 0) and each core (1..n)."""
+    times = []
+    for line in read_bytes("/proc/stat").split(b"\n"):
+        if not line.startswith(b"cpu"):
+            break
+        values = [int(v) for v in line.split()[1:9]]  # guest time is already in user/nice
+        idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+        total = sum(values)
+        times.append((total - idle, total))
+    return times
+
+
+_MEMINFO_KEYS = {b"MemTotal": "MemTotal", b"MemAvailable": "MemAvailable",
+                 b"SwapTotal": "SwapTotal", b"SwapFree": "SwapFree"}
+
+
+def read_meminfo() -> dict[str, int]:
+    """The /proc/meminfo fields we use, in bytes."""
+    found = {}
+    for line in read_bytes("/proc/meminfo").split(b"\n"):
+        key, _, rest = line.partition(b":")
+        name = _MEMINFO_KEYS.get(key)
+        if name is not None:
+            found[name] = int(rest.split()[0]) * 1024
+    return found
+
+
+def read_load1() -> float:
+    return float(read_bytes("/proc/loadavg").split()[0])
+
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def read_rss_bytes(pid: int) -> int | None:
+    """Resident set size (what VmRSS shows) from /proc/PID/statm."""
+    try:
+        return int(read_bytes(f"/proc/{pid}/statm").split()[1]) * PAGE_SIZE
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _process_names(pid: str) -> set[str]:
+    """comm, argv[0] and (for interpreters) argv[1] basenames of a process."""
+    names = set()
+    try:
+        names.add(read_text(f"/proc/{pid}/comm").strip())
+        argv = read_text(f"/proc/{pid}/cmdline").split("\0")
+    except OSError:
+        return names
+    if argv and argv[0]:
+        first = os.path.basename(argv[0])
+        names.add(first)
+        if PYTHONS.match(first) and len(argv) > 1:
+            names.add(os.path.basename(argv[1]))
+    return names
+
+
+def find_ollama_servers() -> set[int]:
+    """PIDs of Ollama servers: processes named like Ollama whose parent is not one (one scan)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid() and \
+                _process_names(entry) & OLLAMA_NAMES:
+            found.add(int(entry))
+    return {pid for pid in found if _parent_of(pid) not in found}
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        # the field after the parenthesised comm (which may itself hold spaces or parens)
+        return int(read_text(f"/proc/{pid}/stat").rpartition(")")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def children_of(pid: int) -> set[int]:
+    """Direct children of every thread of pid (runners are started from server threads)."""
+    kids: set[int] = set()
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return kids
+    for tid in tasks:
+        try:
+            text = read_text(f"/proc/{pid}/task/{tid}/children")
+        except OSError:
+            continue
+        kids.update(int(p) for p in text.split())
+    return kids
+
+
+class OllamaProcesses:
+    """The server and all its descendants (the runners), found once, followed cheaply."""
+
+    REFRESH_EVERY = 3  # samples between walks of the process tree (a runner lives for seconds)
+
+    def __init__(self) -> None:
+        self.roots = find_ollama_servers()
+        self.seen: set[int] = set(self.roots)
+        self.members: set[int] = set(self.roots)
+        self.calls = 0
+
+    def current(self) -> set[int]:
+        alive = {p for p in self.roots if os.path.exists(f"/proc/{p}")}
+        if not alive:
+            alive = find_ollama_servers()
+        self.roots = alive
+        members, frontier = set(alive), list(alive)
+        while frontier:
+            for child in children_of(frontier.pop()):
+                if child not in members:
+                    members.add(child)
+                    frontier.append(child)
+        self.seen |= members
+        self.members = members
+        return members
+
+    def rss_bytes(self) -> tuple[int | None, set[int]]:
+        """Summed RSS of server and runners; the tree is re-walked every few calls."""
+        self.calls += 1
+        members = self.current() if self.calls % self.REFRESH_EVERY == 1 else self.members
+        values = [read_rss_bytes(p) for p in members]
+        known = [v for v in values if v is not None]
+        return (sum(known) if known else None), members
+
+
+# --------------------------------------------------------------------------- sampler
+
+
+class Sampler(threading.Thread):
+    """Samples the VM at a fixed rate during one run and measures its own CPU cost."""
+
+    def __init__(self, run: int, interval_s: float, processes: OllamaProcesses) -> None:
+        super().__init__(name="labctl-sampler", daemon=True)
+        self.run_index = run
+        self.interval_s = interval_s
+        self.processes = processes
+        self.stopping = threading.Event()
+        self.samples = 0
+        self.cpu_s = 0.0
+        self.wall_s = 0.0
+        self.min_available: int | None = None
+        self.mem_total: int | None = None
+        self.swap_peak = 0
+        self.swap_total = 0
+        self.runner_pids: set[int] = set()
+
+    def run(self) -> None:
+        cpu0, wall0 = time.thread_time(), time.monotonic()
+        previous = read_cpu_times()
+        next_at = wall0
+        while not self.stopping.is_set():
+            next_at += self.interval_s
+            if self.stopping.wait(max(0.0, next_at - time.monotonic())):
+                break
+            now = time.monotonic()
+            previous = self.sample(previous, now - wall0)
+            self._keep_to_budget(time.thread_time() - cpu0, now - wall0)
+        self.cpu_s = time.thread_time() - cpu0
+        self.wall_s = time.monotonic() - wall0
+
+    def _keep_to_budget(self, cpu_s: float, wall_s: float) -> None:
+        """Sample less often (never below 5 Hz) when sampling costs more than its budget.
+
+        /proc/stat and /proc/meminfo cost far more CPU on a busy machine than on an idle one.
+        """
+        if wall_s > 1.0 and cpu_s > SAMPLER_BUDGET * wall_s:
+            self.interval_s = min(MAX_INTERVAL_S, self.interval_s * 1.25)
+
+    def sample(self, previous: list[tuple[int, int]], t: float) -> list[tuple[int, int]]:
+        now = read_cpu_times()
+        utils = [_util(old, new) for old, new in zip(previous, now, strict=False)]
+        mem = read_meminfo()
+        rss, members = self.processes.rss_bytes()
+        self.runner_pids |= members - self.processes.roots
+        swap_used = mem.get("SwapTotal", 0) - mem.get("SwapFree", 0)
+        available = mem.get("MemAvailable")
+        if available is not None:
+            self.min_available = available if self.min_available is None else \
+                min(self.min_available, available)
+        self.mem_total = mem.get("MemTotal")
+        self.swap_total = mem.get("SwapTotal", 0)
+        self.swap_peak = max(self.swap_peak, swap_used)
+        self.samples += 1
+        emit("sample", run=self.run_index, t=round(t, 3), load1=read_load1(),
+             cpu_pct=utils[0] if utils else None,
+             busiest_core_pct=max((u for u in utils[1:] if u is not None), default=None),
+             mem_total=self.mem_total, mem_available=available, swap_used=swap_used,
+             ollama_rss=rss, ollama_pids=len(members))
+        return now
+
+    def memory_at_limit(self) -> bool:
+        if self.min_available is not None and self.mem_total and \
+                self.min_available <= AT_LIMIT_FRACTION * self.mem_total:
+            return True
+        return bool(self.swap_total) and self.swap_peak >= 0.9 * self.swap_total
+
+
+def _util(old: tuple[int, int], new: tuple[int, int]) -> float | None:
+    busy, total = new[0] - old[0], new[1] - old[1]
+    return round(100.0 * busy / total, 1) if total > 0 else None
+
+
+# --------------------------------------------------------------------------- facts
+
+
+def cpu_facts() -> dict[str, Any]:
+    model: str | None = None
+    flags: set[str] = set()
+    try:
+        for line in read_text("/proc/cpuinfo").splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "model name" and model is None:
+                model = value.strip()
+            elif key == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    try:
+        vcpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        vcpus = os.cpu_count() or 0
+    return {"vcpus": vcpus, "cpu_model": model,
+            "flags": {f: f in flags for f in FLAGS_OF_INTEREST} if flags else None}
+
+
+def host_facts() -> dict[str, Any]:
+    mem = read_meminfo()
+    uname = os.uname()
+    facts = cpu_facts()
+    facts.update(kernel=uname.release, machine=uname.machine, hostname=uname.nodename,
+                 mem_total=mem.get("MemTotal"), swap_total=mem.get("SwapTotal"),
+                 python=".".join(str(v) for v in sys.version_info[:3]))
+    return facts
+
+
+# --------------------------------------------------------------------------- Ollama API
+
+
+class Ollama:
+    def __init__(self, url: str, timeout_s: float) -> None:
+        parts = urlsplit(url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 11434
+        self.url = url
+        self.timeout_s = timeout_s
+
+    def connection(self, timeout: float) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+
+    def get(self, path: str) -> tuple[int, Any]:
+        return self._json("GET", path, None, timeout=30.0)
+
+    def post(self, path: str, body: dict[str, Any], timeout: float = 120.0) -> tuple[int, Any]:
+        return self._json("POST", path, body, timeout=timeout)
+
+    def _json(self, method: str, path: str, body: dict[str, Any] | None,
+              timeout: float) -> tuple[int, Any]:
+        conn = self.connection(timeout)
+        try:
+            data = json.dumps(body).encode() if body is not None else None
+            conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            raw = response.read()
+        finally:
+            conn.close()
+        try:
+            return response.status, json.loads(raw.decode("utf-8", "replace") or "null")
+        except ValueError:
+            return response.status, {"error": raw.decode("utf-8", "replace").strip()[:300]}
+
+
+def ollama_binary() -> str | None:
+    found = shutil.which("ollama")
+    if found:
+        return found
+    for candidate in ("/usr/local/bin/ollama", "/usr/bin/ollama", "/bin/ollama"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def check_ollama(api: Ollama) -> dict[str, Any]:
+    """/api/version, or a Fatal saying whether Ollama is missing or just not running."""
+    try:
+        status, body = api.get("/api/version")
+    except OSError as error:
+        binary = ollama_binary()
+        if binary is None:
+            raise Fatal("ollama_not_installed",
+                        "Ollama is not installed on the guest (no `ollama` binary found)") \
+                from None
+        raise Fatal("ollama_not_running",
+                    f"Ollama is installed ({binary}) but its API at {api.url} does not "
+                    f"answer: {error}") from None
+    if status != 200 or not isinstance(body, dict):
+        raise Fatal("ollama_not_running",
+                    f"Ollama's API at {api.url} answered HTTP {status} to /api/version")
+    return body
+
+
+def normalise_model(name: str) -> str:
+    last = name.rsplit("/", 1)[-1]
+    return name if ":" in last else name + ":latest"
+
+
+def find_tags_entry(api: Ollama, model: str) -> dict[str, Any]:
+    status, body = api.get("/api/tags")
+    if status != 200 or not isinstance(body, dict):
+        raise Fatal("ollama_error", f"Ollama's /api/tags answered HTTP {status}")
+    wanted = normalise_model(model)
+    for entry in body.get("models") or []:
+        if normalise_model(str(entry.get("name") or entry.get("model") or "")) == wanted:
+            return dict(entry)
+    names = ", ".join(str(e.get("name")) for e in body.get("models") or []) or "none"
+    raise Fatal("model_missing",
+                f"model {model} is not pulled on the guest (models there: {names})")
+
+
+def ps_entry(api: Ollama, model: str) -> dict[str, Any] | None:
+    try:
+        status, body = api.get("/api/ps")
+    except OSError:
+        return None
+    if status != 200 or not isinstance(body, dict):
+        return None
+    wanted = normalise_model(model)
+    for entry in body.get("models") or []:
+        if normalise_model(str(entry.get("name") or entry.get("model") or "")) == wanted:
+            return dict(entry)
+    return None
+
+
+def unload(api: Ollama, model: str) -> None:
+    """keep_alive 0 with no prompt unloads; wait until /api/ps no longer lists the model."""
+    api.post("/api/generate", {"model": model, "keep_alive": 0})
+    deadline = time.monotonic() + 30
+    while ps_entry(api, model) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+# --------------------------------------------------------------------------- one run
+
+
+METRIC_KEYS = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
+               "eval_count", "eval_duration", "done_reason", "done")
+
+
+class RunOutcome:
+    def __init__(self) -> None:
+        self.final: dict[str, Any] | None = None
+        self.error: str | None = None
+        self.http_status: int | None = None
+        self.ttft_s: float | None = None
+        self.first_token_at: float | None = None
+        self.last_token_at: float | None = None
+        self.chunks = 0
+
+
+def stream_generate(api: Ollama, request: dict[str, Any], timeout_s: float) -> RunOutcome:
+    """POST a streamed /api/generate and time the first token ourselves."""
+    outcome = RunOutcome()
+    conn = api.connection(timeout_s)
+    started = time.perf_counter()
+    try:
+        conn.request("POST", "/api/generate", body=json.dumps(request).encode(),
+                     headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        outcome.http_status = response.status
+        if response.status != 200:
+            raw = response.read().decode("utf-8", "replace")
+            try:
+                outcome.error = str(json.loads(raw).get("error") or raw)
+            except (ValueError, AttributeError):
+                outcome.error = raw.strip()[:300] or f"HTTP {response.status}"
+            return outcome
+        _read_stream(response, outcome, started)
+    except (OSError, http.client.HTTPException) as error:
+        outcome.error = "connection to Ollama failed during the run: %s" % (error or
+                                                                             type(error).__name__)
+    finally:
+        conn.close()
+    if outcome.final is None and outcome.error is None:
+        outcome.error = "Ollama's stream ended without a final (done) object"
+    return outcome
+
+
+def _read_stream(response: http.client.HTTPResponse, outcome: RunOutcome,
+                 started: float) -> None:
+    while True:
+        line = response.readline()
+        if not line:
+            return
+        line = line.strip()
+        if not line:
+            continue
+        now = time.perf_counter()
+        try:
+            chunk = json.loads(line.decode("utf-8", "replace"))
+        except ValueError:
+            continue
+        if "error" in chunk:  # an error line inside a 200 stream (ollama.md §3.8)
+            outcome.error = str(chunk["error"])
+            return
+        if chunk.get("response"):
+            outcome.chunks += 1
+            if outcome.ttft_s is None:
+                outcome.ttft_s = now - started
+                outcome.first_token_at = now
+            outcome.last_token_at = now
+        if chunk.get("done"):
+            outcome.final = {k: chunk[k] for k in METRIC_KEYS if k in chunk}
+            return
+
+
+def kernel_oom_lines(since_epoch: float, pids: set[int]) -> list[str]:
+    """Kernel log lines about an OOM kill of an Ollama process since the run started."""
+    lines = _dmesg_since(since_epoch)
+    if lines is None:
+        lines = _journal_kernel_since(since_epoch) or []
+    hits = []
+    for line in lines:
+        if not OOM_LINE.search(line):
+            continue
+        killed = KILLED_PROCESS.search(line)
+        if killed and (int(killed.group(1)) in pids or killed.group(2) in OLLAMA_NAMES):
+            hits.append(line.strip())
+    return hits
+
+
+def _run_quiet(argv: list[str]) -> str | None:
+    try:
+        done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              stdin=subprocess.DEVNULL, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.decode("utf-8", "replace") if done.returncode == 0 else None
+
+
+def _dmesg_since(since_epoch: float) -> list[str] | None:
+    text = _run_quiet(["dmesg"]) or _run_quiet(["sudo", "-n", "dmesg"])
+    if text is None:
+        return None
+    try:
+        booted = time.time() - float(read_text("/proc/uptime").split()[0])
+    except (OSError, ValueError):
+        return text.splitlines()
+    since_boot = since_epoch - booted - 2.0
+    kept = []
+    for line in text.splitlines():
+        match = re.match(r"^\[\s*(\d+\.\d+)\]", line)
+        if match is None or float(match.group(1)) >= since_boot:
+            kept.append(line)
+    return kept
+
+
+def _journal_kernel_since(since_epoch: float) -> list[str] | None:
+    text = _run_quiet(["journalctl", "-k", "-q", "--no-pager", "--since",
+                       f"@{int(since_epoch - 2)}"])
+    return text.splitlines() if text is not None else None
+
+
+def oom_verdict(error: str, sampler: Sampler, processes: OllamaProcesses,
+                started_epoch: float) -> dict[str, Any]:
+    """Was the runner killed for lack of memory? Evidence from three independent places."""
+    evidence = []
+    kernel = kernel_oom_lines(started_epoch, processes.seen)
+    evidence += ["kernel: " + line for line in kernel[-3:]]
+    text_says = bool(MEMORY_TEXT.search(error))
+    if text_says:
+        evidence.append("ollama: " + error)
+    vanished = sorted(p for p in sampler.runner_pids if not os.path.exists(f"/proc/{p}"))
+    killed = "signal: killed" in error or bool(vanished)
+    at_limit = sampler.memory_at_limit()
+    if killed and at_limit:
+        evidence.append("runner {} while MemAvailable fell to {} of {} bytes".format(
+            f"pid {vanished} vanished" if vanished else "was killed",
+            sampler.min_available, sampler.mem_total))
+    return {"likely": bool(kernel) or text_says or (killed and at_limit),
+            "evidence": evidence, "runner_vanished": vanished, "memory_at_limit": at_limit}
+
+
+def one_run(api: Ollama, options: dict[str, Any], index: int, warmup: bool,
+            processes: OllamaProcesses) -> bool:
+    """Measure one generate; emit its samples and result. False when the probe must stop."""
+    model = options["model"]
+    if options.get("cold") and not warmup:
+        unload(api, model)
+    loaded_before = ps_entry(api, model) is not None
+    nonce = uuid.uuid4().hex[:12]
+    request = {
+        "model": model,
+        # A new first line per run: Ollama reuses the KV cache of a matching prompt prefix,
+        # which would shrink prompt_eval_count/duration and fake the prefill rate.
+        "prompt": "[run {}]\n{}".format(nonce, options["prompt"]),
+        "stream": True,
+        "keep_alive": options.get("keep_alive", "10m"),
+        "options": runner_options(options),
+    }
+    emit("run_start", run=index, warmup=warmup, nonce=nonce, loaded_before=loaded_before,
+         started_at=time.time())
+    before_members = processes.current()
+    sampler = Sampler(index, options.get("sample_interval_s", 0.1), processes)
+    usage0 = resource.getrusage(resource.RUSAGE_SELF)
+    started_epoch, wall0 = time.time(), time.monotonic()
+    sampler.start()
+    outcome = stream_generate(api, request, float(options.get("run_timeout_s", 900)))
+    sampler.stopping.set()
+    sampler.join()
+    wall_s = time.monotonic() - wall0
+    usage1 = resource.getrusage(resource.RUSAGE_SELF)
+    new_runner = bool(sampler.runner_pids - before_members)
+    result: dict[str, Any] = {
+        "run": index, "warmup": warmup, "ok": outcome.error is None, "error": outcome.error,
+        "http_status": outcome.http_status, "ollama": outcome.final or {},
+        "ttft_s": _round(outcome.ttft_s), "wall_s": round(wall_s, 4),
+        "stream_tokens": outcome.chunks,
+        "stream_decode_s": _round(outcome.last_token_at - outcome.first_token_at)
+        if outcome.first_token_at is not None and outcome.last_token_at is not None else None,
+        "load_kind": "warm" if loaded_before and not new_runner else "cold",
+        "nonce": nonce, "cache_bust": "unload+nonce" if options.get("cold") else "nonce",
+        "started_at": started_epoch,
+        "sampler": {"samples": sampler.samples, "interval_s": round(sampler.interval_s, 4),
+                    "cpu_s": round(sampler.cpu_s, 6), "wall_s": round(sampler.wall_s, 4)},
+        "agent_cpu_s": round((usage1.ru_utime + usage1.ru_stime)
+                             - (usage0.ru_utime + usage0.ru_stime), 6),
+    }
+    if outcome.error is not None:
+        result["oom"] = oom_verdict(outcome.error, sampler, processes, started_epoch)
+    emit("run", **result)
+    return outcome.error is None or not result["oom"]["likely"]
+
+
+def runner_options(options: dict[str, Any]) -> dict[str, Any]:
+    chosen = {"seed": int(options.get("seed", 42)), "temperature": 0,
+              "num_predict": int(options["num_predict"])}
+    for key in ("num_thread", "num_ctx"):
+        if options.get(key):
+            chosen[key] = int(options[key])
+    return chosen
+
+
+def _round(value: float | None) -> float | None:
+    return round(value, 6) if value is not None else None
+
+
+# --------------------------------------------------------------------------- main
+
+
+def probe(options: dict[str, Any]) -> int:
+    api = Ollama(options.get("ollama_url") or "http://127.0.0.1:11434",
+                 float(options.get("run_timeout_s", 900)))
+    facts = host_facts()
+    version = check_ollama(api)
+    facts["ollama_version"] = version.get("version")
+    facts["tags_entry"] = find_tags_entry(api, options["model"])
+    processes = OllamaProcesses()
+    facts["ollama_pids"] = sorted(processes.current())
+    emit("facts", **facts)
+    if options.get("cold"):
+        unload(api, options["model"])
+    total = int(options.get("warmup", 0)) + int(options["runs"])
+    ps_sent = False
+    for index in range(total):
+        if not one_run(api, options, index, index < int(options.get("warmup", 0)), processes):
+            emit("end", runs=index + 1, stopped="oom")
+            return 0
+        if not ps_sent:
+            entry = ps_entry(api, options["model"])
+            if entry is not None:
+                emit("ps", entry=entry)
+                ps_sent = True
+    emit("end", runs=total, stopped=None)
+    return 0
+
+
+def decode_options(argv: list[str]) -> dict[str, Any]:
+    if len(argv) != 2:
+        raise Fatal("usage", "usage: agent.py BASE64-JSON-OPTIONS")
+    options = json.loads(base64.b64decode(argv[1]).decode("utf-8"))
+    if not isinstance(options, dict) or "model" not in options or "runs" not in options:
+        raise Fatal("usage", "options must be a JSON object with model and runs")
+    return options
+
+
+def main(argv: list[str]) -> int:
+    emit("hello", protocol=AGENT_PROTOCOL, python=sys.version.split()[0], pid=os.getpid())
+    try:
+        return probe(decode_options(argv))
+    except Fatal as fatal:
+        emit("error", kind=fatal.kind, message=fatal.message)
+        return 3
+    except BrokenPipeError:
+        return 4  # the host went away (SSH dropped): nobody left to tell
+    except Exception as error:  # noqa: BLE001 - report any agent bug as one event
+        emit("error", kind="agent_bug", message=f"{type(error).__name__}: {error}")
+        return 5
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,451 @@
+"""Pure interpretation of what the probe agent and Ollama report: no I/O, no SSH.
+
+Ollama's metric fields are `omitempty` (ollama.md §3.1): a field that is absent was not
+reported, and stays None here; it never becomes 0. Rates are computed only from Ollama's own
+counters (count / duration), so the tokens/s labctl shows is exactly Ollama's.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from provision.errors import ProbeError
+
+NS = 1_000_000_000
+AVX_FLAGS = ("avx", "avx2", "avx512f", "fma")
+
+
+def _count(obj: Mapping[str, Any], key: str) -> int | None:
+    """A non-negative integer field, or None when Ollama left it out (or sent nonsense)."""
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
+
+
+def _rate(count: int | None, duration_ns: int | None) -> float | None:
+    if count is None or not duration_ns:
+        return None
+    return count * NS / duration_ns
+
+
+def _seconds(duration_ns: int | None) -> float | None:
+    return None if duration_ns is None else duration_ns / NS
+
+
+@dataclass(frozen=True)
+class OllamaMetrics:
+    """The timing fields of a final /api/generate (or /api/chat) object, None = not reported."""
+
+    total_duration_ns: int | None = None
+    load_duration_ns: int | None = None
+    prompt_eval_count: int | None = None
+    prompt_eval_duration_ns: int | None = None
+    eval_count: int | None = None
+    eval_duration_ns: int | None = None
+    done_reason: str | None = None
+
+    @classmethod
+    def from_response(cls, obj: Mapping[str, Any]) -> OllamaMetrics:
+        reason = obj.get("done_reason")
+        return cls(
+            total_duration_ns=_count(obj, "total_duration"),
+            load_duration_ns=_count(obj, "load_duration"),
+            prompt_eval_count=_count(obj, "prompt_eval_count"),
+            prompt_eval_duration_ns=_count(obj, "prompt_eval_duration"),
+            eval_count=_count(obj, "eval_count"),
+            eval_duration_ns=_count(obj, "eval_duration"),
+            done_reason=reason if isinstance(reason, str) else None,
+        )
+
+    @property
+    def eval_tps(self) -> float | None:
+        """Generation rate: eval_count / eval_duration, as `ollama run --verbose` prints it."""
+        return _rate(self.eval_count, self.eval_duration_ns)
+
+    @property
+    def prompt_tps(self) -> float | None:
+        return _rate(self.prompt_eval_count, self.prompt_eval_duration_ns)
+
+    @property
+    def load_s(self) -> float | None:
+        return _seconds(self.load_duration_ns)
+
+    @property
+    def total_s(self) -> float | None:
+        return _seconds(self.total_duration_ns)
+
+
+def parse_ndjson(text: str) -> list[dict[str, Any]]:
+    """Objects of an NDJSON body (blank lines skipped)."""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def stream_outcome(objects: Iterable[Mapping[str, Any]]) -> tuple[OllamaMetrics | None, str | None]:
+    """(metrics of the final object, error) of a streamed generate; an error line ends it."""
+    for obj in objects:
+        if "error" in obj:
+            return None, str(obj["error"])
+        if obj.get("done"):
+            return OllamaMetrics.from_response(obj), None
+    return None, "the stream ended without a final (done) object"
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """The model as /api/tags lists it."""
+
+    name: str
+    digest: str | None
+    size_bytes: int | None
+    family: str | None = None
+    parameter_size: str | None = None
+    quantization: str | None = None
+
+    @classmethod
+    def from_tags_entry(cls, entry: Mapping[str, Any]) -> ModelFacts:
+        details = entry.get("details") or {}
+        digest = entry.get("digest")
+        return cls(
+            name=str(entry.get("name") or entry.get("model") or ""),
+            digest=str(digest).removeprefix("sha256:") if digest else None,
+            size_bytes=_count(entry, "size"),
+            family=details.get("family") or None,
+            parameter_size=details.get("parameter_size") or None,
+            quantization=details.get("quantization_level") or None,
+        )
+
+
+def find_tags_entry(tags: Mapping[str, Any], model: str) -> dict[str, Any] | None:
+    """The /api/tags entry of a model; "gemma2" means "gemma2:latest", as in Ollama."""
+    wanted = normalise_model(model)
+    for entry in tags.get("models") or []:
+        if normalise_model(str(entry.get("name") or entry.get("model") or "")) == wanted:
+            return dict(entry)
+    return None
+
+
+def normalise_model(name: str) -> str:
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
+@dataclass(frozen=True)
+class PsFacts:
+    """The loaded model as /api/ps shows it."""
+
+    size_bytes: int | None
+    size_vram_bytes: int | None
+    context_length: int | None
+
+    @classmethod
+    def from_entry(cls, entry: Mapping[str, Any]) -> PsFacts:
+        return cls(size_bytes=_count(entry, "size"), size_vram_bytes=_count(entry, "size_vram"),
+                   context_length=_count(entry, "context_length"))
+
+    @property
+    def on_cpu(self) -> bool | None:
+        """True when the model runs 100 % on CPU (size_vram 0); None when not reported."""
+        return None if self.size_vram_bytes is None else self.size_vram_bytes == 0
+
+    @property
+    def processor(self) -> str:
+        """The PROCESSOR column of `ollama ps` (cmd/cmd.go, ollama.md §4.2)."""
+        size, vram = self.size_bytes, self.size_vram_bytes
+        if vram is None or size is None:
+            return "not reported"
+        if vram == 0:
+            return "100% CPU"
+        if vram == size:
+            return "100% GPU"
+        if vram > size or size == 0:
+            return "Unknown"
+        cpu = round((size - vram) / size * 100)
+        return f"{cpu}%/{100 - cpu}% CPU/GPU"
+
+
+@dataclass(frozen=True)
+class GuestFacts:
+    """What the guest is: reported once per probe by the agent."""
+
+    vcpus: int | None
+    cpu_model: str | None
+    flags: dict[str, bool] | None
+    kernel: str | None
+    mem_total_bytes: int | None
+    swap_total_bytes: int | None
+    python: str | None
+    ollama_version: str | None
+    model: ModelFacts
+    ps: PsFacts | None = None
+
+    @classmethod
+    def from_event(cls, event: Mapping[str, Any]) -> GuestFacts:
+        flags = event.get("flags")
+        return cls(
+            vcpus=_count(event, "vcpus"),
+            cpu_model=event.get("cpu_model") or None,
+            flags={str(k): bool(v) for k, v in flags.items()} if isinstance(flags, dict) else None,
+            kernel=event.get("kernel") or None,
+            mem_total_bytes=_count(event, "mem_total"),
+            swap_total_bytes=_count(event, "swap_total"),
+            python=event.get("python") or None,
+            ollama_version=event.get("ollama_version") or None,
+            model=ModelFacts.from_tags_entry(event.get("tags_entry") or {}),
+        )
+
+    def has_flag(self, flag: str) -> bool | None:
+        return None if self.flags is None else self.flags.get(flag, False)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["avx2"] = self.has_flag("avx2")
+        data["on_cpu"] = self.ps.on_cpu if self.ps else None
+        data["processor"] = self.ps.processor if self.ps else None
+        return data
+
+
+def avx_warning(facts: GuestFacts) -> str | None:
+    """A warning when the guest CPU hides AVX2 (ollama.md §5.5), else None."""
+    if facts.has_flag("avx2") is not False:
+        return None
+    missing = [f for f in AVX_FLAGS if facts.has_flag(f) is False]
+    return (f"the guest CPU ({facts.cpu_model or 'unknown model'}) lacks {', '.join(missing)}: "
+            "llama.cpp falls back to a much slower kernel. The Proxmox cpu type is the likely "
+            "cause (kvm64 and x86-64-v2-AES hide AVX2); use cpu type host or x86-64-v3")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The VM's state at one moment of a run (bytes, percent, seconds since run start)."""
+
+    t: float
+    load1: float | None
+    cpu_pct: float | None
+    busiest_core_pct: float | None
+    mem_total: int | None
+    mem_available: int | None
+    swap_used: int | None
+    ollama_rss: int | None
+
+    @classmethod
+    def from_event(cls, event: Mapping[str, Any]) -> Sample:
+        return cls(t=float(event.get("t") or 0.0), load1=number(event, "load1"),
+                   cpu_pct=number(event, "cpu_pct"),
+                   busiest_core_pct=number(event, "busiest_core_pct"),
+                   mem_total=_count(event, "mem_total"),
+                   mem_available=_count(event, "mem_available"),
+                   swap_used=_count(event, "swap_used"), ollama_rss=_count(event, "ollama_rss"))
+
+    @property
+    def mem_used(self) -> int | None:
+        if self.mem_total is None or self.mem_available is None:
+            return None
+        return self.mem_total - self.mem_available
+
+
+def number(obj: Mapping[str, Any], key: str) -> float | None:
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _peak(values: Iterable[float | int | None]) -> Any:
+    known = [v for v in values if v is not None]
+    return max(known) if known else None
+
+
+@dataclass(frozen=True)
+class RunPeaks:
+    """The worst moment of a run, from its samples."""
+
+    samples: int
+    peak_mem_used: int | None
+    min_mem_available: int | None
+    peak_swap_used: int | None
+    peak_rss: int | None
+    peak_load1: float | None
+    mean_cpu_pct: float | None
+    peak_busiest_core_pct: float | None
+
+    @classmethod
+    def from_samples(cls, samples: Sequence[Sample]) -> RunPeaks:
+        available = [s.mem_available for s in samples if s.mem_available is not None]
+        cpu = [s.cpu_pct for s in samples if s.cpu_pct is not None]
+        return cls(
+            samples=len(samples),
+            peak_mem_used=_peak(s.mem_used for s in samples),
+            min_mem_available=min(available) if available else None,
+            peak_swap_used=_peak(s.swap_used for s in samples),
+            peak_rss=_peak(s.ollama_rss for s in samples),
+            peak_load1=_peak(s.load1 for s in samples),
+            mean_cpu_pct=round(statistics.fmean(cpu), 1) if cpu else None,
+            peak_busiest_core_pct=_peak(s.busiest_core_pct for s in samples),
+        )
+
+
+@dataclass
+class RunResult:
+    """One generate request: Ollama's numbers, ours, and what the VM went through."""
+
+    index: int
+    warmup: bool
+    ok: bool
+    error: str | None
+    metrics: OllamaMetrics
+    peaks: RunPeaks
+    ttft_s: float | None = None
+    wall_s: float | None = None
+    load_kind: str | None = None  # "cold": the runner (re)loaded the model; "warm": it was loaded
+    cache_bust: str | None = None
+    started_at: float | None = None
+    stream_tokens: int | None = None
+    stream_decode_s: float | None = None
+    sampler_cpu_s: float | None = None
+    sampler_wall_s: float | None = None
+    agent_cpu_s: float | None = None
+    oom: dict[str, Any] | None = None
+    samples: list[Sample] = field(default_factory=list, repr=False)
+
+    @property
+    def eval_tps(self) -> float | None:
+        return self.metrics.eval_tps
+
+    @property
+    def prompt_tps(self) -> float | None:
+        return self.metrics.prompt_tps
+
+    @property
+    def load_s(self) -> float | None:
+        return self.metrics.load_s
+
+    @property
+    def sampler_cpu_pct(self) -> float | None:
+        """The sampler thread's CPU time as a percentage of one core during the run."""
+        if self.sampler_cpu_s is None or not self.sampler_wall_s:
+            return None
+        return 100.0 * self.sampler_cpu_s / self.sampler_wall_s
+
+    @property
+    def sample_hz(self) -> float | None:
+        if not self.sampler_wall_s or not self.peaks.samples:
+            return None
+        return self.peaks.samples / self.sampler_wall_s
+
+    @property
+    def oom_likely(self) -> bool:
+        return bool(self.oom and self.oom.get("likely"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run": self.index, "warmup": self.warmup, "ok": self.ok, "error": self.error,
+            "eval_tps": self.eval_tps, "prompt_tps": self.prompt_tps, "ttft_s": self.ttft_s,
+            "load_s": self.load_s, "load_kind": self.load_kind, "wall_s": self.wall_s,
+            "ollama": asdict(self.metrics), **{f"{k}": v for k, v in asdict(self.peaks).items()},
+            "cache_bust": self.cache_bust, "started_at": self.started_at,
+            "stream_tokens": self.stream_tokens, "stream_decode_s": self.stream_decode_s,
+            "sampler_cpu_pct": self.sampler_cpu_pct, "sample_hz": self.sample_hz,
+            "agent_cpu_s": self.agent_cpu_s, "oom": self.oom,
+        }
+
+
+def run_from_event(event: Mapping[str, Any], samples: Sequence[Sample]) -> RunResult:
+    """A RunResult from the agent's "run" event and the samples streamed before it."""
+    sampler = event.get("sampler") or {}
+    return RunResult(
+        index=int(event["run"]), warmup=bool(event.get("warmup")), ok=bool(event.get("ok")),
+        error=event.get("error") or None,
+        metrics=OllamaMetrics.from_response(event.get("ollama") or {}),
+        peaks=RunPeaks.from_samples(samples),
+        ttft_s=number(event, "ttft_s"), wall_s=number(event, "wall_s"),
+        load_kind=event.get("load_kind"), cache_bust=event.get("cache_bust"),
+        started_at=number(event, "started_at"),
+        stream_tokens=_count(event, "stream_tokens"),
+        stream_decode_s=number(event, "stream_decode_s"),
+        sampler_cpu_s=number(sampler, "cpu_s"), sampler_wall_s=number(sampler, "wall_s"),
+        agent_cpu_s=number(event, "agent_cpu_s"), oom=event.get("oom"),
+        samples=list(samples),
+    )
+
+
+def failed_run(index: int, warmup: bool, reason: str, samples: Sequence[Sample],
+               started_at: float | None = None) -> RunResult:
+    """A run that never reported its end (the SSH connection dropped)."""
+    return RunResult(index=index, warmup=warmup, ok=False, error=reason,
+                     metrics=OllamaMetrics(), peaks=RunPeaks.from_samples(samples),
+                     started_at=started_at, samples=list(samples))
+
+
+@dataclass(frozen=True)
+class Stat:
+    median: float
+    min: float
+    max: float
+    n: int
+
+
+def stat(values: Iterable[float | int | None]) -> Stat | None:
+    known = [float(v) for v in values if v is not None]
+    if not known:
+        return None
+    return Stat(median=statistics.median(known), min=min(known), max=max(known), n=len(known))
+
+
+SUMMARY_KEYS = ("eval_tps", "prompt_tps", "ttft_s", "load_s_cold", "load_s_warm",
+                "peak_mem_used", "peak_rss", "peak_load1")
+
+
+def summarize(runs: Iterable[RunResult]) -> dict[str, Stat | None]:
+    """Median/min/max over the measured (not warm-up) runs that succeeded."""
+    counted = [r for r in runs if r.ok and not r.warmup]
+    return {
+        "eval_tps": stat(r.eval_tps for r in counted),
+        "prompt_tps": stat(r.prompt_tps for r in counted),
+        "ttft_s": stat(r.ttft_s for r in counted),
+        "load_s_cold": stat(r.load_s for r in counted if r.load_kind == "cold"),
+        "load_s_warm": stat(r.load_s for r in counted if r.load_kind == "warm"),
+        "peak_mem_used": stat(r.peaks.peak_mem_used for r in counted),
+        "peak_rss": stat(r.peaks.peak_rss for r in counted),
+        "peak_load1": stat(r.peaks.peak_load1 for r in counted),
+    }
+
+
+def parse_event(line: str) -> dict[str, Any] | None:
+    """One agent line as a dict, or None for a line that is not an agent event.
+
+    Shell start-up files on the guest may print text before the agent starts; such lines
+    are skipped rather than fatal.
+    """
+    text = line.strip()
+    if not text.startswith("{"):
+        return None
+    try:
+        event = json.loads(text)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) and isinstance(event.get("event"), str) else None
+
+
+def fatal_error(kind: str, message: str, vm: str) -> ProbeError:
+    """The one-line error (with its fix) for a fatal agent report."""
+    target = vm or "the guest"
+    hints = {
+        "no_python": "install python3 on the guest (Ansible needs it too)",
+        "old_python": "install python3 >= 3.7 on the guest",
+        "ollama_not_installed": f"run `labctl deploy {target}`",
+        "ollama_not_running": f"start it (`sudo systemctl start ollama`) or run "
+                              f"`labctl deploy {target}`",
+        "model_missing": f"run `labctl deploy {target}` to pull it",
+    }
+    texts = {
+        "no_python": f"python3 is not installed on {target}; the probe agent needs it",
+        "old_python": f"python3 on {target} is too old for the probe agent: {message}",
+    }
+    text = texts.get(kind, f"{message} (on {target})")
+    if kind not in hints:
+        return ProbeError(f"the probe failed on {target}: {message}")
+    return ProbeError(text, hint=hints[kind])
