@@ -8,6 +8,7 @@ guest agent's file-read, as labctl does) into a known_hosts file.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import subprocess
 from collections.abc import Iterator
@@ -102,11 +103,9 @@ class Lab:
 
     def close(self) -> None:
         for vmid in list(self._vmids):
-            try:
+            with contextlib.suppress(Exception):  # best effort; backend.close() sweeps the rest
                 self.backend.stop(vmid)
                 self.backend.delete_disk(vmid)
-            except Exception:  # noqa: BLE001 - best effort; backend.close() sweeps the rest
-                pass
         self._vmids.clear()
 
     def __post_init__(self) -> None:

@@ -18,7 +18,7 @@ import shutil
 import socketserver
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from .release import (
     DEFAULT_MODEL_BYTES,
@@ -50,13 +50,13 @@ class OllamaMirror:
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 mirror._serve(self, head=False)
 
-            def do_HEAD(self) -> None:  # noqa: N802
+            def do_HEAD(self) -> None:
                 mirror._serve(self, head=True)
 
         self._httpd = _Server((host, port), Handler)
@@ -79,7 +79,7 @@ class OllamaMirror:
         """What the role's `ollama_download_base_url` should be set to."""
         return f"{self.url}/download"
 
-    def start(self) -> OllamaMirror:
+    def start(self) -> Self:
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={
             "poll_interval": 0.1}, daemon=True, name="ollama-mirror")
         self._thread.start()
@@ -91,7 +91,7 @@ class OllamaMirror:
         if self._thread:
             self._thread.join(timeout=5)
 
-    def __enter__(self) -> OllamaMirror:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -3,7 +3,7 @@
 Layout written under a mirror root (what tests/doubles/mirror.py serves):
 
     <root>/download/v<version>/ollama-linux-amd64.tar.zst     # bin/ollama + lib/ollama/...
-    <root>/download/v<version>/sha256sum.txt                   # "<hex>  ./ollama-linux-amd64.tar.zst"
+    <root>/download/v<version>/sha256sum.txt                   # "<hex>  ./<asset>" lines
     <root>/registry/manifests/<namespace>/<model>/<tag>         # Docker v2 manifest (JSON)
     <root>/registry/blobs/sha256:<hex>                          # layers and config
 

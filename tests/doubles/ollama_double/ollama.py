@@ -50,8 +50,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 VERSION = "0.0.0-double"  # replaced by the release builder with the version it packages
 
@@ -65,15 +66,15 @@ PROGRESS_INTERVAL_S = 0.06  # real pull progress cadence (~60 ms)
 ROW_BYTES = 1 << 20  # one "weight row" hashed as a unit
 RUNNER_OPTIONS = ("num_ctx", "num_batch", "num_gpu", "num_thread", "use_mmap")
 
-VOCAB = (
-    " the sky appears blue because of a phenomenon called Rayleigh scattering , which"
+VOCAB_TEXT = (
+    "the sky appears blue because of a phenomenon called Rayleigh scattering , which"
     " means that shorter wavelengths of sunlight are scattered more strongly by the small"
     " molecules of gas in the atmosphere . when light travels through air it meets nitrogen"
     " and oxygen and the blue part of the spectrum spreads across the whole dome while red"
     " and orange pass straight on , so at noon we see blue and at sunset we see warm colours"
     " this is also why distant mountains look hazy and faint ."
-).split(" ")[1:]
-VOCAB = [(" " + w if w not in {",", "."} else w) for w in VOCAB]
+)
+VOCAB = [(" " + w if w not in {",", "."} else w) for w in VOCAB_TEXT.split(" ")]
 
 
 # --------------------------------------------------------------------------- env parsing
@@ -146,7 +147,7 @@ def models_dir() -> Path:
 
 def now_rfc3339() -> str:
     ns = time.time_ns()
-    stamp = _dt.datetime.fromtimestamp(ns // 10**9, tz=_dt.timezone.utc)
+    stamp = _dt.datetime.fromtimestamp(ns // 10**9, tz=_dt.UTC)
     return f"{stamp:%Y-%m-%dT%H:%M:%S}.{ns % 10**9:09d}Z"
 
 
@@ -589,7 +590,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     sys_version = ""
     scheduler: Scheduler
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         sys.stderr.write(f"[GIN] {self.log_date_time_string()} | {format % args}\n")
 
     # -- plumbing
@@ -652,18 +653,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+    def do_GET(self) -> None:
         self._dispatch({"/": lambda: self._send_text(200, "Ollama is running"),
                         "/api/version": lambda: self._send_json(200, {"version": VERSION}),
                         "/api/tags": self.api_tags, "/api/ps": self.api_ps})
 
-    do_HEAD = do_GET  # noqa: N815
+    do_HEAD = do_GET
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._dispatch({"/api/pull": self.api_pull, "/api/generate": self.api_generate,
                         "/api/chat": self.api_chat, "/api/show": self.api_show})
 
-    def do_DELETE(self) -> None:  # noqa: N802
+    def do_DELETE(self) -> None:
         self._dispatch({"/api/delete": self.api_delete})
 
     # -- endpoints
