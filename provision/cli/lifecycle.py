@@ -1,0 +1,438 @@
+"""`labctl init / up / ls / resize / down`: parsing and rendering; the work is in provision.pve.
+
+Heavy imports (proxmoxer, requests, paramiko) happen inside the commands, so `labctl --help`
+stays about as fast as starting Python.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from provision.cli import cli
+from provision.cli.app import AppContext, pass_app
+from provision.errors import ConfigError, LabctlError, UsageError
+
+if TYPE_CHECKING:
+    from provision.pve.lifecycle import Lab, ResizeResult, ShapeRequest, VmInfo
+
+_LOGGERS = ("labctl", "proxmoxer", "urllib3", "paramiko")
+
+
+def configure_logging(app: AppContext) -> None:
+    """-v: info, -vv: debug (also proxmoxer/urllib3/paramiko) on stderr, secrets redacted."""
+    if app.verbosity < 1 or getattr(configure_logging, "_done", False):
+        return
+    from provision.pve.client import RedactingFilter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter())
+    level = logging.DEBUG if app.verbosity >= 2 else logging.INFO
+    for name in _LOGGERS:
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(level if name == "labctl" or app.verbosity >= 2 else logging.WARNING)
+        logger.propagate = False
+    for name in ("proxmoxer.core", "proxmoxer.backends.https"):
+        logging.getLogger(name).setLevel(level)  # proxmoxer pins its loggers to WARNING
+    configure_logging._done = True  # type: ignore[attr-defined]
+
+
+def make_lab(app: AppContext) -> Lab:
+    """The Lab for the current config, state dir and reporter (imports the Proxmox client)."""
+    configure_logging(app)
+    from provision.pve.lifecycle import Lab
+
+    return Lab(app.config, app.state_dir, app.reporter)
+
+
+def _shape_request(cores: str | None, ram: str | None, cpu_type: str | None,
+                   disk: str | None) -> ShapeRequest:
+    from provision.pve.lifecycle import ShapeRequest
+    from provision.shape import parse_cores, parse_disk_gib, parse_ram
+
+    return ShapeRequest(
+        cores=parse_cores(cores) if cores is not None else None,
+        memory_mib=parse_ram(ram) if ram is not None else None,
+        cpu_type=_cpu_type(cpu_type) if cpu_type is not None else None,
+        disk_gib=parse_disk_gib(disk) if disk is not None else None,
+    )
+
+
+def _cpu_type(text: str) -> str:
+    value = text.strip()
+    if not value or any(c in value for c in ",= "):
+        raise UsageError(f"invalid cpu type {text!r}: give a Proxmox CPU model such as host, "
+                         "x86-64-v3 or x86-64-v2-AES")
+    return value
+
+
+def _format_uptime(seconds: int) -> str:
+    if seconds <= 0:
+        return "-"
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{seconds % 60:02d}s"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+                     for row in rows)
+
+
+# -- init --------------------------------------------------------------------------------------
+
+_INIT_TEMPLATE = """\
+# labctl lab file. Every key: `labctl --help` and the README's config reference.
+# Environment variables override keys: LABCTL_<SECTION>_<KEY>, e.g. LABCTL_PROXMOX_TOKEN_SECRET.
+
+[proxmox]
+host = {host}
+port = {port}
+{node_line}
+# API token (Datacenter > Permissions > API Tokens), as USER@REALM!TOKENNAME.
+token_id = {token_id}
+{secret_line}
+# TLS: pin the SHA-256 of the node's certificate (`pvenode cert info` on the host shows it),
+# the safe answer to Proxmox's self-signed certificates. Or verify = true (+ ca_bundle).
+{tls_lines}
+
+[template]
+name = {template}          # template VM to clone: name or VMID
+storage = {storage}      # where full clones (--full) go
+bridge = {bridge}            # bridge of the VM's first NIC
+
+[ssh]
+user = {ssh_user}              # cloud-init user labctl creates and logs in as
+key = {ssh_key}   # private key; its .pub goes to cloud-init
+
+[network]
+ip = "dhcp"                  # or a CIDR like "192.168.1.50/24" (then set gateway)
+# gateway = "192.168.1.1"
+# nameserver = "192.168.1.1"
+
+[defaults]
+cores = 4
+ram = "8G"
+cpu_type = "host"            # keeps AVX2 visible to llama.cpp (x86-64-v2-AES hides it)
+
+# VMs of this lab: `labctl up` with no name brings each to its shape.
+# [vm.gemma]
+# cores = 8
+# ram = "16G"
+"""
+
+
+def _toml_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@cli.command()
+@click.option("--host", prompt="Proxmox host", help="PVE API host name or address")
+@click.option("--port", default=8006, show_default=True, type=int)
+@click.option("--token-id", prompt="API token id (USER@REALM!NAME)",
+              help="API token id, e.g. root@pam!labctl")
+@click.option("--token-secret", default=None,
+              help="store the token secret in the file (mode 600); otherwise set "
+                   "LABCTL_PROXMOX_TOKEN_SECRET")
+@click.option("--fingerprint", default=None, help="SHA-256 of the server certificate to pin")
+@click.option("--verify/--no-verify", default=None,
+              help="verify the certificate against CAs instead of pinning")
+@click.option("--template", default="ubuntu-2404-cloud", show_default=True,
+              help="template VM: name or VMID")
+@click.option("--node", default="", help="node for new VMs (default: most free RAM)")
+@click.option("--storage", default="local-lvm", show_default=True)
+@click.option("--bridge", default="vmbr0", show_default=True)
+@click.option("--ssh-user", default="ubuntu", show_default=True)
+@click.option("--ssh-key", default="~/.ssh/id_ed25519", show_default=True)
+@click.option("--force", is_flag=True, help="overwrite an existing lab file")
+@click.option("--no-check", is_flag=True, help="only write the file")
+@pass_app
+def init(app: AppContext, host: str, port: int, token_id: str, token_secret: str | None,
+         fingerprint: str | None, verify: bool | None, template: str, node: str, storage: str,
+         bridge: str, ssh_user: str, ssh_key: str, force: bool, no_check: bool) -> None:
+    """Write labctl.toml, then check the connection and that the template exists."""
+    path = Path(app.config_path or "labctl.toml")
+    if path.exists() and not force:
+        raise UsageError(f"{path} exists; use --force to overwrite it")
+    if fingerprint:
+        from provision.pve.client import format_fingerprint, normalize_fingerprint
+
+        fingerprint = format_fingerprint(normalize_fingerprint(fingerprint))
+    if fingerprint:
+        tls = f"fingerprint = {_toml_str(fingerprint)}"
+    elif verify is False:
+        raise UsageError("--no-verify without --fingerprint would trust any server; "
+                         "pin the certificate with --fingerprint")
+    else:
+        tls = "verify = true\n# ca_bundle = \"/etc/ssl/certs/pve-root-ca.pem\"\n" \
+              "# fingerprint = \"AB:CD:...\""
+    secret_line = (f"token_secret = {_toml_str(token_secret)}" if token_secret else
+                   "# token_secret: prefer LABCTL_PROXMOX_TOKEN_SECRET or token_secret_cmd\n"
+                   "# token_secret_cmd = \"pass show pve/labctl\"")
+    text = _INIT_TEMPLATE.format(
+        host=_toml_str(host), port=port,
+        node_line=f"node = {_toml_str(node)}" if node else
+        "# node = \"pve\"             # default: the online node with most free RAM",
+        token_id=_toml_str(token_id), secret_line=secret_line, tls_lines=tls,
+        template=_toml_str(template), storage=_toml_str(storage), bridge=_toml_str(bridge),
+        ssh_user=_toml_str(ssh_user), ssh_key=_toml_str(ssh_key),
+    )
+    _write_private(path, text, secret=bool(token_secret))
+    app.say(f"wrote {path}" + (" (mode 600: it holds the token secret)" if token_secret else ""))
+    result: dict[str, Any] = {"path": str(path), "checked": False}
+    if not no_check:
+        result.update(_check_connection(app, path))
+    app.emit(result, None)
+
+
+def _write_private(path: Path, text: str, *, secret: bool) -> None:
+    mode = 0o600 if secret else 0o644
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def _check_connection(app: AppContext, path: Path) -> dict[str, Any]:
+    from provision.config import load_config
+    from provision.pve.client import PveClient
+
+    app.config_path = str(path)
+    config = load_config(str(path))
+    client = PveClient.from_config(config)
+    version = client.get("version") or {}
+    resources = client.get("cluster/resources", type="vm") or []
+    wanted = str(config.get("template.name"))
+    found = [r for r in resources
+             if (wanted.isdigit() and int(r.get("vmid", 0)) == int(wanted))
+             or r.get("name") == wanted]
+    app.say(f"connected: Proxmox VE {version.get('version', '?')}")
+    if not found:
+        raise ConfigError(f"connected, but template {wanted!r} was not found on the cluster",
+                          hint=f"edit template.name in {path}")
+    entry = found[0]
+    kind = "template" if int(entry.get("template", 0) or 0) else "VM (not a template)"
+    app.say(f"template {wanted}: {kind} {entry.get('vmid')} on {entry.get('node')}")
+    return {"checked": True, "pve_version": version.get("version"),
+            "template": {"vmid": entry.get("vmid"), "node": entry.get("node"),
+                         "is_template": bool(int(entry.get("template", 0) or 0))}}
+
+
+# -- up ----------------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--cores", help="vCPUs (1..node CPUs)")
+@click.option("--ram", help="RAM: 512M, 8G, 8GiB, 1.5G or plain MiB")
+@click.option("--disk", help="grow the boot disk to this size (grow only), e.g. 40G")
+@click.option("--cpu-type", help="Proxmox CPU type (default: host)")
+@click.option("--node", default="", help="node to create the VM on")
+@click.option("--full", is_flag=True, help="full clone onto template.storage (default: linked)")
+@click.option("--allow-overcommit", is_flag=True,
+              help="allow more cores than the node has or more RAM than it has free")
+@click.option("--rollback", is_flag=True, help="destroy the new VM if a later step fails")
+@click.option("--no-deploy", is_flag=True, help="stop once SSH answers (skip Ollama)")
+@pass_app
+def up(app: AppContext, name: str | None, cores: str | None, ram: str | None,
+       disk: str | None, cpu_type: str | None, node: str, full: bool, allow_overcommit: bool,
+       rollback: bool, no_deploy: bool) -> None:
+    """Create (or reconcile) VM NAME at a shape until SSH answers; no NAME = every [vm.*]."""
+    flags = _shape_request(cores, ram, cpu_type, disk)
+    config = app.config
+    if name is None:
+        if not config.vms:
+            raise UsageError("no VM named, and the lab file declares no [vm.NAME] tables")
+        if not flags.empty or node:
+            raise UsageError("shape and --node flags need a VM name; the lab file gives shapes "
+                             "when no name is given")
+        names = list(config.vms)
+    else:
+        names = [name]
+    lab = make_lab(app)
+    started = time.monotonic()
+    results: list[dict[str, Any]] = []
+    for vm_name in names:
+        info = _up_one(app, lab, vm_name, flags, node=node, full=full,
+                       allow_overcommit=allow_overcommit, rollback=rollback)
+        entry = info.to_json()
+        entry["deploy"] = None if no_deploy else _deploy(app, info)
+        results.append(entry)
+        app.say(f"{info.name} is ready: ssh {config.get('ssh.user')}@{info.ip} "
+                f"(vmid {info.vmid} on {info.node}, {info.shape.label})")
+    elapsed = time.monotonic() - started
+    stats = lab.client.stats.as_dict()
+    document: dict[str, Any] = {"vms": results, "elapsed_s": round(elapsed, 3), "api": stats}
+    if name is not None:
+        document = {"vm": results[0], "elapsed_s": round(elapsed, 3), "api": stats}
+    app.emit(document, None)
+
+
+def _up_one(app: AppContext, lab: Lab, name: str, flags: ShapeRequest, *, node: str,
+            full: bool, allow_overcommit: bool, rollback: bool) -> VmInfo:
+    from provision.config import validate_vm_name
+    from provision.pve.lifecycle import ShapeRequest
+
+    validate_vm_name(name)
+    spec = app.config.vm_spec(name)
+    request = flags
+    if spec is not None:
+        declared = ShapeRequest.exactly(spec.shape)
+        request = ShapeRequest(
+            cores=flags.cores if flags.cores is not None else declared.cores,
+            memory_mib=flags.memory_mib if flags.memory_mib is not None
+            else declared.memory_mib,
+            cpu_type=flags.cpu_type if flags.cpu_type is not None else declared.cpu_type,
+            disk_gib=flags.disk_gib if flags.disk_gib is not None else declared.disk_gib,
+        )
+    return lab.up(
+        name, request, node=node or (spec.node if spec else ""),
+        full=full or bool(spec and spec.full), allow_overcommit=allow_overcommit,
+        rollback=rollback,
+        ip=spec.ip if spec else None, gateway=spec.gateway if spec else None,
+    )
+
+
+def _deploy(app: AppContext, info: VmInfo) -> Any:
+    """Deploying Ollama after `up` (the deploy issue plugs in here)."""
+    try:
+        from provision.deploy import deploy_after_up  # type: ignore[attr-defined]
+    except ImportError:
+        app.reporter.warn("deploy is not available in this build; VM left without Ollama "
+                          "(use --no-deploy to silence this)")
+        return None
+    return deploy_after_up(app, info)
+
+
+# -- ls ----------------------------------------------------------------------------------------
+
+@cli.command("ls")
+@click.option("--all", "show_all", is_flag=True, help="also VMs labctl does not manage")
+@pass_app
+def ls(app: AppContext, show_all: bool) -> None:
+    """List labctl's VMs: name, vmid, node, status, shape, IP, uptime."""
+    from provision.shape import format_mib
+
+    lab = make_lab(app)
+    vms = lab.list(include_unmanaged=show_all)
+    rows = [["NAME", "VMID", "NODE", "STATUS", "CORES", "RAM", "CPU", "IP", "UPTIME"]]
+    for vm in vms:
+        label = vm.name if vm.managed else f"{vm.name} (not managed)"
+        status = vm.status + (" *pending" if vm.pending else "") + (
+            f" (lock: {vm.lock})" if vm.lock else "")
+        rows.append([label, str(vm.vmid), vm.node, status, str(vm.shape.cores),
+                     format_mib(vm.shape.memory_mib), vm.shape.cpu_type, vm.ip or "-",
+                     _format_uptime(vm.uptime_s)])
+    if len(rows) == 1:
+        human = "no labctl VMs" + ("" if show_all else " (--all shows every VM)")
+    else:
+        human = _table(rows)
+        if any(vm.pending for vm in vms):
+            human += "\n* pending: a shape change waits for a reboot (labctl resize --reboot)"
+    app.emit({"vms": [vm.to_json() for vm in vms]}, human)
+
+
+# -- resize ------------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("name")
+@click.option("--cores", help="vCPUs")
+@click.option("--ram", help="RAM: 512M, 8G, 8GiB, 1.5G or plain MiB")
+@click.option("--cpu-type", help="Proxmox CPU type")
+@click.option("--reboot", is_flag=True, help="reboot a running VM to apply what cannot hot-plug")
+@click.option("--allow-overcommit", is_flag=True,
+              help="allow more cores than the node has or more RAM than it has free")
+@pass_app
+def resize(app: AppContext, name: str, cores: str | None, ram: str | None,
+           cpu_type: str | None, reboot: bool, allow_overcommit: bool) -> None:
+    """Change the cores / RAM / cpu type of VM NAME (running: hot-plug or pending)."""
+    request = _shape_request(cores, ram, cpu_type, None)
+    if request.empty:
+        raise UsageError("nothing to change: give --cores, --ram and/or --cpu-type")
+    lab = make_lab(app)
+    result = lab.resize(name, request, reboot, allow_overcommit=allow_overcommit)
+    app.emit(result.to_json(), _render_resize(result))
+
+
+def _render_resize(result: ResizeResult) -> str:
+    from provision.shape import format_mib
+
+    rows = [["", "before", "after"],
+            ["cores", str(result.before.cores), str(result.after.cores)],
+            ["RAM", format_mib(result.before.memory_mib), format_mib(result.after.memory_mib)],
+            ["cpu type", result.before.cpu_type, result.after.cpu_type]]
+    lines = [f"{result.name} (vmid {result.vmid})", _table(rows)]
+    if not result.changed:
+        lines.append("already at that shape")
+    elif not result.running:
+        lines.append("applied (the VM is stopped; it boots with the new shape)")
+    elif result.rebooted:
+        lines.append("applied: rebooted, SSH answers again")
+    elif result.pending_keys:
+        lines.append(f"pending until the next reboot: {', '.join(result.pending_keys)} "
+                     f"(PVE cannot hot-plug them) — run again with --reboot to apply now")
+    else:
+        lines.append("applied live (hot-plugged)")
+    return "\n".join(lines)
+
+
+# -- down --------------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--all", "down_all", is_flag=True, help="every VM tagged labctl")
+@click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation")
+@pass_app
+def down(app: AppContext, name: str | None, down_all: bool, yes: bool) -> None:
+    """Shut down and destroy VM NAME (only VMs tagged labctl); its pinned host key goes too."""
+    if bool(name) == down_all:
+        raise UsageError("give a VM name or --all (not both)")
+    lab = make_lab(app)
+    if down_all:
+        targets = lab.list()
+    else:
+        assert name is not None
+        targets = [lab.find(name)]  # refuses a VM without the labctl tag, --yes or not
+    if not targets:
+        app.say("no labctl VMs to remove")
+        app.emit({"destroyed": []}, None)
+        return
+    listing = ", ".join(f"{vm.name} (vmid {vm.vmid} on {vm.node})" for vm in targets)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"refusing to destroy {listing} without confirmation: no terminal "
+                             "to ask on; pass --yes")
+        if not click.confirm(f"Destroy {listing} and its disks?", default=False, err=True):
+            app.say("nothing destroyed")
+            app.emit({"destroyed": []}, None)
+            return
+    destroyed: list[dict[str, Any]] = []
+    failures: list[LabctlError] = []
+    for vm in targets:
+        try:
+            lab.down(vm.name)
+            destroyed.append({"name": vm.name, "vmid": vm.vmid, "node": vm.node})
+            app.say(f"{vm.name} (vmid {vm.vmid}) destroyed")
+        except LabctlError as error:
+            if not down_all:
+                raise
+            app.reporter.warn(f"{vm.name}: {error}")
+            failures.append(error)
+    if failures:
+        raise failures[0]
+    app.emit({"destroyed": destroyed}, None)
