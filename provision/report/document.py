@@ -1,0 +1,45 @@
+"""The sweep as a document: self-contained HTML (plot embedded as base64) or markdown.
+
+Templates live in templates/report/ (shipped in the wheel as provision/_data/templates/report/).
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import jinja2
+
+from provision import paths
+from provision.report.export import to_json
+from provision.report.model import SweepReport
+from provision.report.table import cells, summary_line
+
+
+def _environment(autoescape: bool) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(paths.templates_dir() / "report")),
+        autoescape=autoescape, undefined=jinja2.StrictUndefined, trim_blocks=True,
+        lstrip_blocks=True, keep_trailing_newline=True)
+
+
+def _context(report: SweepReport) -> dict[str, Any]:
+    rows = [{"cells": [str(c) for c in cells(row)], "state": row.state,
+             "minimum": row.is_minimum} for row in report.rows]
+    return {"report": report, "data": to_json(report), "rows": rows,
+            "summary": summary_line(report),
+            "headers": ["vCPU", "RAM", "cpu type", "eval tok/s", "TTFT", "peak used", "free",
+                        "verdict"]}
+
+
+def render_html(report: SweepReport, png: bytes) -> str:
+    """One HTML file that needs nothing else: the plot is a data: URI."""
+    image = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    return _environment(True).get_template("report.html.j2").render(
+        **_context(report), image=image)
+
+
+def render_markdown(report: SweepReport, png_name: str) -> str:
+    """Markdown beside its PNG (`png_name` is the image's path relative to the .md file)."""
+    return _environment(False).get_template("report.md.j2").render(
+        **_context(report), image=png_name)

@@ -1,0 +1,72 @@
+"""The terminal view of a sweep: one row per shape, the minimum highlighted, the recommendation."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from provision.report.model import Row, SweepReport
+from provision.shape import format_mib
+from provision.sweep.model import format_seconds
+
+_STATE_STYLE = {"meets": "green", "misses": "yellow", "oom": "red", "failed": "red",
+                "inferred": "dim"}
+
+
+def render_table(report: SweepReport, *, color: bool = False, width: int = 110) -> str:
+    """The table, the recommendation and the sweep's cost, as text (ANSI colours if asked)."""
+    console = Console(file=io.StringIO(), force_terminal=color, no_color=not color,
+                      width=width, highlight=False)
+    console.print(_table(report))
+    style = "bold green" if report.result.minimum else "bold yellow"
+    console.print(Text(report.recommendation, style=style), soft_wrap=True)
+    console.print(Text(summary_line(report), style="dim"))
+    for warning in report.result.warnings:
+        console.print(Text(f"warning: {warning}", style="yellow"))
+    output = console.file.getvalue()  # type: ignore[attr-defined]
+    return str(output).rstrip("\n")
+
+
+def summary_line(report: SweepReport) -> str:
+    result = report.result
+    inferred = len(result.inferred)
+    parts = [(f"sweep {report.sweep_id} ({report.strategy}, {report.status}): "
+             f"{report.probes} of {len(result.space)} shapes probed, {report.reboots} reboots")]
+    if inferred:
+        parts.append(f"{inferred} ruled out by a larger RAM that did not fit")
+    if result.failed:
+        parts.append(f"{len(result.failed)} probes failed")
+    parts.append(f"targets: {report.targets.describe()}")
+    return "; ".join(parts)
+
+
+def _table(report: SweepReport) -> Table:
+    table = Table(title=f"{report.model or 'model'} on {report.vm}: sweep {report.sweep_id}",
+                  title_justify="left", header_style="bold")
+    for name, justify in (("vCPU", "right"), ("RAM", "right"), ("cpu type", "left"),
+                          ("eval tok/s", "right"), ("TTFT", "right"), ("peak used", "right"),
+                          ("free", "right"), ("verdict", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for row in report.rows:
+        table.add_row(*cells(row), style="bold green" if row.is_minimum else None)
+    return table
+
+
+def cells(row: Row) -> list[str | Text]:
+    m = row.measurement
+    verdict = Text(row.why, style=_STATE_STYLE[row.state])
+    if row.is_minimum:
+        verdict = Text(f"<- minimum: {row.why}", style="bold green")
+    elif row.on_frontier:
+        verdict.append(" (Pareto)", style="cyan")
+    return [
+        str(row.shape.cores), format_mib(row.shape.memory_mib), row.shape.cpu_type,
+        f"{m.eval_tps:.1f}" if m and m.eval_tps is not None else "-",
+        format_seconds(m.ttft_s) if m and m.ttft_s is not None else "-",
+        format_mib(m.peak_used_mib) if m and m.peak_used_mib is not None else "-",
+        f"{row.free_pct:.0f}%" if row.free_pct is not None else "-",
+        verdict,
+    ]
