@@ -104,6 +104,41 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX probe_samples_by_run ON probe_samples (run_id, t);
     """,
+    # v3: sweeps (owner: provision/sweep/db.py) and each shape they measured
+    """
+    CREATE TABLE sweeps (
+        id TEXT PRIMARY KEY,                 -- what users type: labctl report ID
+        identity TEXT NOT NULL,              -- sha256 of vm + space + targets + probe options
+        vm TEXT NOT NULL,
+        spec_json TEXT NOT NULL,             -- space, targets, probe options, strategy
+        original_shape TEXT,                 -- JSON shape of the VM before the sweep touched it
+        status TEXT NOT NULL,                -- running | done | interrupted | failed
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        labctl_version TEXT NOT NULL
+    );
+    CREATE INDEX sweeps_by_identity ON sweeps (identity, created_at);
+    CREATE TABLE sweep_points (
+        sweep_id TEXT NOT NULL REFERENCES sweeps (id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,                -- measurement order within the sweep
+        cores INTEGER NOT NULL,
+        memory_mib INTEGER NOT NULL,
+        cpu_type TEXT NOT NULL,
+        status TEXT NOT NULL,                -- ok | oom | failed
+        eval_tps REAL,
+        ttft_s REAL,
+        mem_total_mib INTEGER,
+        peak_used_mib INTEGER,
+        error TEXT NOT NULL DEFAULT '',
+        rebooted INTEGER NOT NULL DEFAULT 0,
+        worker TEXT NOT NULL DEFAULT '',
+        duration_s REAL,
+        probe_id INTEGER REFERENCES probes (id) ON DELETE SET NULL,
+        details_json TEXT NOT NULL DEFAULT '{}',
+        measured_at TEXT NOT NULL,
+        PRIMARY KEY (sweep_id, cores, memory_mib, cpu_type)
+    );
+    """,
 ]
 
 

@@ -18,40 +18,7 @@ from provision.errors import UsageError
 from provision.shape import Shape
 from provision.sweep.model import Measurement, Status, shape_from_dict, shape_to_dict
 
-# Appended to provision.store.MIGRATIONS (kept here too so the schema has one readable home).
-SWEEP_MIGRATION = """
-CREATE TABLE IF NOT EXISTS sweeps (
-    id              TEXT PRIMARY KEY,   -- what users type: labctl report ID
-    identity        TEXT NOT NULL,      -- sha256 of vm + space + targets + probe options
-    vm              TEXT NOT NULL,
-    spec_json       TEXT NOT NULL,      -- space, targets, probe options, strategy
-    original_shape  TEXT,               -- JSON shape the VM had before the sweep first touched it
-    status          TEXT NOT NULL,      -- running | done | interrupted | failed
-    created_at      TEXT NOT NULL,
-    updated_at      TEXT NOT NULL,
-    labctl_version  TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS sweeps_identity ON sweeps(identity, created_at);
-CREATE TABLE IF NOT EXISTS sweep_points (
-    sweep_id        TEXT NOT NULL REFERENCES sweeps(id) ON DELETE CASCADE,
-    seq             INTEGER NOT NULL,   -- measurement order within the sweep
-    cores           INTEGER NOT NULL,
-    memory_mib      INTEGER NOT NULL,
-    cpu_type        TEXT NOT NULL,
-    status          TEXT NOT NULL,      -- ok | oom | failed
-    eval_tps        REAL,
-    ttft_s          REAL,
-    mem_total_mib   INTEGER,
-    peak_used_mib   INTEGER,
-    error           TEXT NOT NULL DEFAULT '',
-    rebooted        INTEGER NOT NULL DEFAULT 0,
-    worker          TEXT NOT NULL DEFAULT '',
-    duration_s      REAL,
-    details_json    TEXT NOT NULL DEFAULT '{}',
-    measured_at     TEXT NOT NULL,
-    PRIMARY KEY (sweep_id, cores, memory_mib, cpu_type)
-);
-"""
+# The tables are migration v3 in provision.store.MIGRATIONS (sweeps, sweep_points).
 
 
 @dataclass(frozen=True)
@@ -142,12 +109,13 @@ class SweepStore:
         self.db.execute(
             "INSERT OR REPLACE INTO sweep_points (sweep_id, seq, cores, memory_mib, cpu_type, "
             "status, eval_tps, ttft_s, mem_total_mib, peak_used_mib, error, rebooted, worker, "
-            "duration_s, details_json, measured_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "duration_s, probe_id, details_json, measured_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (sweep_id, seq, shape.cores, shape.memory_mib, shape.cpu_type,
              measurement.status.value, measurement.eval_tps, measurement.ttft_s,
              measurement.mem_total_mib, measurement.peak_used_mib, measurement.error,
-             int(rebooted), worker, duration_s, json.dumps(measurement.details, default=str),
+             int(rebooted), worker, duration_s, measurement.details.get("probe_id"),
+             json.dumps(measurement.details, default=str),
              _now()))
         self.db.execute("UPDATE sweeps SET updated_at = ? WHERE id = ?", (_now(), sweep_id))
         self.db.commit()
@@ -190,14 +158,15 @@ def open_store(state_dir: Path) -> SweepStore:
     """The sweep store in labctl's database (<state>/labctl.sqlite)."""
     from provision import store  # owned by the probe module; applies every migration
 
-    connection = store.connect(state_dir)
-    connection.row_factory = sqlite3.Row
-    return SweepStore(connection)
+    return SweepStore(store.connect(state_dir))
 
 
 def connect_for_tests(path: Path | str) -> SweepStore:
-    """A store on its own database file with only the sweep tables (unit tests)."""
-    connection = sqlite3.connect(str(path))
+    """A store on a database file (or ":memory:") with labctl's whole schema."""
+    from provision import store
+
+    connection = sqlite3.connect(str(path), isolation_level=None)
     connection.row_factory = sqlite3.Row
-    connection.executescript(SWEEP_MIGRATION)
+    connection.execute("PRAGMA foreign_keys = ON")
+    store.migrate(connection)
     return SweepStore(connection)
