@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -184,10 +184,10 @@ class Task:
         return result
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("done")
-        data.pop("begun")
-        return data
+        skip = ("done", "begun")
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip} | {
+            "log": list(self.log)
+        }
 
 
 def default_storages() -> list[Storage]:
@@ -817,7 +817,8 @@ class Cluster:
                     source.config[key]
                 ):
                     continue
-                verb = "create linked clone of" if linked else "create full clone of"
+                full_copy = not linked or vmconfig.is_cloudinit(source.config[key])
+                verb = "create full clone of" if full_copy else "create linked clone of"
                 task.say(f"{verb} drive {key} ({volid})")
             try:
                 self.backend.clone_disk(vmid, newid, linked)
@@ -832,7 +833,8 @@ class Cluster:
                 if vm is not None:
                     vm.config.pop("lock", None)
 
-        task = self._spawn(node, "qmclone", str(vmid), user, work, finish, lock_vmid=newid)
+        # No operation lock on newid while copying: other workers see `lock: clone` instead.
+        task = self._spawn(node, "qmclone", str(vmid), user, work, finish)
         task.begun.wait(timeout=5.0)
         return task.upid
 
@@ -1193,7 +1195,14 @@ class Cluster:
                     raise TaskError(f"VM {vmid} is running - destroy failed")
                 users = [v.vmid for v in self.vms.values() if v.linked_base == vmid]
                 if users:
-                    volid = next((v for _, v in vmconfig.drives(current.config)), "")
+                    volid = next(
+                        (
+                            v
+                            for k, v in vmconfig.drives(current.config)
+                            if not vmconfig.is_cdrom(current.config[k])
+                        ),
+                        "",
+                    )
                     raise TaskError(
                         f"base volume '{volid}' is still in use by linked cloned VM {users[0]}"
                     )
