@@ -34,7 +34,7 @@ def cli(ctx: click.Context, config_path: str | None, json_output: bool, verbosit
 
 def _register_commands() -> None:
     # Each module adds its commands to `cli`; imported here so `--help` lists them all.
-    from provision.cli import lifecycle, sim  # noqa: F401
+    from provision.cli import lifecycle, probe, sim, sweep  # noqa: F401
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -179,13 +179,44 @@ def children_of(pid: int) -> set[int]:
     return kids
 
 
+def listening_inodes(port: int) -> set[str]:
+    """Socket inodes listening on a TCP port (state 0A in /proc/net/tcp and tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = read_text(table).splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == "0A" and \
+                    int(fields[1].rsplit(":", 1)[1], 16) == port:
+                found.add(fields[9])
+    return found
+
+
+def holding_socket(pids: set[int], inodes: set[str]) -> set[int]:
+    """The pids (of those we may inspect) that hold one of the socket inodes."""
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    holders = set()
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in wanted for fd in fds):
+                holders.add(pid)
+        except OSError:
+            continue  # another user's process: not ours to inspect
+    return holders
+
+
 class OllamaProcesses:
     """The server and all its descendants (the runners), found once, followed cheaply."""
 
     REFRESH_EVERY = 3  # samples between walks of the process tree (a runner lives for seconds)
 
-    def __init__(self) -> None:
-        self.roots = find_ollama_servers()
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.roots = self.find_roots()
         self.seen: set[int] = set(self.roots)
         self.members: set[int] = set(self.roots)
         self.calls = 0
@@ -193,7 +224,7 @@ class OllamaProcesses:
     def current(self) -> set[int]:
         alive = {p for p in self.roots if os.path.exists(f"/proc/{p}")}
         if not alive:
-            alive = find_ollama_servers()
+            alive = self.find_roots()
         self.roots = alive
         members, frontier = set(alive), list(alive)
         while frontier:
@@ -204,6 +235,19 @@ class OllamaProcesses:
         self.seen |= members
         self.members = members
         return members
+
+    def find_roots(self) -> set[int]:
+        """Ollama servers; when there are several, the one listening on our port if we can tell.
+
+        Another user's process (the `ollama` service user) cannot be inspected, and then all
+        servers found are kept.
+        """
+        servers = find_ollama_servers()
+        if len(servers) > 1:
+            ours = holding_socket(servers, listening_inodes(self.port))
+            if ours:
+                return ours
+        return servers
 
     def rss_bytes(self) -> tuple[int | None, set[int]]:
         """Summed RSS of server and runners; the tree is re-walked every few calls."""
@@ -645,7 +689,7 @@ def probe(options: dict[str, Any]) -> int:
     version = check_ollama(api)
     facts["ollama_version"] = version.get("version")
     facts["tags_entry"] = find_tags_entry(api, options["model"])
-    processes = OllamaProcesses()
+    processes = OllamaProcesses(api.port)
     facts["ollama_pids"] = sorted(processes.current())
     emit("facts", **facts)
     if options.get("cold"):

@@ -16,7 +16,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from provision.errors import GuestError, ModelDoesNotFit, ProbeError, UsageError
+from provision.errors import (
+    GuestError,
+    GuestUnreachable,
+    ModelDoesNotFit,
+    ProbeError,
+    UsageError,
+)
 from provision.probe import parse
 from provision.probe.parse import GuestFacts, PsFacts, RunResult, Sample
 from provision.progress import Reporter
@@ -156,8 +162,9 @@ def probe(address: Any, options: ProbeOptions, reporter: Reporter,
         result = collect(lines, options, reporter, listener, vm=vm)
         exit_code = getattr(session, "last_exit_code", None)
     if not result.complete:
+        stderr = getattr(session, "last_stderr", "").strip().splitlines()
         raise ProbeError(f"the probe agent on {vm} stopped without reporting its end "
-                         f"(exit code {exit_code})")
+                         f"(exit code {exit_code})" + (f": {stderr[-1]}" if stderr else ""))
     return result
 
 
@@ -237,13 +244,16 @@ class _Collector:
         kept = sum(1 for r in self.result.runs if r.ok)
         if self.in_flight is not None:
             index = int(self.in_flight["run"])
-            reason = f"SSH connection lost during the run: {error}"
+            reason = (f"SSH connection lost during the run: {error}"
+                      if isinstance(error, GuestUnreachable) else str(error))
             self._keep(parse.failed_run(index, bool(self.in_flight.get("warmup")), reason,
                                         self.samples, parse.number(self.in_flight, "started_at")))
             where = f"during run {index + 1}/{self.total}"
         else:
             where = "between runs"
-        return ProbeError(f"SSH connection to {self.vm} lost {where}: {error}",
+        what = f"SSH connection to {self.vm} lost" if isinstance(error, GuestUnreachable) \
+            else f"the probe on {self.vm} stopped"
+        return ProbeError(f"{what} {where}: {error}",
                           hint=f"{kept} finished run(s) kept; see `labctl results --vm {self.vm}`")
 
     def _keep(self, run: RunResult) -> None:
@@ -284,7 +294,8 @@ def _raise_for_outcome(result: ProbeResult, vm: str) -> None:
             f"model does not fit in RAM: {result.options.model}'s runner was OOM-killed on "
             f"{vm} ({_gib(result.facts.mem_total_bytes if result.facts else None)} RAM); "
             f"{((oom.oom or {}).get('evidence') or [oom.error])[0]}",
-            hint=f"give {vm} more RAM (labctl resize) or probe a smaller model")
+            hint=f"give {vm} more RAM (`labctl resize {vm} --ram SIZE --reboot`) or probe a "
+                 "smaller model")
     measured = result.measured
     if result.complete and measured and not any(r.ok for r in measured):
         raise ProbeError(f"all {len(measured)} measured runs failed on {vm}: "

@@ -1,0 +1,242 @@
+"""`labctl probe` and `labctl results`: measure a VM, show what was kept."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from provision.cli import cli
+from provision.cli.app import AppContext, pass_app
+from provision.errors import LabctlError, ModelDoesNotFit, UsageError
+from provision.probe.parse import RunResult, Stat
+from provision.probe.run import DEFAULT_PROMPT, ProbeOptions, ProbeResult
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--model", help="model to run (default: probe.model of the lab file)")
+@click.option("--runs", type=click.IntRange(1, 1000), help="measured runs (default: probe.runs)")
+@click.option("--warmup", type=click.IntRange(0, 100), help="warm-up runs, not counted")
+@click.option("--num-predict", type=click.IntRange(1, 1_000_000), help="tokens to generate")
+@click.option("--num-thread", type=click.IntRange(1, 4096), help="Ollama num_thread (reloads)")
+@click.option("--num-ctx", type=click.IntRange(16, 1 << 21), help="Ollama num_ctx (reloads)")
+@click.option("--prompt-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="file holding the prompt")
+@click.option("--cold", is_flag=True, help="unload the model before each measured run")
+@click.option("--json", "json_flag", is_flag=True, help="print one JSON document on stdout")
+@pass_app
+def probe(app: AppContext, name: str, model: str | None, runs: int | None, warmup: int | None,
+          num_predict: int | None, num_thread: int | None, num_ctx: int | None,
+          prompt_file: Path | None, cold: bool, json_flag: bool) -> None:
+    """Measure tokens/s, time to first token, load and memory inside VM NAME."""
+    from provision import store
+    from provision.probe import run as probe_run
+    from provision.pve.lifecycle import Lab
+
+    app.json_output = app.json_output or json_flag
+    options = probe_options(app, model=model, runs=runs, warmup=warmup,
+                            num_predict=num_predict, num_thread=num_thread, num_ctx=num_ctx,
+                            prompt_file=prompt_file, cold=cold)
+    lab = Lab(app.config, app.state_dir, app.reporter)
+    info = lab.find(name)
+    address = lab.guest(name)
+    conn = store.connect(app.state_dir)
+    vm = store.VmRecord(name=info.name, vmid=info.vmid, node=info.node, cores=info.shape.cores,
+                        memory_mib=info.shape.memory_mib, cpu_type=info.shape.cpu_type)
+    recorder = store.ProbeRecorder(conn, vm, options.model, _kept_options(options),
+                                   "unload+nonce" if options.cold else "nonce")
+    try:
+        result = probe_run.probe(address, options, app.reporter, listener=recorder)
+    except ModelDoesNotFit as error:
+        recorder.finish("oom", str(error))
+        raise
+    except (LabctlError, KeyboardInterrupt) as error:
+        recorder.finish("failed", str(error) or type(error).__name__)
+        raise
+    recorder.finish("ok", None, result.summary)
+    document = result.to_json()
+    document["vm"] = info.to_json()
+    document["probe_id"] = recorder.probe_id
+    app.emit(document, human=render_probe(result, shape=info.shape.label))
+
+
+def probe_options(app: AppContext, *, model: str | None, runs: int | None,
+                  warmup: int | None, num_predict: int | None, num_thread: int | None,
+                  num_ctx: int | None, prompt_file: Path | None, cold: bool) -> ProbeOptions:
+    """Command-line values over the lab file's [probe] section over labctl's defaults."""
+    config = app.config
+    prompt = str(config.get("probe.prompt") or "") or DEFAULT_PROMPT
+    if prompt_file is not None:
+        try:
+            prompt = prompt_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise UsageError(f"cannot read --prompt-file {prompt_file}: {error}") from None
+    return ProbeOptions(
+        model=model or str(config.get("probe.model")),
+        runs=runs if runs is not None else int(config.get("probe.runs")),
+        warmup=warmup if warmup is not None else int(config.get("probe.warmup")),
+        num_predict=num_predict if num_predict is not None else
+        int(config.get("probe.num_predict")),
+        num_thread=num_thread, num_ctx=num_ctx, prompt=prompt, cold=cold,
+    ).validated()
+
+
+def _kept_options(options: ProbeOptions) -> dict[str, Any]:
+    return {"model": options.model, "runs": options.runs, "warmup": options.warmup,
+            "num_predict": options.num_predict, "num_thread": options.num_thread,
+            "num_ctx": options.num_ctx, "cold": options.cold, "seed": options.seed,
+            "prompt_chars": len(options.prompt)}
+
+
+@cli.command()
+@click.option("--vm", "vm_name", metavar="NAME", help="only runs of this VM")
+@click.option("--all", "include_warmup", is_flag=True, help="include warm-up runs")
+@click.option("--json", "json_flag", is_flag=True, help="one JSON document on stdout")
+@click.option("--csv", "csv_flag", is_flag=True, help="CSV on stdout")
+@pass_app
+def results(app: AppContext, vm_name: str | None, include_warmup: bool, json_flag: bool,
+            csv_flag: bool) -> None:
+    """Show the probe runs kept in labctl's results database."""
+    from provision import store
+
+    if json_flag and csv_flag:
+        raise UsageError("choose one of --json and --csv")
+    conn = store.connect(app.state_dir)
+    rows = store.list_runs(conn, vm_name, include_warmup=include_warmup)
+    if csv_flag:
+        click.echo(rows_to_csv(rows), nl=False)
+        return
+    app.json_output = app.json_output or json_flag
+    if not rows and not app.json_output:
+        where = f" for VM {vm_name}" if vm_name else ""
+        app.say(f"no probe runs kept{where} yet: run `labctl probe NAME`")
+        return
+    app.emit({"runs": rows}, human=render_results(rows))
+
+
+def rows_to_csv(rows: list[dict[str, Any]]) -> str:
+    from provision.store import RESULT_COLUMNS
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(RESULT_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return buffer.getvalue()
+
+
+# -- rendering ----------------------------------------------------------------------------
+
+
+def _num(value: float | None, digits: int = 1, unit: str = "") -> str:
+    return "—" if value is None else f"{value:.{digits}f}{unit}"
+
+
+def _size(value: float | None) -> str:
+    return "—" if value is None else f"{value / 2**30:.2f} GiB"
+
+
+def _console(width: int = 120) -> Console:
+    return Console(file=io.StringIO(), force_terminal=False, no_color=True, width=width,
+                   highlight=False)
+
+
+def _text(console: Console) -> str:
+    return str(console.file.getvalue()).rstrip("\n")  # type: ignore[attr-defined]
+
+
+def render_probe(result: ProbeResult, *, shape: str = "") -> str:
+    console = _console()
+    facts = result.facts
+    if facts is not None:
+        avx2 = {True: "yes", False: "NO", None: "?"}[facts.has_flag("avx2")]
+        processor = facts.ps.processor if facts.ps else "not reported"
+        console.print(Text(
+            f"{result.vm} {shape}: {facts.vcpus} vCPU {facts.cpu_model or ''} (AVX2 {avx2}), "
+            f"{_size(facts.mem_total_bytes)} RAM, kernel {facts.kernel}; Ollama "
+            f"{facts.ollama_version}, {facts.model.name} {(facts.model.digest or '')[:12]} "
+            f"{_size(facts.model.size_bytes)}, {processor}"))
+    console.print(_runs_table(result))
+    console.print(_summary_table(result))
+    cache = ("model unloaded before each run + a new first prompt line per run"
+             if result.options.cold else "a new first prompt line per run")
+    overhead = result.sampler_overhead()
+    console.print(Text(
+        f"prompt cache defeated by: {cache}; sampler: >= {_num(overhead['min_sample_hz'])} Hz, "
+        f"<= {_num(overhead['max_cpu_pct_of_one_core'], 2)} % of one core", style="dim"))
+    return _text(console)
+
+
+def _runs_table(result: ProbeResult) -> Table:
+    table = Table(title=f"{result.options.model} on {result.vm}: runs", title_justify="left",
+                  header_style="bold")
+    for name in ("run", "load", "eval tok/s", "prompt tok/s", "TTFT s", "load s", "peak used",
+                 "peak RSS", "peak load", "busiest core %", "result"):
+        table.add_column(name, justify="left" if name in ("run", "load", "result") else "right")
+    for run in result.runs:
+        table.add_row(*_run_cells(run), style="dim" if run.warmup else None)
+    return table
+
+
+def _run_cells(run: RunResult) -> list[str]:
+    label = f"{run.index + 1}" + (" (warm-up)" if run.warmup else "")
+    outcome = "ok" if run.ok else ("OOM-killed" if run.oom_likely else f"failed: {run.error}")
+    return [label, run.load_kind or "—", _num(run.eval_tps, 2), _num(run.prompt_tps, 1),
+            _num(run.ttft_s, 3), _num(run.load_s, 3), _size(run.peaks.peak_mem_used),
+            _size(run.peaks.peak_rss), _num(run.peaks.peak_load1, 2),
+            _num(run.peaks.peak_busiest_core_pct, 0), outcome]
+
+
+_SUMMARY_ROWS = (
+    ("eval tok/s", "eval_tps", lambda v: _num(v, 2)),
+    ("prompt tok/s", "prompt_tps", lambda v: _num(v, 1)),
+    ("TTFT s", "ttft_s", lambda v: _num(v, 3)),
+    ("load s (cold)", "load_s_cold", lambda v: _num(v, 3)),
+    ("load s (warm)", "load_s_warm", lambda v: _num(v, 3)),
+    ("peak memory used", "peak_mem_used", _size),
+    ("peak Ollama RSS", "peak_rss", _size),
+    ("peak load (1 min)", "peak_load1", lambda v: _num(v, 2)),
+)
+
+
+def _summary_table(result: ProbeResult) -> Table:
+    summary = result.summary
+    counted = sum(1 for r in result.measured if r.ok)
+    table = Table(title=f"summary of {counted} measured run(s) (warm-up not counted)",
+                  title_justify="left", header_style="bold")
+    for name in ("metric", "median", "min", "max"):
+        table.add_column(name, justify="left" if name == "metric" else "right")
+    for label, key, fmt in _SUMMARY_ROWS:
+        value: Stat | None = summary[key]
+        if value is None:
+            table.add_row(label, "not reported", "", "")
+        else:
+            table.add_row(label, fmt(value.median), fmt(value.min), fmt(value.max))
+    return table
+
+
+def render_results(rows: list[dict[str, Any]]) -> str:
+    console = _console(140)
+    table = Table(title="kept probe runs", title_justify="left", header_style="bold")
+    for name in ("probe", "vm", "shape", "node", "model", "when", "run", "eval tok/s",
+                 "prompt tok/s", "TTFT s", "load s", "peak used", "peak RSS", "result"):
+        table.add_column(name, justify="right" if "/" in name or name.endswith(" s")
+                         or name.startswith("peak") else "left")
+    for row in rows:
+        shape = f"{row['cores']}c/{(row['memory_mib'] or 0) / 1024:g}G/{row['cpu_type']}"
+        outcome = "ok" if row["ok"] else ("OOM" if row["oom"] else f"failed: {row['error']}")
+        table.add_row(str(row["probe_id"]), row["vm_name"], shape, row["node"] or "—",
+                      row["model"], str(row["started_at"]), str(row["run_index"] + 1),
+                      _num(row["eval_tps"], 2), _num(row["prompt_tps"], 1),
+                      _num(row["ttft_s"], 3), _num(row["load_s"], 3),
+                      _size(row["peak_mem_used_bytes"]), _size(row["peak_rss_bytes"]),
+                      Text(outcome, style="" if row["ok"] else "red"))
+    console.print(table)
+    return _text(console)
