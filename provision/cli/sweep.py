@@ -1,0 +1,192 @@
+"""`labctl sweep` and `labctl report`: find the minimum VM shape, show any past sweep."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from provision.cli import cli
+from provision.cli.app import AppContext, pass_app
+from provision.errors import SweepError, UsageError
+
+if TYPE_CHECKING:
+    from provision.pve.lifecycle import Lab, VmInfo
+    from provision.report.model import SweepReport
+    from provision.sweep.loop import Worker
+    from provision.sweep.model import Space
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--cores", metavar="LIST", required=True, help="core counts: 1,2,4,8 or 2-12")
+@click.option("--ram", metavar="LIST", required=True, help="RAM sizes: 2G,4G,8G")
+@click.option("--cpu-type", "cpu_types", metavar="LIST",
+              help="Proxmox cpu types to compare, e.g. host,x86-64-v2-AES (default: the VM's)")
+@click.option("--min-tps", metavar="N", help="target: median eval tokens/s at least N")
+@click.option("--max-ttft", metavar="TIME", help="target: median time to first token, e.g. 2s")
+@click.option("--min-free-mem", metavar="PCT|SIZE",
+              help="target: memory free at the probe's peak, e.g. 15% (of MemTotal) or 1G")
+@click.option("--strategy", type=click.Choice(["smart", "grid"]), default="smart",
+              show_default=True, help="smart: bisect using the monotone structure; grid: all")
+@click.option("--parallel", type=click.IntRange(1, 8), default=1, show_default=True,
+              help="measure on N VMs at once (clones NAME-2..NAME-N, deployed like NAME)")
+@click.option("--fresh", is_flag=True, help="ignore earlier results of this same sweep")
+@click.option("--keep-shape", is_flag=True, help="leave the VM in the last shape probed")
+@click.option("--allow-overcommit", is_flag=True, help="allow shapes larger than the node")
+@click.option("--model", help="model to run (default: probe.model of the lab file)")
+@click.option("--runs", type=click.IntRange(1, 100), help="measured runs per shape")
+@click.option("--warmup", type=click.IntRange(0, 10), help="warm-up runs per shape")
+@click.option("--num-predict", type=click.IntRange(1, 1_000_000), help="tokens per run")
+@click.option("--prompt-file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--report", "report_format", type=click.Choice(["html", "md"]), default="html",
+              show_default=True, help="the report file written at the end")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="report file (default: <state>/reports/SWEEP_ID/report.html)")
+@click.option("--json", "json_flag", is_flag=True, help="print one JSON document on stdout")
+@pass_app
+def sweep(app: AppContext, name: str, cores: str, ram: str, cpu_types: str | None,
+          min_tps: str | None, max_ttft: str | None, min_free_mem: str | None, strategy: str,
+          parallel: int, fresh: bool, keep_shape: bool, allow_overcommit: bool,
+          model: str | None, runs: int | None, warmup: int | None, num_predict: int | None,
+          prompt_file: Path | None, report_format: str, out: Path | None,
+          json_flag: bool) -> None:
+    """Find the smallest shape of VM NAME that meets every target.
+
+    Each shape: resize (reboot), wait for SSH, probe, record. Results are kept as they come: the
+    same command run again resumes. Exit 8 when no shape meets the targets or probes failed.
+    """
+    from provision.cli.lifecycle import make_lab
+    from provision.cli.probe import _kept_options, probe_options
+    from provision.sweep.loop import SweepLoop, SweepPlan, check_space_fits
+    from provision.sweep.model import parse_space, parse_targets
+
+    app.json_output = app.json_output or json_flag
+    # Everything the user typed is checked before the VM is touched.
+    space = parse_space(cores, ram, cpu_types or "host")
+    targets = parse_targets(min_tps, max_ttft, min_free_mem, space)
+    options = probe_options(app, model=model, runs=runs, warmup=warmup, num_predict=num_predict,
+                            num_thread=None, num_ctx=None, prompt_file=prompt_file, cold=False)
+    lab = make_lab(app)
+    info = lab.find(name)
+    if info.status != "running":
+        raise UsageError(f"VM {name} is {info.status}", hint=f"run `labctl up {name}` first")
+    if cpu_types is None:
+        space = parse_space(cores, ram, info.shape.cpu_type)
+    if not allow_overcommit:
+        check_space_fits(space, lab.node_capacity(info.node), info.shape)
+    kept = _kept_options(options)
+    workers = [_worker(app, lab, name, options, kept, allow_overcommit)]
+    for clone in _clones(app, lab, info, parallel, space, allow_overcommit):
+        workers.append(_worker(app, lab, clone, options, kept, allow_overcommit))
+    from provision.sweep.db import open_store
+
+    store = open_store(app.state_dir)
+    plan = SweepPlan(vm=name, space=space, targets=targets, strategy=strategy,
+                     probe_options=kept, fresh=fresh, keep_shape=keep_shape)
+    outcome = SweepLoop(store, workers, app.reporter).run(plan)
+    _finish(app, store, outcome.record.id, report_format, out)
+
+
+def _worker(app: AppContext, lab: Lab, name: str, options: Any, kept: dict[str, Any],
+            allow_overcommit: bool) -> Worker:
+    from provision.sweep.lab import LabProber, LabShapeController
+    from provision.sweep.loop import Worker
+
+    return Worker(LabShapeController(lab, name, allow_overcommit),
+                  LabProber(lab, name, options, app.state_dir, app.reporter, kept))
+
+
+def _clones(app: AppContext, lab: Lab, info: VmInfo, parallel: int, space: Space,
+            allow_overcommit: bool) -> list[str]:
+    """NAME-2..NAME-N, created (on other nodes when there are any) and deployed like NAME."""
+    if parallel <= 1:
+        return []
+    from provision.sweep.clones import ensure_clones
+
+    return ensure_clones(app.config, app.state_dir, lab, info, parallel, space,
+                         reporter=app.reporter, allow_overcommit=allow_overcommit)
+
+
+def _finish(app: AppContext, store: Any, sweep_id: str, report_format: str,
+            out: Path | None) -> None:
+    from provision.report.export import to_json
+    from provision.report.files import default_path, write_report
+    from provision.report.model import report_from_store
+    from provision.report.table import render_table
+
+    report = report_from_store(store, sweep_id)
+    files = write_report(report, out or default_path(app.state_dir, sweep_id, report_format),
+                         report_format)
+    document = to_json(report)
+    document["report_files"] = [str(f) for f in files]
+    app.emit(document, human=render_table(report, color=sys.stdout.isatty()))
+    app.say(f"report: {files[0]}")
+    _raise_for_outcome(report)
+
+
+def _raise_for_outcome(report: SweepReport) -> None:
+    """Exit 8 when the sweep gives no answer or one that failed probes may have hidden."""
+    result = report.result
+    if result.failed:
+        first = result.failed[0]
+        raise SweepError(f"{len(result.failed)} shape(s) could not be probed ({first.shape.label}:"
+                         f" {first.error}); the same command again retries them")
+    if result.minimum is None:
+        raise SweepError(report.recommendation)
+
+
+@cli.command()
+@click.argument("sweep_id", required=False)
+@click.option("--html", "fmt", flag_value="html", help="self-contained HTML (plot embedded)")
+@click.option("--md", "fmt", flag_value="md", help="markdown, with the plot as a PNG beside it")
+@click.option("--png", "fmt", flag_value="png", help="the plot alone")
+@click.option("--csv", "fmt", flag_value="csv", help="one row per shape")
+@click.option("--json", "fmt", flag_value="json", help="one JSON document")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="write here (html/md/png default: <state>/reports/SWEEP_ID/)")
+@click.option("--list", "list_sweeps", is_flag=True, help="list the sweeps kept")
+@pass_app
+def report(app: AppContext, sweep_id: str | None, fmt: str | None, out: Path | None,
+           list_sweeps: bool) -> None:
+    """Show or write the report of sweep SWEEP_ID (any unique prefix) from the database."""
+    from provision.report.export import to_csv, to_json
+    from provision.report.files import default_path, write_report
+    from provision.report.model import report_from_store
+    from provision.report.table import render_table
+    from provision.sweep.db import open_store
+
+    store = open_store(app.state_dir)
+    if list_sweeps or sweep_id is None:
+        _list(app, store)
+        return
+    the_report = report_from_store(store, sweep_id)
+    if fmt in ("html", "md", "png") or (fmt is not None and out is not None):
+        assert fmt is not None
+        path = out or default_path(app.state_dir, the_report.sweep_id, fmt)
+        files = write_report(the_report, path, fmt)
+        app.emit({"report_files": [str(f) for f in files]}, human=str(files[0]))
+    elif fmt == "csv":
+        click.echo(to_csv(the_report), nl=False)
+    elif fmt == "json" or app.json_output:
+        app.json_output = True
+        app.emit(to_json(the_report))
+    else:
+        click.echo(render_table(the_report, color=sys.stdout.isatty()))
+
+
+def _list(app: AppContext, store: Any) -> None:
+    from provision.report.model import report_from_store
+
+    reports = [report_from_store(store, record.id) for record in store.all()]
+    rows = [{"id": r.sweep_id, "vm": r.vm, "status": r.status, "strategy": r.strategy,
+             "probes": r.probes, "created_at": r.created_at, "recommendation": r.recommendation}
+            for r in reports]
+    if not rows and not app.json_output:
+        app.say("no sweeps kept yet: run `labctl sweep NAME --cores ... --ram ...`")
+        return
+    human = "\n".join(f"{r['id']:<12} {r['vm']:<12} {r['status']:<11} {r['strategy']:<6} "
+                      f"{r['probes']:>3} probes  {r['recommendation']}" for r in rows)
+    app.emit(rows, human=human)

@@ -1,0 +1,109 @@
+"""The real ShapeController and Prober: a labctl VM on Proxmox, probed over SSH.
+
+`LabShapeController` resizes through provision.pve.lifecycle.Lab (which reboots so the pending
+cores/RAM/cpu type apply, then waits for the guest agent and SSH). `LabProber` runs
+provision.probe.run.probe and keeps the probe in the results database like `labctl probe` does;
+the sweep point links to it by probe_id.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from provision.errors import LabctlError, ModelDoesNotFit, ProbeError
+from provision.progress import Reporter
+from provision.shape import Shape
+from provision.sweep.model import Measurement, Status
+
+if TYPE_CHECKING:
+    from provision.probe.run import ProbeOptions, ProbeResult
+    from provision.pve.lifecycle import Lab
+
+MIB = 1024 * 1024
+OLLAMA_START_RETRY_S = 5.0  # after a reboot, ollama.service may start a moment after sshd
+
+
+@dataclass
+class LabShapeController:
+    lab: Lab
+    name: str
+    allow_overcommit: bool = False
+
+    def current_shape(self) -> Shape:
+        return self.lab.find(self.name).shape
+
+    def apply(self, shape: Shape) -> bool:
+        result = self.lab.resize(self.name, shape, reboot=True,
+                                 allow_overcommit=self.allow_overcommit)
+        return bool(result.rebooted)
+
+
+@dataclass
+class LabProber:
+    lab: Lab
+    name: str
+    options: ProbeOptions
+    state_dir: Path
+    reporter: Reporter
+    kept_options: dict[str, Any]
+
+    def measure(self, shape: Shape) -> Measurement:
+        try:
+            return self._measure_once(shape)
+        except ProbeError as error:
+            if isinstance(error, ModelDoesNotFit) or "not running" not in str(error):
+                raise
+            time.sleep(OLLAMA_START_RETRY_S)
+            return self._measure_once(shape)
+
+    def _measure_once(self, shape: Shape) -> Measurement:
+        from provision import store  # one connection per probe: workers run in threads
+        from provision.probe.run import probe
+
+        info = self.lab.find(self.name)
+        address = self.lab.guest(self.name)
+        connection = store.connect(self.state_dir)
+        try:
+            vm = store.VmRecord(name=info.name, vmid=info.vmid, node=info.node, cores=shape.cores,
+                                memory_mib=shape.memory_mib, cpu_type=shape.cpu_type)
+            recorder = store.ProbeRecorder(connection, vm, self.options.model, self.kept_options,
+                                           "unload+nonce" if self.options.cold else "nonce")
+            details = {"probe_id": recorder.probe_id, "node": info.node, "vm": info.name}
+            try:
+                result = probe(address, self.options, self.reporter, listener=recorder)
+            except ModelDoesNotFit as error:
+                recorder.finish("oom", str(error))
+                return Measurement(shape, Status.OOM, mem_total_mib=None, error=str(error),
+                                   details=details)
+            except (LabctlError, KeyboardInterrupt) as error:
+                recorder.finish("failed", str(error) or type(error).__name__)
+                raise
+            recorder.finish("ok", None, result.summary)
+            return measurement_from_probe(shape, result, details)
+        finally:
+            connection.close()
+
+
+def measurement_from_probe(shape: Shape, result: ProbeResult,
+                           details: dict[str, Any]) -> Measurement:
+    """Medians of the measured runs; peak memory used is the worst run (what must fit)."""
+    summary = result.summary
+    eval_tps, ttft, peak = summary.get("eval_tps"), summary.get("ttft_s"), \
+        summary.get("peak_mem_used")
+    facts = result.facts
+    total_bytes = facts.mem_total_bytes if facts is not None else None
+    extra = dict(details)
+    if facts is not None:
+        extra.update({"vcpus": facts.vcpus, "cpu_model": facts.cpu_model,
+                      "avx2": facts.has_flag("avx2"), "fma": facts.has_flag("fma")})
+    if eval_tps is None:
+        reasons = "; ".join(r.error for r in result.runs if r.error) or "no run succeeded"
+        return Measurement(shape, Status.FAILED, error=reasons, details=extra)
+    return Measurement(
+        shape, Status.OK, eval_tps=round(eval_tps.median, 2),
+        ttft_s=round(ttft.median, 3) if ttft else None,
+        mem_total_mib=int(total_bytes // MIB) if total_bytes else None,
+        peak_used_mib=int(peak.max // MIB) if peak else None, details=extra)
