@@ -1,0 +1,187 @@
+"""`labctl sweep` / `labctl report` through the real CLI entry point.
+
+The Proxmox side (Lab) and the per-VM workers are replaced at the CLI's two seams by the fake VM
+and table prober of the loop tests, so these tests check the command line: parsing, bad input
+refused before anything changes, report files, JSON, exit codes, resume. The same commands run
+against the simulator's real guests in tests/e2e.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+
+from sweep_tables import gemma_table
+from test_sweep_loop import FakeVm, TableProber
+
+from provision.cli import main
+from provision.errors import ExitCode
+from provision.shape import NodeCapacity, Shape
+from provision.sweep.loop import Worker
+
+G = 1024
+LAB = """
+[proxmox]
+host = "127.0.0.1"
+token_id = "root@pam!labctl"
+fingerprint = "AA:BB"
+"""
+
+
+@dataclass
+class FakeInfo:
+    name: str
+    shape: Shape
+    node: str = "pve1"
+    status: str = "running"
+
+
+@dataclass
+class FakeLab:
+    vm: FakeVm
+    node: NodeCapacity = field(default_factory=lambda: NodeCapacity("pve1", 16, 64 * G, 48 * G))
+    finds: int = 0
+
+    def find(self, name: str) -> FakeInfo:
+        self.finds += 1
+        return FakeInfo(name, self.vm.shape)
+
+    def node_capacity(self, node: str) -> NodeCapacity:
+        return self.node
+
+
+@dataclass
+class Harness:
+    tmp: Path
+    vm: FakeVm
+    probers: list[TableProber]
+    lab: FakeLab
+
+    def run(self, *args: str) -> tuple[int, str, str]:
+        raise NotImplementedError  # replaced by the fixture
+
+
+@pytest.fixture()
+def labctl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+           capsys: pytest.CaptureFixture[str]) -> Any:
+    config = tmp_path / "labctl.toml"
+    config.write_text(LAB)
+    config.chmod(0o600)
+    vm = FakeVm(shape=Shape(12, 32 * G, "host"))
+    lab = FakeLab(vm)
+    probers: list[TableProber] = []
+
+    def fake_worker(app: Any, lab_: Any, name: str, *rest: Any) -> Worker:
+        prober = TableProber(vm, gemma_table())
+        probers.append(prober)
+        return Worker(vm, prober)
+
+    import provision.cli.lifecycle as lifecycle_cli
+    import provision.cli.sweep as sweep_cli
+
+    monkeypatch.setattr(lifecycle_cli, "make_lab", lambda app: lab)
+    monkeypatch.setattr(sweep_cli, "_worker", fake_worker)
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main(["--config", str(config), "--state-dir", str(tmp_path / "state"), *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    harness = Harness(tmp_path, vm, probers, lab)
+    harness.run = run  # type: ignore[method-assign]
+    return harness
+
+
+SWEEP = ("sweep", "gemma", "--cores", "1,2,4,8,12", "--ram", "2G,4G,8G,16G,32G",
+         "--cpu-type", "host,x86-64-v2-AES")
+
+
+def test_sweep_prints_the_table_and_the_minimum_and_writes_an_html_report(labctl: Any) -> None:
+    code, out, err = labctl.run(*SWEEP, "--min-tps", "10")
+    assert code == 0, err
+    assert "Minimum: 4 vCPU / 4 GiB (cpu=host): 10.4 tok/s" in out
+    assert "<- minimum" in out
+    report = Path(err.split("report: ")[1].split()[0])
+    assert report.suffix == ".html" and report.is_file()
+    html = report.read_text()
+    assert "data:image/png;base64," in html and "Minimum: 4 vCPU / 4 GiB" in html
+    assert labctl.vm.shape == Shape(12, 32 * G, "host")  # restored
+
+
+def test_json_is_one_document_with_the_minimum_and_every_point(labctl: Any) -> None:
+    code, out, _ = labctl.run(*SWEEP, "--min-tps", "10", "--json")
+    assert code == 0
+    document = json.loads(out)
+    assert document["minimum"]["cores"] == 4 and document["minimum"]["memory_mib"] == 4 * G
+    assert document["stats"]["probes"] * 2 <= document["stats"]["shapes"]
+    assert {p["state"] for p in document["points"]} >= {"meets", "misses", "oom"}
+
+
+def test_rerunning_the_same_sweep_probes_nothing_and_report_regenerates_it(labctl: Any) -> None:
+    code, out, _ = labctl.run(*SWEEP, "--min-tps", "10", "--json")
+    first = json.loads(out)
+    code, out, _ = labctl.run(*SWEEP, "--min-tps", "10", "--json")
+    assert code == 0
+    assert labctl.probers[-1].probed == []
+    sweep_id = json.loads(out)["sweep"]["id"]
+    assert sweep_id == first["sweep"]["id"]
+
+    code, out, _ = labctl.run("report", sweep_id[:4], "--csv")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith("cores,memory_mib,cpu_type,state")
+    assert any(line.startswith("4,4096,host,meets,True,True") for line in lines)
+
+    code, out, _ = labctl.run("report", sweep_id, "--md", "--out", str(labctl.tmp / "r.md"))
+    assert code == 0
+    assert (labctl.tmp / "r.md").read_text().count("![eval tok/s by vCPUs](r.png)") == 1
+    assert (labctl.tmp / "r.png").read_bytes().startswith(b"\x89PNG")
+
+    code, out, _ = labctl.run("report", sweep_id)
+    assert code == 0 and "Minimum: 4 vCPU / 4 GiB" in out
+
+    code, out, _ = labctl.run("report", "--list")
+    assert sweep_id in out
+
+
+def test_no_shape_meets_the_target_exit_8_and_the_report_shows_the_best_seen(
+        labctl: Any) -> None:
+    code, out, err = labctl.run(*SWEEP, "--min-tps", "40")
+    assert code == ExitCode.SWEEP
+    assert "No shape meets every target (eval >= 40 tok/s). Best seen: 12 vCPU / 32 GiB" in out
+    assert err.strip().splitlines()[-1].startswith("error: No shape meets every target")
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (("--cores", "", "--ram", "4G"), "invalid core list"),
+    (("--cores", "1,,2", "--ram", "4G"), "invalid core list"),
+    (("--cores", "4-2", "--ram", "4G"), "invalid core range"),
+    (("--cores", "2", "--ram", "4X"), "unknown unit"),
+    (("--cores", "2", "--ram", "4G", "--cpu-type", "host,"), "invalid cpu type list"),
+    (("--cores", "2", "--ram", "4G", "--min-tps", "fast"), "invalid --min-tps"),
+    (("--cores", "2", "--ram", "4G", "--min-tps", "-3"), "positive"),
+    (("--cores", "2", "--ram", "4G", "--max-ttft", "2 minutes"), "invalid duration"),
+    (("--cores", "2", "--ram", "4G", "--min-free-mem", "100%"), "cannot be met"),
+    (("--cores", "2", "--ram", "4G,8G", "--min-free-mem", "8G"), "cannot be met"),
+    (("--cores", "2,32", "--ram", "4G"), "32 cores is more than node pve1 has"),
+    (("--cores", "2", "--ram", "4G,128G"), "RAM is more than node pve1 has free"),
+])
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(labctl: Any, args: tuple[str, ...],
+                                                         fragment: str) -> None:
+    code, out, err = labctl.run("sweep", "gemma", *args)
+    assert code == ExitCode.USAGE and out == ""
+    assert fragment in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert labctl.vm.history == [] and labctl.probers == []
+
+
+def test_unknown_sweep_id_is_exit_2(labctl: Any) -> None:
+    code, _, err = labctl.run("report", "nosuch")
+    assert code == ExitCode.USAGE and "no sweep 'nosuch'" in err
