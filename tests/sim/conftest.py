@@ -22,23 +22,40 @@ FAST = {
     "auth_failure_delay": 0.0,
     "default_task_duration": 0.05,
     "task_durations": {
-        "qmclone": 0.4, "qmconfig": 0.05, "qmstart": 0.1, "qmstop": 0.05, "qmshutdown": 0.05,
-        "qmreboot": 0.1, "qmdestroy": 0.05, "resize": 0.05,
+        "qmclone": 0.4,
+        "qmconfig": 0.05,
+        "qmstart": 0.1,
+        "qmstop": 0.05,
+        "qmshutdown": 0.05,
+        "qmreboot": 0.1,
+        "qmdestroy": 0.05,
+        "resize": 0.05,
     },
-}  # fmt: skip
+}
 
 
 def token_api(server: SimServer) -> Any:
     creds = server.credentials
     user, token = creds["token_id"].split("!")
-    return ProxmoxAPI("127.0.0.1", port=server.port, user=user, token_name=token,
-                      token_value=creds["token_secret"], verify_ssl=str(server.cert_path))  # fmt: skip
+    return ProxmoxAPI(
+        "127.0.0.1",
+        port=server.port,
+        user=user,
+        token_name=token,
+        token_value=creds["token_secret"],
+        verify_ssl=str(server.cert_path),
+    )
 
 
 def ticket_api(server: SimServer) -> Any:
     creds = server.credentials
-    return ProxmoxAPI("127.0.0.1", port=server.port, user=creds["user"],
-                      password=creds["password"], verify_ssl=str(server.cert_path))  # fmt: skip
+    return ProxmoxAPI(
+        "127.0.0.1",
+        port=server.port,
+        user=creds["user"],
+        password=creds["password"],
+        verify_ssl=str(server.cert_path),
+    )
 
 
 class Raw:

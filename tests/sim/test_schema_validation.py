@@ -13,7 +13,9 @@ from provision.sim.schema import load_schema, merge_path_params, validate
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx/k+abc= me@laptop"
 
 
-def check(method: str, path: str, params: dict[str, Any], from_json: bool = False) -> dict[str, str]:
+def check(
+    method: str, path: str, params: dict[str, Any], from_json: bool = False
+) -> dict[str, str]:
     """Validate like the server does; returns the per-key errors ({} when valid)."""
     endpoint = load_schema().find(method, path)
     try:
@@ -30,6 +32,8 @@ def as_form(params: dict[str, Any]) -> dict[str, Any]:
     return {k: str(v) for k, v in params.items()}
 
 
+FORMAT_ERROR = "invalid format - format error\n"
+UNDEFINED = "property is not defined in schema and the schema does not allow additional properties"
 CLONE = "/nodes/pve/qemu/9000/clone"
 CONFIG = "/nodes/pve/qemu/100/config"
 
@@ -68,12 +72,21 @@ def test_unknown_method_or_path_is_501(method: str, path: str) -> None:
 
 def test_labctl_config_update_passes() -> None:
     params = {
-        "cores": 4, "memory": 4096, "ipconfig0": "ip=10.0.0.5/24,gw=10.0.0.1",
-        "nameserver": "1.1.1.1 8.8.8.8", "sshkeys": quote(KEY, safe=""),
-        "net0": "virtio,bridge=vmbr0,firewall=1", "delete": "balloon,tablet", "digest": "a" * 40,
-        "agent": "enabled=1,fstrim_cloned_disks=1", "hotplug": "network,disk,cpu,memory",
-        "tags": "web;prod", "cpu": "host", "balloon": 0, "ciuser": "ubuntu",
-    }  # fmt: skip
+        "cores": 4,
+        "memory": 4096,
+        "ipconfig0": "ip=10.0.0.5/24,gw=10.0.0.1",
+        "nameserver": "1.1.1.1 8.8.8.8",
+        "sshkeys": quote(KEY, safe=""),
+        "net0": "virtio,bridge=vmbr0,firewall=1",
+        "delete": "balloon,tablet",
+        "digest": "a" * 40,
+        "agent": "enabled=1,fstrim_cloned_disks=1",
+        "hotplug": "network,disk,cpu,memory",
+        "tags": "web;prod",
+        "cpu": "host",
+        "balloon": 0,
+        "ciuser": "ubuntu",
+    }
     assert check("POST", CONFIG, as_form(params)) == {}
 
 
@@ -86,26 +99,34 @@ def test_sshkeys_must_be_fully_percent_encoded(encoded: str) -> None:
 @pytest.mark.parametrize(
     ("params", "key", "message"),
     [
-        ({"ipconfig0": "gw=10.0.0.1"}, "ipconfig0",
-         "invalid format - format error\nipconfig0.ip: missing property required by 'ipconfig0.gw'"),
-        ({"memory": "abc"}, "memory",
-         "invalid format - format error\nmemory.current: type check ('integer') failed - got 'abc'"),
-        ({"net32": "virtio,bridge=vmbr0"}, "net32",
-         "property is not defined in schema and the schema does not allow additional properties"),
-        ({"bogus": "1"}, "bogus",
-         "property is not defined in schema and the schema does not allow additional properties"),
+        (
+            {"ipconfig0": "gw=10.0.0.1"},
+            "ipconfig0",
+            f"{FORMAT_ERROR}ipconfig0.ip: missing property required by 'ipconfig0.gw'",
+        ),
+        (
+            {"memory": "abc"},
+            "memory",
+            f"{FORMAT_ERROR}memory.current: type check ('integer') failed - got 'abc'",
+        ),
+        ({"net32": "virtio,bridge=vmbr0"}, "net32", UNDEFINED),
+        ({"bogus": "1"}, "bogus", UNDEFINED),
         ({"cores": "0"}, "cores", "value must have a minimum value of 1"),
         ({"hotplug": "net"}, "hotplug", "invalid format - invalid hotplug feature 'net'"),
-        ({"net0": "virtio,bridge=vmbr0,firewall=maybe"}, "net0",
-         "invalid format - format error\nnet0.firewall: type check ('boolean') failed - got 'maybe'"),
+        (
+            {"net0": "virtio,bridge=vmbr0,firewall=maybe"},
+            "net0",
+            f"{FORMAT_ERROR}net0.firewall: type check ('boolean') failed - got 'maybe'",
+        ),
     ],
-)  # fmt: skip
+)
 def test_config_errors_carry_pves_messages(params: dict[str, str], key: str, message: str) -> None:
     assert check("POST", CONFIG, params)[key] == message
 
 
 def test_property_string_booleans_accept_true_and_keyalias_sets_the_model() -> None:
-    assert check("POST", CONFIG, {"net0": "virtio=BC:24:11:00:00:01,bridge=vmbr0,firewall=true"}) == {}
+    net0 = "virtio=BC:24:11:00:00:01,bridge=vmbr0,firewall=true"
+    assert check("POST", CONFIG, {"net0": net0}) == {}
 
 
 def test_vmid_below_100_is_not_a_valid_vm_id() -> None:

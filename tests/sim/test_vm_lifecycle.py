@@ -67,14 +67,15 @@ def test_a_clone_gets_new_identity_and_loses_the_template_flag(prox: Any, new_vm
 
 def test_a_full_clone_may_choose_its_storage_but_not_a_non_image_one(prox: Any) -> None:
     vmid = int(prox.cluster.nextid.get())
-    err = error_of(lambda: prox.nodes("pve").qemu(9000).clone.post(newid=vmid, full=1,
-                                                                   storage="local"))  # fmt: skip
+    err = error_of(
+        lambda: prox.nodes("pve").qemu(9000).clone.post(newid=vmid, full=1, storage="local")
+    )
     assert err.status_code == 400
     assert err.errors == {"storage": "storage 'local' does not support vm images"}
     upid = prox.nodes("pve").qemu(9000).clone.post(newid=vmid, full=1, storage="local-lvm")
     assert wait(prox, upid)["exitstatus"] == "OK"
-    assert prox.nodes("pve").qemu(vmid).config.get()["scsi0"].startswith(
-        f"local-lvm:vm-{vmid}-disk-0"
+    assert (
+        prox.nodes("pve").qemu(vmid).config.get()["scsi0"].startswith(f"local-lvm:vm-{vmid}-disk-0")
     )
 
 
@@ -86,8 +87,9 @@ def test_a_full_clone_may_choose_its_storage_but_not_a_non_image_one(prox: Any) 
         ({"target": "pve2"}, "can't clone VM to node 'pve2' (VM uses local storage)"),
     ],
 )
-def test_impossible_clones_fail_synchronously(prox: Any, params: dict[str, Any],
-                                              message: str) -> None:  # fmt: skip
+def test_impossible_clones_fail_synchronously(
+    prox: Any, params: dict[str, Any], message: str
+) -> None:
     params = {"newid": int(prox.cluster.nextid.get()), **params}
     err = error_of(lambda: prox.nodes("pve").qemu(9000).clone.post(**params))
     assert (err.status_code, err.content) == (500, message)
@@ -151,7 +153,9 @@ def test_a_stale_digest_is_refused(prox: Any, new_vm: NewVm) -> None:
     assert (err.status_code, err.content) == (500, "checksum mismatch (file change by other user?)")
 
 
-def test_deleting_an_unknown_option_is_400_but_an_unset_one_is_fine(prox: Any, new_vm: NewVm) -> None:
+def test_deleting_an_unknown_option_is_400_but_an_unset_one_is_fine(
+    prox: Any, new_vm: NewVm
+) -> None:
     vm = prox.nodes("pve").qemu(new_vm())
     err = error_of(lambda: vm.config.put(delete="bogus"))
     assert (err.status_code, err.errors) == (400, {"delete": "unknown option 'bogus'"})
@@ -306,9 +310,11 @@ def test_task_errors_end_the_log_with_task_error(prox: Any) -> None:
 
 @pytest.mark.parametrize(
     ("upid", "message"),
-    [("garbage", "unable to parse worker upid"),
-     ("UPID:pve:00000001:00000001:00000001:qmstart:100:root@pam:", "no such task")],
-)  # fmt: skip
+    [
+        ("garbage", "unable to parse worker upid"),
+        ("UPID:pve:00000001:00000001:00000001:qmstart:100:root@pam:", "no such task"),
+    ],
+)
 def test_bad_and_unknown_upids_are_400(prox: Any, upid: str, message: str) -> None:
     err = error_of(lambda: prox.nodes("pve").tasks(upid).status.get())
     assert (err.status_code, err.errors) == (400, {"upid": message})

@@ -87,8 +87,10 @@ def test_a_wrong_api_token_is_401_authentication_failed(sim: SimServer) -> None:
     raw.session.headers["Authorization"] = "PVEAPIToken=root@pam!labctl=not-the-secret"
     response = raw("GET", "/nodes")
     assert (response.status_code, response.reason, response.content) == (
-        401, "Authentication failed!", b"",
-    )  # fmt: skip
+        401,
+        "Authentication failed!",
+        b"",
+    )
 
 
 def test_a_failed_login_is_401_with_a_json_body(sim: SimServer) -> None:
@@ -101,16 +103,24 @@ def test_a_failed_login_is_401_with_a_json_body(sim: SimServer) -> None:
 
 def test_proxmoxer_reports_a_failed_login_as_authentication_error(sim: SimServer) -> None:
     with pytest.raises(proxmoxer.AuthenticationError):
-        proxmoxer.ProxmoxAPI("127.0.0.1", port=sim.port, user="root@pam", password="wrong",
-                             verify_ssl=str(sim.cert_path))  # fmt: skip
+        proxmoxer.ProxmoxAPI(
+            "127.0.0.1",
+            port=sim.port,
+            user="root@pam",
+            password="wrong",
+            verify_ssl=str(sim.cert_path),
+        )
 
 
 def test_ticket_login_works_and_a_ticket_renews_itself(sim: SimServer) -> None:
     api = ticket_api(sim)
     assert [n["node"] for n in api.nodes.get()] == ["pve", "pve2"]
     raw = Raw(sim, authenticated=False)
-    first = raw("POST", "/access/ticket",
-                data={"username": "root@pam", "password": sim.credentials["password"]})  # fmt: skip
+    first = raw(
+        "POST",
+        "/access/ticket",
+        data={"username": "root@pam", "password": sim.credentials["password"]},
+    )
     ticket = first.json()["data"]["ticket"]
     assert ticket.startswith("PVE:root@pam:")
     renewed = raw("POST", "/access/ticket", data={"username": "root@pam", "password": ticket})
@@ -119,8 +129,11 @@ def test_ticket_login_works_and_a_ticket_renews_itself(sim: SimServer) -> None:
 
 def test_writes_with_a_ticket_need_the_csrf_token(sim: SimServer) -> None:
     raw = Raw(sim, authenticated=False)
-    login = raw("POST", "/access/ticket",
-                data={"username": "root@pam", "password": sim.credentials["password"]})  # fmt: skip
+    login = raw(
+        "POST",
+        "/access/ticket",
+        data={"username": "root@pam", "password": sim.credentials["password"]},
+    )
     data = login.json()["data"]
     raw.session.cookies.set("PVEAuthCookie", data["ticket"])
     assert raw("GET", "/cluster/nextid").status_code == 200

@@ -1,0 +1,90 @@
+"""State that survives restarts, the initial cluster, and several nodes."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+from typing import Any
+
+import proxmoxer
+import pytest
+
+from provision.sim.server import SimServer
+from tests.sim.conftest import FAST, token_api, wait
+
+
+def test_a_fresh_state_has_the_cloud_init_template(fresh_sim: SimServer) -> None:
+    prox = token_api(fresh_sim)
+    config = prox.nodes("pve").qemu(9000).config.get()
+    assert config["name"] == "ubuntu-2404-cloud"
+    assert config["template"] == 1
+    assert config["scsi0"] == "local-lvm:base-9000-disk-0,size=3584M"
+    assert config["ide2"] == "local-lvm:vm-9000-cloudinit,media=cdrom"
+    assert config["serial0"] == "socket" and config["ostype"] == "l26"
+    storages = {s["storage"]: s for s in prox.nodes("pve").storage.get()}
+    assert "images" in storages["local-lvm"]["content"]
+    assert "images" not in storages["local"]["content"]
+
+
+def test_credentials_are_private_and_match_the_server(fresh_sim: SimServer) -> None:
+    path = fresh_sim.credentials_path
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    stored = json.loads(path.read_text())
+    assert stored["token_id"] == "root@pam!labctl"
+    assert stored["token_secret"] == fresh_sim.credentials["token_secret"]
+
+
+def test_node_status_reports_memory_and_cpus_in_bytes(fresh_sim: SimServer) -> None:
+    prox = token_api(fresh_sim)
+    status = prox.nodes("pve").status.get()
+    assert status["cpuinfo"]["cpus"] == 16
+    assert status["memory"]["total"] == 64 * 1024**3
+    assert status["memory"]["free"] == status["memory"]["total"] - status["memory"]["used"]
+
+
+def test_vms_and_credentials_survive_a_restart_and_running_vms_come_back_stopped(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state"
+    with SimServer(state, **FAST) as first:
+        prox = token_api(first)
+        vmid = int(prox.cluster.nextid.get())
+        wait(prox, prox.nodes("pve").qemu(9000).clone.post(newid=vmid, name="keeper"))
+        prox.nodes("pve").qemu(vmid).config.put(cores=3)
+        wait(prox, prox.nodes("pve").qemu(vmid).status.start.post())
+        creds, fingerprint = first.credentials, first.fingerprint
+    with SimServer(state, **FAST) as second:
+        assert (second.credentials, second.fingerprint) == (creds, fingerprint)
+        prox = token_api(second)
+        config = prox.nodes("pve").qemu(vmid).config.get()
+        assert (config["name"], config["cores"]) == ("keeper", 3)
+        assert prox.nodes("pve").qemu(vmid).status.current.get()["status"] == "stopped"
+        assert int(prox.cluster.nextid.get()) == vmid + 1
+
+
+def test_two_nodes_share_one_vmid_space_but_keep_their_own_vms(sim: SimServer, prox: Any) -> None:
+    assert [n["node"] for n in prox.nodes.get()] == ["pve", "pve2"]
+    assert prox.nodes("pve2").status.get()["cpuinfo"]["cpus"] == 16
+    assert prox.nodes("pve2").qemu.get() == []
+    with pytest.raises(proxmoxer.ResourceException) as caught:
+        prox.nodes("pve2").qemu(9000).config.get()
+    assert caught.value.content == (
+        "Configuration file 'nodes/pve2/qemu-server/9000.conf' does not exist"
+    )
+    kinds = {r["type"] for r in prox.cluster.resources.get()}
+    assert kinds == {"qemu", "node", "storage"}
+    nodes = [r["node"] for r in prox.cluster.resources.get(type="node")]
+    assert nodes == ["pve", "pve2"]
+
+
+def test_cluster_resources_show_the_clone_lock_and_current_shape(prox: Any) -> None:
+    vmid = int(prox.cluster.nextid.get())
+    upid = prox.nodes("pve").qemu(9000).clone.post(newid=vmid)
+    entry = next(r for r in prox.cluster.resources.get(type="vm") if r["vmid"] == vmid)
+    assert entry["lock"] == "clone"
+    assert (entry["id"], entry["node"], entry["type"]) == (f"qemu/{vmid}", "pve", "qemu")
+    wait(prox, upid)
+    entry = next(r for r in prox.cluster.resources.get(type="vm") if r["vmid"] == vmid)
+    assert "lock" not in entry
+    assert (entry["maxcpu"], entry["maxmem"], entry["template"]) == (2, 2048 * 1024**2, 0)
