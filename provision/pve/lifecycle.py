@@ -13,7 +13,7 @@ import fcntl
 import ipaddress
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -298,6 +298,22 @@ def ipconfig(ip: str, gateway: str) -> str:
     return value
 
 
+def changed_params(params: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+    """Only the keys whose value differs from the VM's config (an unchanged key sent to a
+    running VM would only add noise to its pending list)."""
+    normal: dict[str, Callable[[Any], Any]] = {
+        "memory": parse_memory_mib, "cpu": parse_cpu_type,
+        "cores": lambda v: int(v or 1), "sockets": lambda v: int(v or 1),
+        "balloon": lambda v: None if v is None or v == "" else int(v),
+    }
+    changed: dict[str, Any] = {}
+    for key, value in params.items():
+        norm = normal.get(key, lambda v: None if v is None else str(v))
+        if norm(config.get(key)) != norm(value):
+            changed[key] = value
+    return changed
+
+
 def _is_race(error: LabctlError) -> bool:
     text = str(error).lower()
     return "already exists" in text
@@ -375,8 +391,10 @@ class Lab:
         return max(online, key=lambda n: int(online[n].get("maxmem", 0))
                    - int(online[n].get("mem", 0)))
 
-    def _pending(self, res: _Resource) -> tuple[Shape, Shape | None, dict[str, Any]]:
-        """(current shape, pending shape or None, current config) from GET .../pending."""
+    def _pending(self, res: _Resource) -> tuple[Shape, Shape | None, dict[str, Any],
+                                                dict[str, Any]]:
+        """(current shape, pending shape or None, current config, config with pending applied)
+        from one GET .../pending."""
         entries = self.client.get(f"{res.path}/pending") or []
         current = {e["key"]: e["value"] for e in entries if "value" in e}
         wanted = dict(current)
@@ -391,7 +409,7 @@ class Lab:
         disk = boot_disk(current)
         now = replace(shape_of(current), disk_gib=disk[1] if disk else None)
         later = replace(shape_of(wanted), disk_gib=now.disk_gib) if pending else None
-        return now, later, current
+        return now, later, current, wanted
 
     def _agent_ip(self, res: _Resource) -> str | None:
         try:
@@ -401,7 +419,7 @@ class Lab:
         return pick_address((data or {}).get("result"))
 
     def _info(self, res: _Resource, *, with_ip: bool) -> VmInfo:
-        shape, later, _ = self._pending(res)
+        shape, later, _, _ = self._pending(res)
         ip = self._agent_ip(res) if with_ip and res.status == "running" else None
         return VmInfo(name=res.name, vmid=res.vmid, node=res.node, status=res.status,
                       shape=shape, ip=ip, uptime_s=res.uptime_s, tags=res.tags,
@@ -719,7 +737,7 @@ class Lab:
                    allow_overcommit: bool, pubkey: str, net: str) -> VmInfo:
         if res.lock == "clone":
             res = self._wait_unlocked(res)
-        current_shape, _, config = self._pending(res)
+        current_shape, _, config, merged = self._pending(res)
         adopting = not res.managed
         if adopting:
             if CLONE_MARK not in str(config.get("description", "")):
@@ -750,7 +768,7 @@ class Lab:
         elif reshape:
             ctx.stage = "reshape"
             self.reporter.stage("reshape")
-            self._apply_config(res, self._shape_params(shape))
+            self._apply_config(res, changed_params(self._shape_params(shape), merged))
             self.reporter.step(f"{current_shape.label} -> {shape.label}")
             if res.status == "running" and self._pending_keys(res):
                 self._reboot(res)
@@ -810,12 +828,13 @@ class Lab:
                                         status="running", tags=(), template=False, lock=None,
                                         uptime_s=0, maxdisk=0))
                 forget_host_key(self.known_hosts, ctx.name)
-                error.hint = f"rolled back: {where} was destroyed"
+                note = f"rolled back: {where} was destroyed"
             except (LabctlError, KeyboardInterrupt) as cleanup:
-                error.hint = f"rollback of {where} failed too: {cleanup}"
-            return error
-        error.hint = (f"{where} was left in place; `labctl up {ctx.name}` retries, "
-                      f"`labctl down {ctx.name}` removes it")
+                note = f"rollback of {where} failed too: {cleanup}"
+        else:
+            note = (f"{where} was left in place; `labctl up {ctx.name}` retries, "
+                    f"`labctl down {ctx.name}` removes it")
+        error.hint = "; ".join(h for h in (error.hint, note) if h)
         return error
 
     # -- resize --------------------------------------------------------------------------
@@ -829,7 +848,7 @@ class Lab:
                              "`labctl up NAME --disk SIZE`")
         with self._lock(f"vm-{name}"):
             res = self._require_managed(name)
-            before, pending_before, _ = self._pending(res)
+            before, pending_before, _, merged = self._pending(res)
             base = pending_before or before
             want = request.over(base)
             running = res.status == "running"
@@ -838,7 +857,7 @@ class Lab:
                 check_fits(want, self.node_capacity(res.node), allow_overcommit=allow_overcommit,
                            already_reserved_mib=before.memory_mib if running else 0)
                 self.reporter.stage("resize")
-                self._apply_config(res, self._shape_params(want))
+                self._apply_config(res, changed_params(self._shape_params(want), merged))
                 self.reporter.step(describe_shape_change(base, want))
             pending = self._pending_keys(res) if running else ()
             rebooted = False

@@ -1,0 +1,210 @@
+"""labctl's refusals and error reports, through the real CLI against the API-only simulator.
+
+Nothing here needs a guest: each case fails (or is refused) before SSH, or checks what the user
+sees when Proxmox says no.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.integration.conftest import Lab
+
+
+def one_error_line(stderr: str) -> str:
+    """The error line; the test fails if there is not exactly one, or a traceback shows."""
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--ram", "32X"], "unknown unit"),
+        (["--cores", "0"], "at least 1"),
+        (["--cores", "-2"], "at least 1"),
+        (["--ram", "-1G"], "positive"),
+        (["--ram", "0"], "positive"),
+        (["--ram", "256M"], "below the minimum of 512 MiB"),
+        (["--cores", "two"], "invalid core count"),
+        (["--cores", "17"], "more than node pve has (16)"),
+        (["--ram", "100G"], "more than node pve has free"),
+        (["--disk", "1G"], "smaller than the template"),
+    ],
+)
+def test_bad_shape_is_a_usage_error_and_creates_nothing(api_lab: Lab, flags: list[str],
+                                                         says: str) -> None:
+    result = api_lab.run("up", "shape-test", *flags, "--no-deploy")
+    assert result.code == 2, result
+    assert says in one_error_line(result.stderr)
+    assert api_lab.vm_named("shape-test") is None
+
+
+def test_allow_overcommit_lets_a_shape_larger_than_the_node_through(api_lab: Lab) -> None:
+    api_lab.write(timeouts={"agent": 5})
+    result = api_lab.run("up", "big", "--cores", "17", "--ram", "100G", "--allow-overcommit",
+                         "--no-deploy")
+    # Past the shape check, clone and boot: the API-only simulator has no SSH host key to read.
+    assert result.code == 5, result
+    vm = api_lab.vm_named("big")
+    assert vm is not None and vm["maxmem"] == 100 * 2**30
+
+
+def test_wrong_tls_pin_names_both_fingerprints(api_lab: Lab) -> None:
+    wrong = ":".join(["AB"] * 32)
+    api_lab.write(proxmox={"fingerprint": wrong})
+    result = api_lab.run("ls")
+    assert result.code == 4, result
+    line = one_error_line(result.stderr)
+    assert "TLS pin mismatch" in line
+    assert wrong in line and api_lab.server.fingerprint.upper() in line
+
+
+def test_unpinned_self_signed_certificate_is_refused_with_its_fingerprint(api_lab: Lab) -> None:
+    api_lab.write(proxmox={"fingerprint": None})
+    result = api_lab.run("ls")
+    assert result.code == 4, result
+    line = one_error_line(result.stderr)
+    assert api_lab.server.fingerprint.upper() in line and "proxmox.fingerprint" in line
+
+
+def test_bad_token_is_an_authentication_error_without_the_secret(api_lab: Lab) -> None:
+    bogus = "0badc0de-dead-beef-0000-123456789abc"
+    api_lab.write(proxmox={"token_secret": bogus})
+    result = api_lab.run("-vv", "ls")
+    assert result.code == 4, result
+    assert "authentication failed" in one_error_line(result.stderr)
+    assert bogus not in result.output
+
+
+def test_ticket_auth_with_password_works(api_lab: Lab) -> None:
+    creds = api_lab.server.credentials
+    api_lab.write(proxmox={"token_id": None, "token_secret": None, "user": creds["user"],
+                           "password": creds["password"]})
+    result = api_lab.run("--json", "ls")
+    assert result.code == 0, result
+    assert result.json == {"vms": []}
+
+
+def test_failing_clone_task_reports_the_task_log(api_lab: Lab) -> None:
+    api_lab.fault(kind="task", type="qmclone", message="clone failed: no space left on device")
+    result = api_lab.run("up", "clonefail", "--no-deploy")
+    assert result.code == 4, result
+    line = one_error_line(result.stderr)
+    assert "clone of" in line and "no space left on device" in line
+    assert "task log:" in line and "TASK ERROR" in line
+    assert api_lab.vm_named("clonefail") is None  # PVE removes a VM whose clone failed
+
+
+def test_agent_timeout_says_what_to_check_and_how_to_clean_up(api_lab: Lab) -> None:
+    api_lab.write(timeouts={"agent": 2})
+    api_lab.fault(kind="agent")
+    result = api_lab.run("up", "noagent", "--no-deploy")
+    assert result.code == 5, result
+    line = one_error_line(result.stderr)
+    assert "gave no IP address within 2s" in line
+    assert "qemu-guest-agent is installed" in line
+    assert "`labctl down noagent` removes it" in line
+    assert "waiting for the guest agent" in result.stderr or "agent ..." in result.stderr
+    vm = api_lab.vm_named("noagent")
+    assert vm is not None and "labctl" in vm.get("tags", "")
+
+
+def test_rollback_destroys_the_vm_when_a_later_step_fails(api_lab: Lab) -> None:
+    api_lab.write(timeouts={"agent": 1})
+    api_lab.fault(kind="agent")
+    result = api_lab.run("up", "rolled", "--rollback", "--no-deploy")
+    assert result.code == 5, result
+    assert "rolled back" in one_error_line(result.stderr)
+    assert api_lab.vm_named("rolled") is None
+
+
+def test_down_refuses_a_vm_without_the_labctl_tag_even_with_yes(api_lab: Lab) -> None:
+    newid = int(api_lab.api("GET", "/cluster/nextid"))
+    api_lab.api("POST", "/nodes/pve/qemu/9000/clone", data={"newid": newid, "name": "foreign"})
+    for _ in range(100):
+        vm = api_lab.vm_named("foreign")
+        if vm is not None and not vm.get("lock"):
+            break
+    result = api_lab.run("down", "foreign", "--yes")
+    assert result.code == 4, result
+    assert "lacks the 'labctl' tag" in one_error_line(result.stderr)
+    assert api_lab.run("down", "--all", "--yes").code == 0
+    assert api_lab.vm_named("foreign") is not None
+    listing = api_lab.run("--json", "ls", "--all").json["vms"]
+    assert [(v["name"], v["managed"]) for v in listing] == [("foreign", False)]
+    # up must not adopt it either
+    taken = api_lab.run("up", "foreign", "--no-deploy")
+    assert taken.code == 4 and "labctl did not create it" in one_error_line(taken.stderr)
+
+
+def test_down_without_terminal_or_yes_refuses_then_yes_destroys(api_lab: Lab) -> None:
+    api_lab.write(timeouts={"agent": 1})
+    api_lab.fault(kind="agent")
+    assert api_lab.run("up", "leftover", "--no-deploy").code == 5  # leaves a tagged VM
+    api_lab.clear_faults()
+    refused = api_lab.run("down", "leftover")
+    assert refused.code == 2, refused
+    assert "pass --yes" in one_error_line(refused.stderr)
+    assert api_lab.vm_named("leftover") is not None
+    done = api_lab.run("--json", "down", "leftover", "--yes")
+    assert done.code == 0, done
+    assert [d["name"] for d in done.json["destroyed"]] == ["leftover"]
+    assert api_lab.vm_named("leftover") is None
+
+
+def test_resize_of_a_running_vm_stays_pending_and_says_so(api_lab: Lab) -> None:
+    api_lab.write(timeouts={"agent": 1})
+    api_lab.fault(kind="agent")
+    assert api_lab.run("up", "sizes", "--cores", "2", "--ram", "1G", "--no-deploy").code == 5
+    api_lab.clear_faults()
+    result = api_lab.run("resize", "sizes", "--cores", "4", "--ram", "2G")
+    assert result.code == 0, result
+    assert "pending until the next reboot" in result.stdout
+    assert re.search(r"cores\s+2\s+4", result.stdout)
+    listed = api_lab.run("--json", "ls").json["vms"][0]
+    assert listed["pending"] is True and listed["cores"] == 2
+    assert listed["pending_shape"]["cores"] == 4
+    too_big = api_lab.run("resize", "sizes", "--cores", "64")
+    assert too_big.code == 2 and "more than node" in one_error_line(too_big.stderr)
+
+
+def test_secret_is_never_printed_at_debug_verbosity(api_lab: Lab) -> None:
+    creds = api_lab.server.credentials
+    api_lab.write(timeouts={"agent": 1})
+    api_lab.fault(kind="agent")
+    up = api_lab.run("-vv", "up", "chatty", "--no-deploy")
+    listed = api_lab.run("-vv", "ls")
+    api_lab.write(proxmox={"token_id": None, "token_secret": None, "user": creds["user"],
+                           "password": creds["password"]})
+    ticket = api_lab.run("-vv", "--json", "ls")
+    assert up.code == 5 and listed.code == 0 and ticket.code == 0
+    for result in (up, listed, ticket):
+        assert "DEBUG" in result.stderr  # -vv really is verbose...
+        assert creds["token_secret"] not in result.output  # ...and still keeps the secrets
+        assert creds["password"] not in result.output
+        assert "PVEAuthCookie=PVE:" not in result.output
+
+
+def test_json_output_is_one_document_and_progress_goes_to_stderr(api_lab: Lab) -> None:
+    result = api_lab.run("--json", "ls")
+    assert result.code == 0
+    assert result.json == {"vms": []}
+    empty_down = api_lab.run("--json", "down", "--all", "--yes")
+    assert empty_down.code == 0 and empty_down.json == {"destroyed": []}
+
+
+def test_down_needs_a_name_or_all(api_lab: Lab) -> None:
+    result = api_lab.run("down")
+    assert result.code == 2
+    assert "give a VM name or --all" in one_error_line(result.stderr)
+
+
+def test_up_without_name_and_without_vm_tables_is_a_usage_error(api_lab: Lab) -> None:
+    result = api_lab.run("up")
+    assert result.code == 2
+    assert "declares no [vm.NAME]" in one_error_line(result.stderr)
