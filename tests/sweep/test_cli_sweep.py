@@ -9,15 +9,11 @@ against the simulator's real guests in tests/e2e.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-
 from sweep_tables import gemma_table
 from test_sweep_loop import FakeVm, TableProber
 

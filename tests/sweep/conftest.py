@@ -1,0 +1,10 @@
+"""Sweep tests share the strategy tables and fakes of tests/unit (sweep_tables, test_sweep_loop)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_UNIT = str(Path(__file__).resolve().parents[1] / "unit")
+if _UNIT not in sys.path:
+    sys.path.insert(0, _UNIT)

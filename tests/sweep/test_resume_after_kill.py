@@ -1,0 +1,129 @@
+"""A sweep killed with SIGKILL mid-way resumes without re-probing and restores the first shape.
+
+The sweep runs in a real child process on a real SQLite file; its VM is a shape kept in a JSON
+file (so it survives the kill the way a Proxmox VM's config does). The child's prober stops
+forever after a few probes; the test waits until those are committed, then kills it with -9.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sweep_tables import MATRIX, gemma_table
+
+from provision.progress import NullReporter
+from provision.shape import Shape
+from provision.sweep.db import connect_for_tests
+from provision.sweep.loop import SweepLoop, SweepPlan, Worker
+from provision.sweep.model import Measurement, Targets, shape_from_dict, shape_to_dict
+
+G = 1024
+ORIGINAL = Shape(12, 32 * G, "host")
+PROBES_BEFORE_KILL = 3
+
+
+@dataclass
+class FileVm:
+    """A VM whose shape lives in a file: what a killed process leaves behind stays there."""
+
+    path: Path
+    name: str = "gemma"
+    applied: list[Shape] = field(default_factory=list)
+
+    def current_shape(self) -> Shape:
+        return shape_from_dict(json.loads(self.path.read_text()))
+
+    def apply(self, shape: Shape) -> bool:
+        changed = shape != self.current_shape()
+        self.path.write_text(json.dumps(shape_to_dict(shape)))
+        self.applied.append(shape)
+        return changed
+
+
+@dataclass
+class CountingProber:
+    probed: list[Shape] = field(default_factory=list)
+
+    def measure(self, shape: Shape) -> Measurement:
+        self.probed.append(shape)
+        return gemma_table()[shape]
+
+
+CHILD = textwrap.dedent("""
+    import sys, threading
+    sys.path[:0] = [{unit!r}, {here!r}]
+    from test_resume_after_kill import FileVm, CountingProber, plan
+    from provision.progress import NullReporter
+    from provision.sweep.db import connect_for_tests
+    from provision.sweep.loop import SweepLoop, Worker
+
+    class StallingProber(CountingProber):
+        def measure(self, shape):
+            if len(self.probed) == {n}:
+                threading.Event().wait()  # hang like a stuck probe until killed
+            return super().measure(shape)
+
+    from pathlib import Path
+    store = connect_for_tests({db!r})
+    SweepLoop(store, [Worker(FileVm(Path({vm!r})), StallingProber())], NullReporter()).run(plan())
+""")
+
+
+def plan() -> SweepPlan:
+    return SweepPlan(vm="gemma", space=MATRIX, targets=Targets(min_tps=10),
+                     probe_options={"model": "gemma2:2b"})
+
+
+def _wait_for_points(db: Path, count: int, child: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert child.poll() is None, "the sweep process ended before it was killed"
+        if db.exists():
+            store = connect_for_tests(db)
+            sweeps = store.all()
+            if sweeps and len(store.measurements(sweeps[0].id)) >= count:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"the sweep did not record {count} points")
+
+
+def test_sigkilled_sweep_resumes_without_reprobing_and_restores_the_original_shape(
+        tmp_path: Path) -> None:
+    db, vm_file = tmp_path / "labctl.sqlite", tmp_path / "vm.json"
+    vm_file.write_text(json.dumps(shape_to_dict(ORIGINAL)))
+    connect_for_tests(db)  # create the schema before the child and the test both open it
+    here = Path(__file__).resolve().parent
+    script = CHILD.format(unit=str(here.parent / "unit"), here=str(here), n=PROBES_BEFORE_KILL,
+                          db=str(db), vm=str(vm_file))
+    child = subprocess.Popen([sys.executable, "-c", script], cwd=here.parents[1])
+    try:
+        _wait_for_points(db, PROBES_BEFORE_KILL, child)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+
+    store = connect_for_tests(db)
+    [record] = store.all()
+    assert record.status == "running"  # nobody got to say otherwise
+    kept = [m.shape for m in store.measurements(record.id)]
+    assert len(kept) == PROBES_BEFORE_KILL
+    vm = FileVm(vm_file)
+    assert vm.current_shape() != ORIGINAL  # left in a sweep shape by the kill
+
+    prober = CountingProber()
+    outcome = SweepLoop(store, [Worker(vm, prober)], NullReporter()).run(plan())
+    assert outcome.record.id == record.id
+    assert not set(prober.probed) & set(kept)
+    assert outcome.replayed == PROBES_BEFORE_KILL
+    assert outcome.result.minimum is not None
+    assert outcome.result.minimum.shape == Shape(4, 4 * G, "host")
+    assert vm.current_shape() == ORIGINAL
