@@ -340,5 +340,5 @@ def samples_of(conn: sqlite3.Connection, probe_id: int, run_index: int) -> list[
     rows = conn.execute(
         "SELECT s.* FROM probe_samples s JOIN probe_runs r ON r.id = s.run_id"
         " WHERE r.probe_id = ? AND r.run_index = ? ORDER BY s.t", (probe_id, run_index))
-    return [{k: row[k] for k in row if k != "run_id"} for row in rows]
+    return [{k: v for k, v in zip(row.keys(), row, strict=True) if k != "run_id"} for row in rows]
 

@@ -548,19 +548,39 @@ def _read_stream(response: http.client.HTTPResponse, outcome: RunOutcome,
             return
 
 
-def kernel_oom_lines(since_epoch: float, pids: set[int]) -> list[str]:
-    """Kernel log lines about an OOM kill of an Ollama process since the run started."""
+def kernel_oom_lines(since_epoch: float) -> list[str]:
+    """Kernel log lines about OOM kills since the run started (dmesg, else the journal)."""
     lines = _dmesg_since(since_epoch)
     if lines is None:
         lines = _journal_kernel_since(since_epoch) or []
-    hits = []
-    for line in lines:
-        if not OOM_LINE.search(line):
+    return [line.strip() for line in lines if OOM_LINE.search(line)]
+
+
+def names_ollama_process(line: str, pids: set[int]) -> bool:
+    killed = KILLED_PROCESS.search(line)
+    if killed is None:
+        return False
+    return int(killed.group(1)) in pids or killed.group(2) in OLLAMA_NAMES
+
+
+OOM_COUNTERS = (
+    ("/proc/vmstat", "oom_kill "),  # every OOM kill on this kernel, global or cgroup (>= 4.13)
+    ("/sys/fs/cgroup/memory.events", "oom_kill "),  # our cgroup (v2; a container's own root)
+    ("/sys/fs/cgroup/memory/memory.oom_control", "oom_kill "),  # our cgroup (v1)
+)
+
+
+def oom_kill_counts() -> dict[str, int]:
+    """The kernel's OOM-kill counters we can read: readable by any user, unlike dmesg."""
+    counts = {}
+    for path, key in OOM_COUNTERS:
+        try:
+            for line in read_text(path).splitlines():
+                if line.startswith(key):
+                    counts[path] = int(line.split()[1])
+        except (OSError, ValueError, IndexError):
             continue
-        killed = KILLED_PROCESS.search(line)
-        if killed and (int(killed.group(1)) in pids or killed.group(2) in OLLAMA_NAMES):
-            hits.append(line.strip())
-    return hits
+    return counts
 
 
 def _run_quiet(argv: list[str]) -> str | None:
@@ -596,23 +616,39 @@ def _journal_kernel_since(since_epoch: float) -> list[str] | None:
 
 
 def oom_verdict(error: str, sampler: Sampler, processes: OllamaProcesses,
-                started_epoch: float) -> dict[str, Any]:
-    """Was the runner killed for lack of memory? Evidence from three independent places."""
+                started_epoch: float, counts_before: dict[str, int]) -> dict[str, Any]:
+    """Was the runner killed for lack of memory? Evidence from independent places.
+
+    Strong on its own: a kernel log line naming an Ollama process, or Ollama's own error
+    saying memory. Otherwise the runner must have been killed (SIGKILL in Ollama's error, or
+    its pid gone) AND something must point at memory: the kernel's OOM-kill counter rose, any
+    OOM line in the kernel log, or MemAvailable near zero in our samples.
+    """
     evidence = []
-    kernel = kernel_oom_lines(started_epoch, processes.seen)
-    evidence += ["kernel: " + line for line in kernel[-3:]]
+    kernel = kernel_oom_lines(started_epoch)
+    named = [line for line in kernel if names_ollama_process(line, processes.seen)]
     text_says = bool(MEMORY_TEXT.search(error))
     if text_says:
         evidence.append("ollama: " + error)
     vanished = sorted(p for p in sampler.runner_pids if not os.path.exists(f"/proc/{p}"))
     killed = "signal: killed" in error or bool(vanished)
+    counts_after = oom_kill_counts()
+    rose = {path: counts_after[path] - before for path, before in counts_before.items()
+            if counts_after.get(path, before) > before}
     at_limit = sampler.memory_at_limit()
-    if killed and at_limit:
-        evidence.append("runner {} while MemAvailable fell to {} of {} bytes".format(
-            f"pid {vanished} vanished" if vanished else "was killed",
-            sampler.min_available, sampler.mem_total))
-    return {"likely": bool(kernel) or text_says or (killed and at_limit),
-            "evidence": evidence, "runner_vanished": vanished, "memory_at_limit": at_limit}
+    evidence += ["kernel: " + line for line in (named or kernel)[-2:]]
+    if killed:
+        what = f"runner pid {vanished} vanished" if vanished else "runner was SIGKILLed"
+        if rose:
+            evidence.append(f"{what}; the kernel counted {max(rose.values())} OOM kill(s) "
+                            f"in {', '.join(sorted(rose))}")
+        if at_limit:
+            evidence.append(f"{what} while MemAvailable fell to {sampler.min_available} "
+                            f"of {sampler.mem_total} bytes")
+    likely = bool(named) or text_says or (killed and bool(rose or kernel or at_limit))
+    return {"likely": likely, "evidence": evidence if likely else [],
+            "runner_vanished": vanished, "memory_at_limit": at_limit,
+            "oom_kills_counted": rose}
 
 
 def one_run(api: Ollama, options: dict[str, Any], index: int, warmup: bool,
@@ -636,6 +672,7 @@ def one_run(api: Ollama, options: dict[str, Any], index: int, warmup: bool,
          started_at=time.time())
     before_members = processes.current()
     sampler = Sampler(index, options.get("sample_interval_s", 0.1), processes)
+    oom_counts = oom_kill_counts()
     usage0 = resource.getrusage(resource.RUSAGE_SELF)
     started_epoch, wall0 = time.time(), time.monotonic()
     sampler.start()
@@ -661,7 +698,8 @@ def one_run(api: Ollama, options: dict[str, Any], index: int, warmup: bool,
                              - (usage0.ru_utime + usage0.ru_stime), 6),
     }
     if outcome.error is not None:
-        result["oom"] = oom_verdict(outcome.error, sampler, processes, started_epoch)
+        result["oom"] = oom_verdict(outcome.error, sampler, processes, started_epoch,
+                                    oom_counts)
     emit("run", **result)
     return outcome.error is None or not result["oom"]["likely"]
 

@@ -83,10 +83,14 @@ class DoubleOllama:
         return self.install / "bin"
 
 
-@pytest.fixture(scope="session")
-def ollama_double(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DoubleOllama]:
-    root = tmp_path_factory.mktemp("ollama-double")
-    release, models = prepare_mirror(root / "mirror", models={"gemma2:2b": MODEL_BYTES})
+def start_double(root: Path, model_bytes: int = MODEL_BYTES,
+                 cgroup: Path | None = None) -> DoubleOllama:
+    """Install the double's release under root, serve it on a free port, pull gemma2:2b.
+
+    With `cgroup` (a cgroup v1 directory) the server is moved into it at once, before it
+    starts any runner, so its runners are confined too.
+    """
+    release, models = prepare_mirror(root / "mirror", models={"gemma2:2b": model_bytes})
     install = root / "usr" / "local"
     install.mkdir(parents=True)
     subprocess.run(f"zstd -d -c {release.tarball} | tar -x -C {install}", shell=True,
@@ -99,24 +103,36 @@ def ollama_double(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DoubleOl
         process = subprocess.Popen([sys.executable, str(install / "bin" / "ollama"), "serve"],
                                    env=env, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
+        if cgroup is not None:
+            (cgroup / "cgroup.procs").write_text(str(process.pid))
         try:
             wait_http(f"http://127.0.0.1:{port}/api/version")
             subprocess.run([sys.executable, str(install / "bin" / "ollama"), "pull",
                             "gemma2:2b"], env=env, check=True, capture_output=True)
         except BaseException:
-            process.terminate()
+            stop_double(process)
             raise
+    return DoubleOllama(url=f"http://127.0.0.1:{port}", install=install,
+                        models=root / "models", process=process,
+                        digest=models[0].manifest_digest)
+
+
+def stop_double(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
     try:
-        yield DoubleOllama(url=f"http://127.0.0.1:{port}", install=install,
-                           models=root / "models", process=process,
-                           digest=models[0].manifest_digest)
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="session")
+def ollama_double(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DoubleOllama]:
+    double = start_double(tmp_path_factory.mktemp("ollama-double"))
+    try:
+        yield double
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_double(double.process)
 
 
 # -- a fixture-replay Ollama -----------------------------------------------------------------
@@ -143,10 +159,10 @@ class FixtureReplayOllama:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 tags_entry = json.loads(fixture_text("real_gemma2_2b_tags_entry.json"))
                 routes = {"/api/version": fixture_text("docs_api_version.json"),
                           "/api/tags": json.dumps({"models": [tags_entry]}),
@@ -154,7 +170,7 @@ class FixtureReplayOllama:
                 body = routes.get(self.path)
                 self._send(200 if body else 404, body or "404 page not found")
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 replay.requests.append(request)
                 if not request.get("prompt"):
