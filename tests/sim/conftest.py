@@ -16,7 +16,7 @@ from proxmoxer.tools import Tasks
 
 from provision.sim.server import SimServer
 
-FAST = {
+FAST: dict[str, Any] = {
     "agent_delay": 0.3,
     "agent_timeout": 0.05,
     "auth_failure_delay": 0.0,

@@ -96,7 +96,7 @@ class FileBackend(NoGuestBackend):
 
 
 def test_file_read_returns_content_and_bytes_read(tmp_path: Path) -> None:
-    with SimServer(tmp_path, backend=FileBackend(), **{**FAST, "agent_delay": 0.0}) as server:
+    with SimServer(tmp_path, backend=FileBackend(), **(FAST | {"agent_delay": 0.0})) as server:
         prox = token_api(server)
         vmid = int(prox.cluster.nextid.get())
         wait(prox, prox.nodes("pve").qemu(9000).clone.post(newid=vmid))
