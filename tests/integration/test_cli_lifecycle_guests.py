@@ -91,7 +91,7 @@ def test_two_parallel_ups_both_succeed(guest_sim: SimServer, guest_lab: Lab,
     procs = [lab.start("--json", "up", name, "--cores", "1", "--ram", "1G", "--no-deploy")
              for lab, name in ((one, "par-a"), (two, "par-b"))]
     outputs = [p.communicate(timeout=300) for p in procs]
-    for proc, (out, err) in zip(procs, outputs, strict=True):
+    for proc, (_out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err
     a, b = one.vm_named("par-a"), one.vm_named("par-b")
     assert a is not None and b is not None and a["vmid"] != b["vmid"]
