@@ -436,6 +436,7 @@ def fatal_error(kind: str, message: str, vm: str) -> ProbeError:
     hints = {
         "no_python": "install python3 on the guest (Ansible needs it too)",
         "old_python": "install python3 >= 3.7 on the guest",
+        "broken_python": "check `python3 -V` on the guest",
         "ollama_not_installed": f"run `labctl deploy {target}`",
         "ollama_not_running": f"start it (`sudo systemctl start ollama`) or run "
                               f"`labctl deploy {target}`",
@@ -444,6 +445,7 @@ def fatal_error(kind: str, message: str, vm: str) -> ProbeError:
     texts = {
         "no_python": f"python3 is not installed on {target}; the probe agent needs it",
         "old_python": f"python3 on {target} is too old for the probe agent: {message}",
+        "broken_python": f"python3 on {target} is on PATH but does not run",
     }
     text = texts.get(kind, f"{message} (on {target})")
     if kind not in hints:

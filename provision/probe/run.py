@@ -131,18 +131,26 @@ def agent_source() -> bytes:
 
 
 def agent_command(options: ProbeOptions) -> str:
-    """The remote command: a clear error line if python3 is missing, else the agent on stdin."""
+    """The remote command: a clear error line if python3 is missing or unusable, else the agent.
+
+    The agent arrives on stdin (`python3 -`); its options are one base64 argument, so no
+    quoting of prompts through the remote shell is needed.
+    """
     encoded = base64.b64encode(json.dumps(options.agent_options()).encode()).decode()
-    no_python = json.dumps({"event": "error", "kind": "no_python",
-                            "message": "python3 is not installed"})
-    old_python = json.dumps({"event": "error", "kind": "old_python",
-                             "message": "the agent needs Python 3.7 or newer"})
-    check = "import sys; sys.exit(0 if sys.version_info >= (3, 7) else 1)"
+
+    def error_line(kind: str, message: str) -> str:
+        return shlex.quote(json.dumps({"event": "error", "kind": kind, "message": message}))
+
+    check = "import sys; sys.exit(0 if sys.version_info >= (3, 7) else 3)"
     return (
-        f"command -v python3 >/dev/null 2>&1 || {{ echo {shlex.quote(no_python)}; "
+        f"command -v python3 >/dev/null 2>&1 || "
+        f"{{ echo {error_line('no_python', 'python3 is not installed')}; "
         f"exit {NO_PYTHON_EXIT}; }}; "
-        f"python3 -c {shlex.quote(check)} || {{ echo {shlex.quote(old_python)}; "
-        f"exit {NO_PYTHON_EXIT}; }}; "
+        f"python3 -c {shlex.quote(check)}; rc=$?; "
+        f"if [ $rc -eq 3 ]; then echo {error_line('old_python', 'it is older than 3.7')}; "
+        f"exit {NO_PYTHON_EXIT}; fi; "
+        f"if [ $rc -ne 0 ]; then echo {error_line('broken_python', 'python3 does not run')}; "
+        f"exit {NO_PYTHON_EXIT}; fi; "
         f"exec python3 - {encoded}"
     )
 
@@ -241,20 +249,22 @@ class _Collector:
 
     def connection_lost(self, error: GuestError) -> ProbeError:
         """Record the run in flight as failed; the runs before it are already kept."""
-        kept = sum(1 for r in self.result.runs if r.ok)
+        kept = sum(1 for r in self.result.runs if r.ok and not r.warmup)
+        lost = isinstance(error, GuestUnreachable)
+        detail = _drop_detail(str(error)) if lost else str(error)
         if self.in_flight is not None:
             index = int(self.in_flight["run"])
-            reason = (f"SSH connection lost during the run: {error}"
-                      if isinstance(error, GuestUnreachable) else str(error))
+            reason = "SSH connection lost during the run" if lost else "the run did not finish"
+            reason += f": {detail}" if detail else ""
             self._keep(parse.failed_run(index, bool(self.in_flight.get("warmup")), reason,
                                         self.samples, parse.number(self.in_flight, "started_at")))
             where = f"during run {index + 1}/{self.total}"
         else:
             where = "between runs"
-        what = f"SSH connection to {self.vm} lost" if isinstance(error, GuestUnreachable) \
-            else f"the probe on {self.vm} stopped"
-        return ProbeError(f"{what} {where}: {error}",
-                          hint=f"{kept} finished run(s) kept; see `labctl results --vm {self.vm}`")
+        what = f"SSH connection to {self.vm} lost" if lost else f"the probe on {self.vm} stopped"
+        return ProbeError(f"{what} {where}" + (f": {detail}" if detail else ""),
+                          hint=f"{kept} measured run(s) kept; see "
+                               f"`labctl results --vm {self.vm}`")
 
     def _keep(self, run: RunResult) -> None:
         self.result.runs.append(run)
@@ -300,6 +310,12 @@ def _raise_for_outcome(result: ProbeResult, vm: str) -> None:
     if result.complete and measured and not any(r.ok for r in measured):
         raise ProbeError(f"all {len(measured)} measured runs failed on {vm}: "
                          f"{measured[0].error}")
+
+
+def _drop_detail(text: str) -> str:
+    """What paramiko said about a dropped connection, without the command line we ran."""
+    _, found, detail = text.partition(" dropped: ")
+    return detail.strip() if found else ""
 
 
 def _gib(value: int | None) -> str:

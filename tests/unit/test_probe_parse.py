@@ -173,6 +173,7 @@ def test_agent_lines_that_are_not_events_are_skipped() -> None:
     ("ollama_not_running", "`labctl deploy gemma`"),
     ("model_missing", "run `labctl deploy gemma` to pull it"),
     ("no_python", "install python3"),
+    ("broken_python", "`python3 -V`"),
 ])
 def test_fatal_agent_errors_carry_their_fix(kind: str, hint: str) -> None:
     error = fatal_error(kind, "text from the agent", "gemma")
