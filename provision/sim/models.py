@@ -736,13 +736,17 @@ class Cluster:
             vm = self.vm(node, vmid)
         return self._vm_status(vm)
 
-    def get_config(self, node: str, vmid: int, current: bool) -> dict[str, Any]:
+    def get_config(
+        self, node: str, vmid: int, current: bool, snapshot: str | None = None
+    ) -> dict[str, Any]:
         """GET config: pending applied unless current=1; `digest` of the whole file.
 
-        Not simulated: the `snapshot` parameter (no snapshots exist).
+        Not simulated: snapshots (a `snapshot` parameter always names a missing one).
         """
         with self.lock:
             vm = self.vm(node, vmid)
+            if snapshot is not None:
+                raise PveError.internal(f"snapshot '{snapshot}' does not exist")
             config = dict(vm.config) if current else vm.merged()
             result = vmconfig.typed(config)
             result["digest"] = vm.digest()

@@ -113,7 +113,8 @@ def clone(cluster: Cluster, call: Call) -> Any:
 
 
 def get_config(cluster: Cluster, call: Call) -> Any:
-    return cluster.get_config(call.node, call.vmid, str(call.get("current", "0")) in ("1", "True"))
+    current = str(call.get("current", "0")) in ("1", "True")
+    return cluster.get_config(call.node, call.vmid, current, call.get("snapshot"))
 
 
 def post_config(cluster: Cluster, call: Call) -> Any:

@@ -93,13 +93,17 @@ class SimApp:
         if not path.startswith(API_PREFIX + "/"):
             raise PveError.not_implemented(method, path)
         api_path = path[len(API_PREFIX) :]
+        fault = self.cluster.faults.take_http(method, api_path)
+        if fault is not None:  # what a flaky proxy in front of the API would do
+            raise PveError(fault.status, fault.message)
         if (method, api_path.rstrip("/")) in UNAUTHENTICATED:
+            if auth.Authenticator.has_token(request.headers.get("Authorization")):
+                raise PveError(
+                    403, f"URI '{api_path}' not available with API token, need proper ticket."
+                )
             return self.access(request, api_path.rstrip("/"))
         endpoint = self.schema.find(method, api_path) if self._known(method, api_path) else None
         user = self.authenticate(request, api_path, endpoint.allows_token if endpoint else True)
-        fault = self.cluster.faults.take_http(method, api_path)
-        if fault is not None:
-            raise PveError(fault.status, fault.message)
         if endpoint is None:
             raise PveError.not_implemented(method, api_path)
         if "node" in endpoint.path_params:

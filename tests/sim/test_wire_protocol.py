@@ -148,3 +148,11 @@ def test_the_certificate_is_pinned_by_its_sha256_fingerprint(sim: SimServer) -> 
     assert sim.fingerprint == sim.fingerprint.upper()
     with pytest.raises(requests.exceptions.SSLError):
         requests.get(f"{sim.url}/api2/json/version", timeout=5)  # not trusted by default
+
+
+def test_the_ticket_endpoint_refuses_api_tokens(raw: Raw) -> None:
+    response = raw("POST", "/access/ticket", data={"username": "root@pam", "password": "x"})
+    assert response.status_code == 403
+    assert response.reason == (
+        "URI '/access/ticket' not available with API token, need proper ticket."
+    )
