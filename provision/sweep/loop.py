@@ -156,6 +156,7 @@ class SweepLoop:
                               duration_s=seconds)
             outcome.probed += 1
             outcome.reboots += rebooted
+            self.reporter.stage("sweep")  # the resize and the probe had their own stages
             self.reporter.step(f"{measurement.shape.label}: {_summary(measurement)} -> "
                                f"{evaluate(measurement, plan.targets).why}")
             yield measurement
@@ -168,8 +169,13 @@ class SweepLoop:
             try:
                 if worker.controller.current_shape() == original:
                     continue
-                self.reporter.step(f"restoring {worker.controller.name} to {original.label}")
+                self.reporter.stage("restore")
+                self.reporter.step(f"putting {worker.controller.name} back to {original.label}")
                 outcome.reboots += worker.controller.apply(original)
+                restored = True
+            except GuestError as error:  # the shape is applied; only the guest is slow to answer
+                self.reporter.warn(f"{worker.controller.name} is back to {original.label} but "
+                                   f"did not answer after the reboot: {error}")
                 restored = True
             except Exception as error:  # never hide the sweep's own error
                 if not quiet_errors:
@@ -185,7 +191,7 @@ def _probe_one(worker: Worker, shape: Shape,
     name = worker.controller.name
     started = time.monotonic()
     rebooted = False
-    reporter.step(f"{name}: {shape.label}")
+    reporter.stage(f"shape {shape.label} on {name}")
     try:
         rebooted = worker.controller.apply(shape)
         measurement = worker.prober.measure(shape)

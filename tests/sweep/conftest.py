@@ -8,3 +8,6 @@ from pathlib import Path
 _UNIT = str(Path(__file__).resolve().parents[1] / "unit")
 if _UNIT not in sys.path:
     sys.path.insert(0, _UNIT)
+
+# The API-only simulator fixtures of the integration tests (no guests, no network set-up).
+from tests.integration.conftest import api_lab, api_sim, ssh_key  # noqa: E402, F401
