@@ -156,7 +156,6 @@ class SweepLoop:
                               duration_s=seconds)
             outcome.probed += 1
             outcome.reboots += rebooted
-            self.reporter.stage("sweep")  # the resize and the probe had their own stages
             self.reporter.step(f"{measurement.shape.label}: {_summary(measurement)} -> "
                                f"{evaluate(measurement, plan.targets).why}")
             yield measurement
