@@ -5,6 +5,7 @@ Timings are shortened so the suite stays fast; the clone lasts long enough to be
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,18 @@ def _no_leftover_faults(request: pytest.FixtureRequest) -> Iterator[None]:
         server: SimServer = request.getfixturevalue("sim")
         assert server.cluster is not None
         server.cluster.faults.clear()
+
+
+@contextlib.contextmanager
+def changed_settings(raw: Raw, **changes: Any) -> Iterator[None]:
+    """Change simulator settings for one block, e.g. to make a clone last long enough to observe
+    its lock even on a loaded machine, then restore them."""
+    before = raw("GET", "/_sim/settings").json()["data"]
+    assert raw("POST", "/_sim/settings", json=changes).status_code == 200
+    try:
+        yield
+    finally:
+        raw("POST", "/_sim/settings", json={k: before[k] for k in changes})
 
 
 def wait(prox: Any, upid: str) -> dict[str, Any]:

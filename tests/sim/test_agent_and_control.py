@@ -12,7 +12,7 @@ import pytest
 
 from provision.sim.guests.null import NoGuestBackend
 from provision.sim.server import SimServer
-from tests.sim.conftest import FAST, Raw, token_api, wait
+from tests.sim.conftest import FAST, Raw, changed_settings, token_api, wait
 
 NewVm = Callable[..., int]
 
@@ -50,10 +50,11 @@ def test_a_stopped_vm_has_no_agent(prox: Any, new_vm: NewVm) -> None:
     )
 
 
-def test_the_agent_answers_only_some_time_after_start(prox: Any, new_vm: NewVm) -> None:
+def test_the_agent_answers_only_some_time_after_start(prox: Any, raw: Raw, new_vm: NewVm) -> None:
     vm = prox.nodes("pve").qemu(new_vm())
-    wait(prox, vm.status.start.post())
-    assert agent_error(lambda: vm.agent.ping.post()) == "QEMU guest agent is not running"
+    with changed_settings(raw, agent_delay=1.5):
+        wait(prox, vm.status.start.post())
+        assert agent_error(lambda: vm.agent.ping.post()) == "QEMU guest agent is not running"
     wait_for_agent(vm)
     assert vm.agent.ping.post() == {"result": {}}
 

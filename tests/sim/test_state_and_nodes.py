@@ -11,7 +11,7 @@ import proxmoxer
 import pytest
 
 from provision.sim.server import SimServer
-from tests.sim.conftest import FAST, token_api, wait
+from tests.sim.conftest import FAST, Raw, changed_settings, token_api, wait
 
 
 def test_a_fresh_state_has_the_cloud_init_template(fresh_sim: SimServer) -> None:
@@ -78,9 +78,10 @@ def test_two_nodes_share_one_vmid_space_but_keep_their_own_vms(sim: SimServer, p
     assert nodes == ["pve", "pve2"]
 
 
-def test_cluster_resources_show_the_clone_lock_and_current_shape(prox: Any) -> None:
+def test_cluster_resources_show_the_clone_lock_and_current_shape(prox: Any, raw: Raw) -> None:
     vmid = int(prox.cluster.nextid.get())
-    upid = prox.nodes("pve").qemu(9000).clone.post(newid=vmid)
+    with changed_settings(raw, task_durations={"qmclone": 2.0}):
+        upid = prox.nodes("pve").qemu(9000).clone.post(newid=vmid)
     entry = next(r for r in prox.cluster.resources.get(type="vm") if r["vmid"] == vmid)
     assert entry["lock"] == "clone"
     assert (entry["id"], entry["node"], entry["type"]) == (f"qemu/{vmid}", "pve", "qemu")

@@ -11,7 +11,7 @@ import proxmoxer
 import pytest
 from proxmoxer.tools import Tasks
 
-from tests.sim.conftest import Raw, wait
+from tests.sim.conftest import Raw, changed_settings, wait
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx/k+abc= me@laptop"
 NewVm = Callable[..., int]
@@ -41,9 +41,12 @@ def test_nextid_with_a_taken_vmid_is_400(prox: Any) -> None:
 # --- clone ----------------------------------------------------------------------------------
 
 
-def test_clone_returns_a_upid_and_the_new_vm_is_locked_until_the_task_ends(prox: Any) -> None:
+def test_clone_returns_a_upid_and_the_new_vm_is_locked_until_the_task_ends(
+    prox: Any, raw: Raw
+) -> None:
     vmid = int(prox.cluster.nextid.get())
-    upid = prox.nodes("pve").qemu(9000).clone.post(newid=vmid)
+    with changed_settings(raw, task_durations={"qmclone": 2.0}):
+        upid = prox.nodes("pve").qemu(9000).clone.post(newid=vmid)
     decoded = Tasks.decode_upid(upid)
     assert (decoded["type"], decoded["id"], decoded["node"]) == ("qmclone", "9000", "pve")
     assert prox.nodes("pve").qemu(vmid).config.get()["lock"] == "clone"
