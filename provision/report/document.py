@@ -14,6 +14,7 @@ from provision import paths
 from provision.report.export import to_json
 from provision.report.model import SweepReport
 from provision.report.table import cells, summary_line
+from provision.shape import format_mib
 
 
 def _environment(autoescape: bool) -> jinja2.Environment:
@@ -25,8 +26,12 @@ def _environment(autoescape: bool) -> jinja2.Environment:
 
 def _context(report: SweepReport) -> dict[str, Any]:
     rows = [{"cells": [str(c) for c in cells(row)], "state": row.state,
-             "minimum": row.is_minimum} for row in report.rows]
-    return {"report": report, "data": to_json(report), "rows": rows,
+             "minimum": row.is_minimum, "best": row.is_best_seen} for row in report.rows]
+    space = report.result.space
+    space_text = (f"cores {', '.join(map(str, space.cores))}; "
+                  f"RAM {', '.join(format_mib(r) for r in space.ram_mib)}; "
+                  f"cpu type {', '.join(space.cpu_types)}")
+    return {"report": report, "data": to_json(report), "rows": rows, "space": space_text,
             "summary": summary_line(report),
             "headers": ["vCPU", "RAM", "cpu type", "eval tok/s", "TTFT", "peak used", "free",
                         "verdict"]}

@@ -26,6 +26,7 @@ class Row:
     why: str
     is_minimum: bool = False
     on_frontier: bool = False
+    is_best_seen: bool = False  # the fastest shape, shown when no shape meets every target
 
     @property
     def state(self) -> str:
@@ -52,6 +53,7 @@ class Row:
             "cores": self.shape.cores, "memory_mib": self.shape.memory_mib,
             "cpu_type": self.shape.cpu_type, "state": self.state, "feasible": self.feasible,
             "why": self.why, "minimum": self.is_minimum, "pareto": self.on_frontier,
+            "best_seen": self.is_best_seen,
             "eval_tps": m.eval_tps if m else None, "ttft_s": m.ttft_s if m else None,
             "mem_total_mib": m.mem_total_mib if m else None,
             "peak_used_mib": m.peak_used_mib if m else None, "free_pct": self.free_pct,
@@ -84,6 +86,10 @@ class SweepReport:
     @property
     def minimum_row(self) -> Row | None:
         return next((r for r in self.rows if r.is_minimum), None)
+
+    @property
+    def best_seen_row(self) -> Row | None:
+        return next((r for r in self.rows if r.is_best_seen), None)
 
 
 def recommendation(result: SearchResult) -> str:
@@ -125,11 +131,12 @@ def build_report(*, sweep_id: str, vm: str, status: str, created_at: str, update
 def _rows(result: SearchResult) -> tuple[Row, ...]:
     frontier = {m.shape for m in result.pareto}
     minimum = result.minimum.shape if result.minimum else None
+    best = result.best_seen.shape if result.best_seen and minimum is None else None
     rows = []
     for m in result.measurements:
         verdict = evaluate(m, result.targets)
         rows.append(Row(m.shape, m, verdict.feasible, verdict.why, m.shape == minimum,
-                        m.shape in frontier))
+                        m.shape in frontier, m.shape == best))
     for shape, why in result.inferred.items():
         rows.append(Row(shape, None, False, why))
     order = {t: i for i, t in enumerate(result.space.cpu_types)}

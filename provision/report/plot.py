@@ -6,6 +6,7 @@ Rendered with matplotlib's Agg backend (no display needed) to PNG bytes.
 from __future__ import annotations
 
 import io
+import textwrap
 
 import matplotlib
 
@@ -57,7 +58,8 @@ def _draw(axes: plt.Axes, report: SweepReport) -> None:
     axes.grid(True, alpha=0.3)
     axes.set_title(f"{report.model or 'model'} on {report.vm}: eval tok/s by vCPUs "
                    f"(sweep {report.sweep_id})", fontsize=11, loc="left")
-    axes.text(0.0, -0.16, report.recommendation, transform=axes.transAxes, fontsize=9.5,
+    axes.text(0.0, -0.14, textwrap.fill(report.recommendation, 100), transform=axes.transAxes,
+              fontsize=9.5,
               fontweight="bold", color="#1a7f37" if report.result.minimum else "#9a6700",
               va="top")
     _legend(axes, report)
@@ -89,6 +91,12 @@ def _draw_marks(axes: plt.Axes, measured: list[Row], report: SweepReport) -> Non
                      edgecolors="black", linewidths=0.8, zorder=5)
         axes.annotate(f"minimum\n{minimum.shape.label}", (minimum.shape.cores, tps),
                       textcoords="offset points", xytext=(12, -30), fontsize=8.5)
+    best = report.best_seen_row
+    if best is not None and best.measurement is not None:
+        tps = best.measurement.eval_tps or 0.0
+        axes.scatter([best.shape.cores], [tps], marker="D", s=110, color="#9a6700", zorder=5)
+        axes.annotate(f"best seen\n{best.shape.label}", (best.shape.cores, tps),
+                      textcoords="offset points", xytext=(-150, 10), fontsize=8.5)
     if report.targets.min_tps is not None:
         axes.axhline(report.targets.min_tps, color=_MISS_COLOR, linestyle="--", linewidth=1.2)
         axes.text(1.0, report.targets.min_tps, f" target {report.targets.min_tps:g} tok/s",
@@ -103,6 +111,9 @@ def _legend(axes: plt.Axes, report: SweepReport) -> None:
                markeredgecolor=_MISS_COLOR, markersize=9, label="misses a target"),
         Line2D([], [], marker="x", linestyle="", color=_MISS_COLOR, label="OOM / probe failed"),
     ]
+    if report.best_seen_row is not None:
+        extra.append(Line2D([], [], marker="D", linestyle="", color="#9a6700",
+                            label="best seen (no shape meets the targets)"))
     if report.minimum_row is not None:
         extra.append(Line2D([], [], marker="*", linestyle="", color="#f2b807",
                             markeredgecolor="black", markersize=13, label="minimum"))

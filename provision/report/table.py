@@ -51,7 +51,8 @@ def _table(report: SweepReport) -> Table:
                           ("free", "right"), ("verdict", "left")):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for row in report.rows:
-        table.add_row(*cells(row), style="bold green" if row.is_minimum else None)
+        style = "bold green" if row.is_minimum else "bold" if row.is_best_seen else None
+        table.add_row(*cells(row), style=style)
     return table
 
 
@@ -60,6 +61,8 @@ def cells(row: Row) -> list[str | Text]:
     verdict = Text(row.why, style=_STATE_STYLE[row.state])
     if row.is_minimum:
         verdict = Text(f"<- minimum: {row.why}", style="bold green")
+    elif row.is_best_seen:
+        verdict = Text(f"<- best seen: {row.why}", style="bold yellow")
     elif row.on_frontier:
         verdict.append(" (Pareto)", style="cyan")
     return [
