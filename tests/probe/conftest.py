@@ -27,6 +27,7 @@ import pytest
 from provision.guest import GuestAddress, pin_host_key
 from provision.probe.run import AGENT_PATH, ProbeOptions
 from tests.doubles import OllamaMirror, prepare_mirror
+from tests.integration.conftest import api_lab, api_sim, ssh_key  # noqa: F401 - CLI fixtures
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ollama"
 MODEL_BYTES = 8 << 20  # the double's scaled-down weights: small enough for fast tests
