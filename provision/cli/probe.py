@@ -140,7 +140,9 @@ def _num(value: float | None, digits: int = 1, unit: str = "") -> str:
 
 
 def _size(value: float | None) -> str:
-    return "—" if value is None else f"{value / 2**30:.2f} GiB"
+    if value is None:
+        return "—"
+    return f"{value / 2**30:.2f} GiB" if value >= 2**30 else f"{value / 2**20:.0f} MiB"
 
 
 def _console(width: int = 120) -> Console:
@@ -160,9 +162,10 @@ def render_probe(result: ProbeResult, *, shape: str = "") -> str:
         processor = facts.ps.processor if facts.ps else "not reported"
         console.print(Text(
             f"{result.vm} {shape}: {facts.vcpus} vCPU {facts.cpu_model or ''} (AVX2 {avx2}), "
-            f"{_size(facts.mem_total_bytes)} RAM, kernel {facts.kernel}; Ollama "
-            f"{facts.ollama_version}, {facts.model.name} {(facts.model.digest or '')[:12]} "
-            f"{_size(facts.model.size_bytes)}, {processor}"))
+            f"{_size(facts.mem_total_bytes)} RAM, kernel {facts.kernel}"))
+        console.print(Text(
+            f"Ollama {facts.ollama_version}: {facts.model.name} "
+            f"{(facts.model.digest or '')[:12]} ({_size(facts.model.size_bytes)}), {processor}"))
     console.print(_runs_table(result))
     console.print(_summary_table(result))
     cache = ("model unloaded before each run + a new first prompt line per run"
@@ -179,7 +182,8 @@ def _runs_table(result: ProbeResult) -> Table:
                   header_style="bold")
     for name in ("run", "load", "eval tok/s", "prompt tok/s", "TTFT s", "load s", "peak used",
                  "peak RSS", "peak load", "busiest core %", "result"):
-        table.add_column(name, justify="left" if name in ("run", "load", "result") else "right")
+        table.add_column(name, justify="left" if name in ("run", "load", "result") else "right",
+                         no_wrap=name == "run")
     for run in result.runs:
         table.add_row(*_run_cells(run), style="dim" if run.warmup else None)
     return table
@@ -216,7 +220,8 @@ def _summary_table(result: ProbeResult) -> Table:
     for label, key, fmt in _SUMMARY_ROWS:
         value: Stat | None = summary[key]
         if value is None:
-            table.add_row(label, "not reported", "", "")
+            empty = {"load_s_cold": "no cold run", "load_s_warm": "no warm run"}
+            table.add_row(label, empty.get(key, "not reported"), "", "")
         else:
             table.add_row(label, fmt(value.median), fmt(value.min), fmt(value.max))
     return table
