@@ -1,0 +1,98 @@
+"""The sweep loop with the real prober: provision.probe over a real OpenSSH server on 127.0.0.1,
+the real agent, the Ollama TEST DOUBLE, and labctl's real database.
+
+Only the Proxmox side is a stand-in (a VM whose shape is a value), so this checks the plumbing
+from probe to sweep point: numbers, memory, the probe rows each point links to, and OOM.
+Loopback only; no guest networks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from test_sweep_loop import FakeVm
+
+from provision import store
+from provision.errors import ModelDoesNotFit
+from provision.guest import GuestAddress
+from provision.probe.run import ProbeOptions
+from provision.progress import RecordingReporter
+from provision.shape import Shape
+from provision.sweep.db import SweepStore
+from provision.sweep.lab import LabProber
+from provision.sweep.loop import SweepLoop, SweepPlan, Worker
+from provision.sweep.model import Space, Status, Targets
+from tests.probe.conftest import DoubleOllama, LocalSshd
+
+G = 1024
+
+
+@dataclass
+class Info:
+    name: str
+    vmid: int
+    node: str
+    shape: Shape
+
+
+@dataclass
+class LoopbackLab:
+    """What LabProber asks of a Lab: the VM's facts and its SSH address (a local sshd)."""
+
+    vm: FakeVm
+    address: GuestAddress
+
+    def find(self, name: str) -> Info:
+        return Info(name, 100, "pve", self.vm.shape)
+
+    def guest(self, name: str) -> GuestAddress:
+        return self.address
+
+
+def test_a_sweep_with_the_real_probe_records_points_linked_to_their_probe_runs(
+        local_sshd: LocalSshd, ollama_double: DoubleOllama, tmp_path: Path) -> None:
+    vm = FakeVm(shape=Shape(2, 4 * G))
+    options = ProbeOptions(runs=2, warmup=0, num_predict=16, ollama_url=ollama_double.url)
+    lab = LoopbackLab(vm, local_sshd.address)
+    prober = LabProber(lab, "gemma", options, tmp_path,  # type: ignore[arg-type]
+                       RecordingReporter(), {"model": options.model, "runs": 2})
+    sweeps = SweepStore(store.connect(tmp_path))
+    plan = SweepPlan(vm="gemma", space=Space((1, 2), (4 * G,), ("host",)),
+                     targets=Targets(min_tps=0.1), strategy="grid")
+
+    outcome = SweepLoop(sweeps, [Worker(vm, prober)], RecordingReporter()).run(plan)
+
+    points = sweeps.measurements(outcome.record.id)
+    assert [p.shape.cores for p in points] == [2, 1]  # the VM's own shape first: no reboot
+    for point in points:
+        assert point.status is Status.OK and point.eval_tps and point.eval_tps > 0
+        assert point.ttft_s is not None and point.ttft_s > 0
+        assert point.mem_total_mib and point.peak_used_mib
+        assert 0 < point.peak_used_mib < point.mem_total_mib
+    linked = sweeps.db.execute(
+        "SELECT p.cores, p.status, COUNT(r.id) FROM sweep_points s JOIN probes p "
+        "ON p.id = s.probe_id JOIN probe_runs r ON r.probe_id = p.id "
+        "WHERE s.sweep_id = ? GROUP BY p.id ORDER BY s.seq", (outcome.record.id,)).fetchall()
+    assert [tuple(row) for row in linked] == [(2, "ok", 2), (1, "ok", 2)]
+    assert outcome.result.minimum is not None and outcome.result.minimum.shape.cores == 1
+
+
+def test_the_runner_killed_for_memory_becomes_an_oom_point(
+        local_sshd: LocalSshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import provision.probe.run as probe_run
+
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise ModelDoesNotFit("gemma2:2b does not fit in RAM on gemma (runner OOM-killed)")
+
+    monkeypatch.setattr(probe_run, "probe", out_of_memory)
+    vm = FakeVm(shape=Shape(2, 1 * G))
+    prober = LabProber(LoopbackLab(vm, local_sshd.address), "gemma",  # type: ignore[arg-type]
+                       ProbeOptions(), tmp_path,
+                       RecordingReporter(), {})
+    measurement = prober.measure(Shape(2, 1 * G))
+    assert measurement.status is Status.OOM
+    status = store.connect(tmp_path).execute(
+        "SELECT status FROM probes WHERE id = ?", (measurement.details["probe_id"],)).fetchone()
+    assert status[0] == "oom"
