@@ -254,6 +254,9 @@ class Cluster:
         self._next_pid = 0x1000 + secrets.randbelow(0x10000)
         self._op_locks: dict[int, threading.Lock] = {}
         self._threads: list[threading.Thread] = []
+        self._write_lock = threading.Lock()
+        self._snapshot_seq = 0
+        self._written_seq = 0
         if not self._load():
             self._initialise(nodes, node_cpus, node_memory)
         self._add_missing_nodes(nodes, node_cpus, node_memory)
@@ -298,8 +301,13 @@ class Cluster:
         return True
 
     def save(self) -> None:
-        """Write state.json atomically (temp file + rename)."""
+        """Write state.json atomically (temp file + rename).
+
+        Snapshots are numbered so that a slow writer never replaces a newer snapshot.
+        """
         with self.lock:
+            self._snapshot_seq += 1
+            seq = self._snapshot_seq
             tasks = sorted(self.tasks.values(), key=lambda t: t.starttime)[-KEEP_TASKS:]
             data = {
                 "version": STATE_VERSION,
@@ -310,11 +318,15 @@ class Cluster:
                 "next_pid": self._next_pid,
             }
             text = json.dumps(data, indent=1, sort_keys=True)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.state_dir, prefix=".state.", suffix=".tmp")
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, self.state_dir / STATE_FILE)
+        with self._write_lock:
+            if seq < self._written_seq:
+                return
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.state_dir, prefix=".state.", suffix=".tmp")
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+            os.replace(tmp, self.state_dir / STATE_FILE)
+            self._written_seq = seq
 
     def close(self, timeout: float = 5.0) -> None:
         """Wait briefly for task threads, then persist."""
@@ -900,7 +912,9 @@ class Cluster:
             self.save()
             self._reshape(current, reshape)
             if errors:
-                raise TaskError("; ".join(f"{k}: {v}" for k, v in errors.items()))
+                # a PVE::Exception with errors, flattened into the task's end line
+                lines = "\n".join(f"{k}: {v}" for k, v in errors.items())
+                raise TaskError(f"Parameter verification failed.\n{lines}")
 
         task = self._spawn(node, "qmconfig", str(vmid), user, work, lock_vmid=vmid)
         delay = params.get("background_delay")

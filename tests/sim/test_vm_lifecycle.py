@@ -321,3 +321,15 @@ def test_task_errors_end_the_log_with_task_error(prox: Any) -> None:
 def test_bad_and_unknown_upids_are_400(prox: Any, upid: str, message: str) -> None:
     err = error_of(lambda: prox.nodes("pve").tasks(upid).status.get())
     assert (err.status_code, err.errors) == (400, {"upid": message})
+
+
+def test_a_hotplug_problem_in_an_async_update_fails_the_task(prox: Any, running_vm: int) -> None:
+    vm = prox.nodes("pve").qemu(running_vm)
+    vm.config.put(hotplug="network,disk,memory")
+    wait(prox, vm.status.reboot.post())
+    status = wait(prox, vm.config.post(memory=4096))
+    assert status["exitstatus"] == (
+        "Parameter verification failed. "
+        "memory: hotplug problem - NUMA needs to be enabled for memory hotplug"
+    )
+    assert {"key": "memory", "value": "2048", "pending": "4096"} in vm.pending.get()

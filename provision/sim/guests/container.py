@@ -109,18 +109,23 @@ class ContainerBackend:
         self.leases = netns.Leases(subnet, self.state_dir / "leases.json")
         self.cgroups = GuestCgroups(prefix)
         self._run_lock = self._take_prefix_lock()
+        self._bridge_created = False
+        self._lxcfs: Lxcfs | None = None
         try:
             self._clean_leftovers()
             cache = Path(template_cache) if template_cache else default_cache_dir()
             self.template = ensure_template(cache, log=self._log)
             self.disks = DiskStore(self.state_dir, self.template)
             self._bridge_created = netns.ensure_bridge(bridge, self.leases.host_cidr)
-            self._lxcfs: Lxcfs | None = None
             self._lxcfs_note = "off"
             if lxcfs:
                 self._start_lxcfs()
             self._write_record()
         except BaseException:
+            # undo what this constructor made, so a failed start leaves the host as it was
+            if self._lxcfs:
+                self._lxcfs.stop()
+            self._sweep(self.state_dir, bridge_created=self._bridge_created)
             self._release_prefix_lock()
             raise
 
