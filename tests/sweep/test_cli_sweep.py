@@ -9,6 +9,7 @@ against the simulator's real guests in tests/e2e.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ class Harness:
     vm: FakeVm
     probers: list[TableProber]
     lab: FakeLab
+    rendezvous: threading.Barrier | None = None  # parallel workers: each probes once first
 
     def run(self, *args: str) -> tuple[int, str, str]:
         raise NotImplementedError  # replaced by the fixture
@@ -75,15 +77,18 @@ def labctl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     probers: list[TableProber] = []
 
     def fake_worker(app: Any, lab_: Any, name: str, *rest: Any) -> Worker:
-        prober = TableProber(vm, gemma_table())
+        worker_vm = vm if name == "gemma" else FakeVm(name=name, shape=vm.shape)
+        prober = TableProber(worker_vm, gemma_table(), rendezvous=harness.rendezvous)
         probers.append(prober)
-        return Worker(vm, prober)
+        return Worker(worker_vm, prober)
 
     import provision.cli.lifecycle as lifecycle_cli
     import provision.cli.sweep as sweep_cli
 
     monkeypatch.setattr(lifecycle_cli, "make_lab", lambda app: lab)
     monkeypatch.setattr(sweep_cli, "_worker", fake_worker)
+    monkeypatch.setattr(sweep_cli, "_clones", lambda app, lab_, info, parallel, *rest: [
+        f"{info.name}-{i}" for i in range(2, parallel + 1)])
 
     def run(*args: str) -> tuple[int, str, str]:
         code = main(["--config", str(config), "--state-dir", str(tmp_path / "state"), *args])
@@ -181,3 +186,14 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(labctl: Any, args: tup
 def test_unknown_sweep_id_is_exit_2(labctl: Any) -> None:
     code, _, err = labctl.run("report", "nosuch")
     assert code == ExitCode.USAGE and "no sweep 'nosuch'" in err
+
+
+def test_parallel_splits_the_grid_between_the_vms_and_gives_the_same_answer(
+        labctl: Any) -> None:
+    labctl.rendezvous = threading.Barrier(3)
+    code, out, err = labctl.run(*SWEEP, "--min-tps", "10", "--strategy", "grid",
+                                "--parallel", "3", "--json")
+    assert code == 0, err
+    assert len(labctl.probers) == 3 and all(p.probed for p in labctl.probers)
+    assert sum(len(p.probed) for p in labctl.probers) == 50
+    assert json.loads(out)["minimum"]["cores"] == 4

@@ -12,6 +12,7 @@ from sweep_tables import MATRIX, gemma_table
 from provision.errors import GuestUnreachable, Interrupted, ProbeError, ProxmoxError, UsageError
 from provision.progress import RecordingReporter
 from provision.shape import NodeCapacity, Shape
+from provision.sweep.clones import clone_names, spread_nodes
 from provision.sweep.db import SweepStore, connect_for_tests
 from provision.sweep.loop import SweepLoop, SweepPlan, Worker, check_space_fits, result_from_store
 from provision.sweep.model import Measurement, Status, Targets
@@ -230,3 +231,10 @@ def test_shapes_larger_than_the_node_are_refused_before_anything_changes() -> No
     small = NodeCapacity("pve1", cpus=16, memory_total_mib=24 * G, memory_free_mib=8 * G)
     with pytest.raises(UsageError, match="RAM is more than node pve1 has free"):
         check_space_fits(MATRIX, small, Shape(2, 4 * G))
+
+
+def test_clones_are_named_after_the_vm_and_go_to_the_other_nodes_first() -> None:
+    assert clone_names("gemma", 3) == ["gemma-2", "gemma-3"]
+    assert clone_names("gemma", 1) == []
+    assert spread_nodes(["pve1", "pve2", "pve3"], "pve2", 3) == ["pve1", "pve3", "pve2"]
+    assert spread_nodes(["pve"], "pve", 2) == ["pve", "pve"]
