@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,6 +79,8 @@ def sweep(app: AppContext, name: str, cores: str, ram: str, cpu_types: str | Non
     if not allow_overcommit:
         check_space_fits(space, lab.node_capacity(info.node), info.shape)
     kept = _kept_options(options)
+    identity_options = {**kept, "prompt_sha256": hashlib.sha256(options.prompt.encode())
+                        .hexdigest()[:16]}  # same length, other prompt: another sweep
     workers = [_worker(app, lab, name, options, kept, allow_overcommit)]
     for clone in _clones(app, lab, info, parallel, space, allow_overcommit):
         workers.append(_worker(app, lab, clone, options, kept, allow_overcommit))
@@ -85,7 +88,7 @@ def sweep(app: AppContext, name: str, cores: str, ram: str, cpu_types: str | Non
 
     store = open_store(app.state_dir)
     plan = SweepPlan(vm=name, space=space, targets=targets, strategy=strategy,
-                     probe_options=kept, fresh=fresh, keep_shape=keep_shape)
+                     probe_options=identity_options, fresh=fresh, keep_shape=keep_shape)
     outcome = SweepLoop(store, workers, app.reporter).run(plan)
     _finish(app, store, outcome.record.id, report_format, out)
 

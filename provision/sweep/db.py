@@ -47,22 +47,31 @@ class SweepStore:
 
     def begin(self, identity: str, vm: str, spec: dict[str, Any], original_shape: Shape | None,
               *, fresh: bool = False) -> SweepRecord:
-        """The sweep to continue for this identity, or a new one (always new with fresh)."""
+        """The sweep to continue for this identity, or a new one (always new with fresh).
+
+        A sweep left "running" was killed before it could put the VM back, so its recorded
+        original shape stays; otherwise the VM's shape now is the one to return to.
+        """
         if not fresh:
             latest = self._latest(identity)
             if latest is not None:
-                self.db.execute("UPDATE sweeps SET status='running', updated_at=?, spec_json=? "
-                                "WHERE id=?", (_now(), json.dumps(spec), latest.id))
+                original = latest.original_shape
+                if latest.status != "running" or original is None:
+                    original = original_shape
+                self.db.execute(
+                    "UPDATE sweeps SET status='running', updated_at=?, spec_json=?, "
+                    "original_shape=? WHERE id=?",
+                    (_now(), json.dumps(spec), _shape_json(original), latest.id))
                 self.db.commit()
                 return SweepRecord(**{**latest.__dict__, "status": "running", "spec": spec,
-                                      "resumed": True})
+                                      "original_shape": original, "resumed": True})
         sweep_id = self._new_id(identity)
         now = _now()
-        original = json.dumps(shape_to_dict(original_shape)) if original_shape else None
         self.db.execute(
             "INSERT INTO sweeps (id, identity, vm, spec_json, original_shape, status, created_at,"
             " updated_at, labctl_version) VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?)",
-            (sweep_id, identity, vm, json.dumps(spec), original, now, now, __version__))
+            (sweep_id, identity, vm, json.dumps(spec), _shape_json(original_shape), now, now,
+             __version__))
         self.db.commit()
         return self.get(sweep_id)
 
@@ -135,6 +144,10 @@ class SweepStore:
         self.db.execute("UPDATE sweeps SET status = ?, updated_at = ? WHERE id = ?",
                         (status, _now(), sweep_id))
         self.db.commit()
+
+
+def _shape_json(shape: Shape | None) -> str | None:
+    return json.dumps(shape_to_dict(shape)) if shape is not None else None
 
 
 def _record(row: sqlite3.Row) -> SweepRecord:

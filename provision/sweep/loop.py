@@ -107,7 +107,7 @@ class SweepLoop:
         originals = {w.controller.name: w.controller.current_shape() for w in self.workers}
         record = self.store.begin(plan.identity, plan.vm, plan.spec(len(self.workers)),
                                   originals[self.workers[0].controller.name], fresh=plan.fresh)
-        if record.original_shape is not None:  # a resumed sweep: restore what it found first
+        if record.original_shape is not None:  # after a kill: what the killed run found
             originals[self.workers[0].controller.name] = record.original_shape
         cached = {m.shape: m for m in self.store.measurements(record.id)
                   if m.status is not Status.FAILED}  # failed probes are tried again

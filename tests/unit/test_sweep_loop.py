@@ -125,12 +125,23 @@ def test_ctrl_c_restores_the_shape_and_the_rerun_resumes_without_reprobing(
     assert outcome.result.minimum == uninterrupted.run(plan()).result.minimum
 
 
-def test_a_resumed_sweep_restores_the_shape_it_first_found(store: SweepStore) -> None:
+def test_a_rerun_restores_the_shape_the_vm_had_when_it_started(store: SweepStore) -> None:
     vm = FakeVm()
     with pytest.raises(Interrupted):
         loop_for(store, vm, TableProber(vm, interrupt_after=2)).run(plan(keep_shape=True))
     left_at = vm.shape
-    assert left_at != START  # as after a SIGKILL: the VM is stuck in a sweep shape
+    assert left_at != START  # kept on purpose: the next run returns here, not to START
+    loop_for(store, vm, TableProber(vm)).run(plan())
+    assert vm.shape == left_at
+
+
+def test_a_sweep_killed_before_restoring_is_restored_by_the_rerun(store: SweepStore) -> None:
+    vm = FakeVm()
+    with pytest.raises(Interrupted):
+        loop_for(store, vm, TableProber(vm, interrupt_after=2)).run(plan(keep_shape=True))
+    [record] = store.all()
+    store.db.execute("UPDATE sweeps SET status = 'running' WHERE id = ?", (record.id,))
+    assert vm.shape != START  # as a SIGKILL leaves it: status running, VM in a sweep shape
     loop_for(store, vm, TableProber(vm)).run(plan())
     assert vm.shape == START
 
