@@ -996,7 +996,7 @@ class Cluster:
         reshape = False
         for key, value in change.values.items():
             vm.pending_delete.pop(key, None)
-            decision = vmconfig.hotplug_decision(key, vm.merged())
+            decision = vmconfig.hotplug_decision(key, vm.config)
             if decision == "apply":
                 vm.config[key] = value
                 vm.pending.pop(key, None)

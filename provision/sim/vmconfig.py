@@ -74,11 +74,14 @@ def hotplug_decision(key: str, config: dict[str, str]) -> str:
     """How a running VM takes a change of `key`: "apply", "pending" or an error message.
 
     Follows `vmconfig_hotplug_pending` (QS.pm): cores/sockets/cpu/numa/machine/... never
-    hotplug; vcpus needs `hotplug` cpu; memory needs `hotplug` memory *and* numa=1.
+    hotplug; vcpus needs `hotplug` cpu; memory needs `hotplug` memory *and* numa=1. `config`
+    is the running (current) config.
     """
     features = hotplug_features(config)
     if is_fast_plug(key):
         return "apply"
+    if key == "hotplug":  # changes live, unless memory hotplug is active
+        return "pending" if "memory" in features else "apply"
     if key == "vcpus":
         return "apply" if "cpu" in features else "pending"
     if key == "memory":
