@@ -116,6 +116,24 @@ def real_run(args: argparse.Namespace) -> bool:
     return same
 
 
+def write_reports(directory: Path) -> None:
+    """The first case's grid and smart sweeps as HTML reports (what `labctl report` shows)."""
+    from provision.report.files import write_report
+    from provision.report.model import build_report
+
+    _label, space, targets = CASES[0]
+    for strategy in ("grid", "smart"):
+        start = Shape(max(space.cores), max(space.ram_mib), space.cpu_types[0])
+        fake = Replay(gemma_table(space), start=start)
+        result = search(space, targets, one_at_a_time(fake), strategy=strategy, start=start)
+        report = build_report(sweep_id=f"bench-{strategy}", vm="gemma (replayed)",
+                              status="done", created_at="", updated_at="",
+                              spec={"strategy": strategy, "probe": {"model": "gemma2:2b"}},
+                              result=result, probes=len(fake.probed), reboots=fake.reboots)
+        for path in write_report(report, directory / f"sweep-{strategy}.html", "html"):
+            print(f"report: {path}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vm", help="also sweep this labctl VM for real with both strategies")
@@ -125,9 +143,13 @@ def main() -> int:
     parser.add_argument("--min-tps")
     parser.add_argument("--config")
     parser.add_argument("--state-dir")
+    parser.add_argument("--report-dir", type=Path,
+                        help="also write the replayed grid and smart sweeps as HTML reports")
     args = parser.parse_args()
     ok = replayed_cases()
     ok &= random_tables()
+    if args.report_dir:
+        write_reports(args.report_dir)
     if args.vm:
         ok &= real_run(args)
     return 0 if ok else 1

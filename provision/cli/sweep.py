@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 @click.option("--runs", type=click.IntRange(1, 100), help="measured runs per shape")
 @click.option("--warmup", type=click.IntRange(0, 10), help="warm-up runs per shape")
 @click.option("--num-predict", type=click.IntRange(1, 1_000_000), help="tokens per run")
-@click.option("--prompt-file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--prompt-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="file holding the prompt")
 @click.option("--report", "report_format", type=click.Choice(["html", "md"]), default="html",
               show_default=True, help="the report file written at the end")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
