@@ -282,7 +282,12 @@ class Cluster:
         path = self.state_dir / STATE_FILE
         if not path.exists():
             return False
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as exc:
+            raise ValueError(f"{path}: not a simulator state file ({exc})") from exc
+        if data.get("version") != STATE_VERSION:
+            raise ValueError(f"{path}: unsupported state version {data.get('version')!r}")
         self.settings.update(data.get("settings", {}))
         self.nodes = {n["name"]: Node(**n) for n in data["nodes"]}
         for raw in data["vms"]:

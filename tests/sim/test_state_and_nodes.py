@@ -89,3 +89,16 @@ def test_cluster_resources_show_the_clone_lock_and_current_shape(prox: Any, raw:
     entry = next(r for r in prox.cluster.resources.get(type="vm") if r["vmid"] == vmid)
     assert "lock" not in entry
     assert (entry["maxcpu"], entry["maxmem"], entry["template"]) == (2, 2048 * 1024**2, 0)
+
+
+def test_a_corrupt_state_file_is_reported_with_its_path(tmp_path: Path) -> None:
+    (tmp_path / "state.json").write_text("{not json")
+    with pytest.raises(ValueError, match="state.json: not a simulator state file"):
+        SimServer(tmp_path).start()
+
+
+def test_more_nodes_on_restart_adds_them(tmp_path: Path) -> None:
+    with SimServer(tmp_path, **FAST):
+        pass
+    with SimServer(tmp_path, nodes=3, **FAST) as server:
+        assert [n["node"] for n in token_api(server).nodes.get()] == ["pve", "pve2", "pve3"]
