@@ -61,6 +61,7 @@ class Harness:
     probers: list[TableProber]
     lab: FakeLab
     rendezvous: threading.Barrier | None = None  # parallel workers: each probes once first
+    interrupt_after: int | None = None  # the user presses Ctrl-C after this many probes
 
     def run(self, *args: str) -> tuple[int, str, str]:
         raise NotImplementedError  # replaced by the fixture
@@ -78,7 +79,8 @@ def labctl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
     def fake_worker(app: Any, lab_: Any, name: str, *rest: Any) -> Worker:
         worker_vm = vm if name == "gemma" else FakeVm(name=name, shape=vm.shape)
-        prober = TableProber(worker_vm, gemma_table(), rendezvous=harness.rendezvous)
+        prober = TableProber(worker_vm, gemma_table(), rendezvous=harness.rendezvous,
+                             interrupt_after=harness.interrupt_after)
         probers.append(prober)
         return Worker(worker_vm, prober)
 
@@ -196,4 +198,18 @@ def test_parallel_splits_the_grid_between_the_vms_and_gives_the_same_answer(
     assert code == 0, err
     assert len(labctl.probers) == 3 and all(p.probed for p in labctl.probers)
     assert sum(len(p.probed) for p in labctl.probers) == 50
+    assert json.loads(out)["minimum"]["cores"] == 4
+
+
+def test_ctrl_c_restores_the_vm_exits_130_and_the_rerun_resumes(labctl: Any) -> None:
+    labctl.interrupt_after = 2
+    code, out, err = labctl.run(*SWEEP, "--min-tps", "10")
+    assert code == ExitCode.INTERRUPTED and out == ""
+    assert "interrupted; run the same command again to resume it" in err
+    assert labctl.vm.shape == Shape(12, 32 * G, "host")
+    first = labctl.probers[-1].probed
+    labctl.interrupt_after = None
+    code, out, _ = labctl.run(*SWEEP, "--min-tps", "10", "--json")
+    assert code == 0
+    assert not set(labctl.probers[-1].probed) & set(first)
     assert json.loads(out)["minimum"]["cores"] == 4
