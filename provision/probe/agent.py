@@ -59,10 +59,11 @@ def emit(event: str, **fields: Any) -> None:
 class Fatal(Exception):
     """A problem that ends the probe; reported as one error event."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, **details: Any) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
+        self.details = details
 
 
 # --------------------------------------------------------------------------- /proc readers
@@ -423,14 +424,13 @@ def check_ollama(api: Ollama) -> dict[str, Any]:
         binary = ollama_binary()
         if binary is None:
             raise Fatal("ollama_not_installed",
-                        "Ollama is not installed on the guest (no `ollama` binary found)") \
-                from None
+                        "no `ollama` on PATH, in /usr/local/bin or in /usr/bin") from None
         raise Fatal("ollama_not_running",
-                    f"Ollama is installed ({binary}) but its API at {api.url} does not "
-                    f"answer: {error}") from None
+                    f"{binary} is installed but its API at {api.url} does not answer "
+                    f"({error})") from None
     if status != 200 or not isinstance(body, dict):
         raise Fatal("ollama_not_running",
-                    f"Ollama's API at {api.url} answered HTTP {status} to /api/version")
+                    f"its API at {api.url} answered HTTP {status} to /api/version")
     return body
 
 
@@ -448,8 +448,7 @@ def find_tags_entry(api: Ollama, model: str) -> dict[str, Any]:
         if normalise_model(str(entry.get("name") or entry.get("model") or "")) == wanted:
             return dict(entry)
     names = ", ".join(str(e.get("name")) for e in body.get("models") or []) or "none"
-    raise Fatal("model_missing",
-                f"model {model} is not pulled on the guest (models there: {names})")
+    raise Fatal("model_missing", f"models there: {names}", model=model)
 
 
 def ps_entry(api: Ollama, model: str) -> dict[str, Any] | None:
@@ -761,7 +760,7 @@ def main(argv: list[str]) -> int:
     try:
         return probe(decode_options(argv))
     except Fatal as fatal:
-        emit("error", kind=fatal.kind, message=fatal.message)
+        emit("error", kind=fatal.kind, message=fatal.message, **fatal.details)
         return 3
     except BrokenPipeError:
         return 4  # the host went away (SSH dropped): nobody left to tell

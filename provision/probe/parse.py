@@ -430,24 +430,25 @@ def parse_event(line: str) -> dict[str, Any] | None:
     return event if isinstance(event, dict) and isinstance(event.get("event"), str) else None
 
 
-def fatal_error(kind: str, message: str, vm: str) -> ProbeError:
-    """The one-line error (with its fix) for a fatal agent report."""
+def fatal_error(event: Mapping[str, Any], vm: str) -> ProbeError:
+    """The one-line error (with its fix) for the agent's fatal "error" event."""
+    kind, message = str(event.get("kind")), str(event.get("message"))
     target = vm or "the guest"
-    hints = {
-        "no_python": "install python3 on the guest (Ansible needs it too)",
-        "old_python": "install python3 >= 3.7 on the guest",
-        "broken_python": "check `python3 -V` on the guest",
-        "ollama_not_installed": f"run `labctl deploy {target}`",
-        "ollama_not_running": f"start it (`sudo systemctl start ollama`) or run "
-                              f"`labctl deploy {target}`",
-        "model_missing": f"run `labctl deploy {target}` to pull it",
+    deploy = f"run `labctl deploy {target}`"
+    known = {
+        "no_python": (f"python3 is not installed on {target}; the probe agent needs it",
+                      "install python3 on the guest (Ansible needs it too)"),
+        "old_python": (f"python3 on {target} is too old for the probe agent: {message}",
+                       "install python3 >= 3.7 on the guest"),
+        "broken_python": (f"python3 on {target} is on PATH but does not run",
+                          "check `python3 -V` on the guest"),
+        "ollama_not_installed": (f"Ollama is not installed on {target} ({message})", deploy),
+        "ollama_not_running": (f"Ollama is not running on {target}: {message}",
+                               f"start it (`sudo systemctl start ollama`) or {deploy}"),
+        "model_missing": (f"model {event.get('model')} is not pulled on {target} ({message})",
+                          f"{deploy} to pull it"),
     }
-    texts = {
-        "no_python": f"python3 is not installed on {target}; the probe agent needs it",
-        "old_python": f"python3 on {target} is too old for the probe agent: {message}",
-        "broken_python": f"python3 on {target} is on PATH but does not run",
-    }
-    text = texts.get(kind, f"{message} (on {target})")
-    if kind not in hints:
+    if kind not in known:
         return ProbeError(f"the probe failed on {target}: {message}")
-    return ProbeError(text, hint=hints[kind])
+    text, hint = known[kind]
+    return ProbeError(text, hint=hint)

@@ -142,15 +142,17 @@ def agent_command(options: ProbeOptions) -> str:
         return shlex.quote(json.dumps({"event": "error", "kind": kind, "message": message}))
 
     check = "import sys; sys.exit(0 if sys.version_info >= (3, 7) else 3)"
+    # Each refusal first reads the agent source we send on stdin: a shell that exits before
+    # reading it makes our write fail, and the clear error line would be lost to a "dropped".
+    fail = f"cat >/dev/null; exit {NO_PYTHON_EXIT}"
     return (
         f"command -v python3 >/dev/null 2>&1 || "
-        f"{{ echo {error_line('no_python', 'python3 is not installed')}; "
-        f"exit {NO_PYTHON_EXIT}; }}; "
-        f"python3 -c {shlex.quote(check)}; rc=$?; "
+        f"{{ echo {error_line('no_python', 'python3 is not installed')}; {fail}; }}; "
+        f"python3 -c {shlex.quote(check)} </dev/null; rc=$?; "
         f"if [ $rc -eq 3 ]; then echo {error_line('old_python', 'it is older than 3.7')}; "
-        f"exit {NO_PYTHON_EXIT}; fi; "
+        f"{fail}; fi; "
         f"if [ $rc -ne 0 ]; then echo {error_line('broken_python', 'python3 does not run')}; "
-        f"exit {NO_PYTHON_EXIT}; fi; "
+        f"{fail}; fi; "
         f"exec python3 - {encoded}"
     )
 
@@ -242,7 +244,7 @@ class _Collector:
                 self._warn(f"the model is not 100% on CPU ({ps.processor}); the VM has a GPU")
 
     def on_error(self, event: dict[str, Any]) -> None:
-        raise parse.fatal_error(str(event.get("kind")), str(event.get("message")), self.vm)
+        raise parse.fatal_error(event, self.vm)
 
     def on_end(self, event: dict[str, Any]) -> None:
         self.result.complete = True

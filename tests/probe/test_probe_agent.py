@@ -140,8 +140,8 @@ def test_missing_model_is_one_error_naming_what_is_there(
 
     assert code == 3
     assert of_kind(events, "error") == [{
-        "event": "error", "kind": "model_missing",
-        "message": "model llama3.2 is not pulled on the guest (models there: gemma2:2b)"}]
+        "event": "error", "kind": "model_missing", "model": "llama3.2",
+        "message": "models there: gemma2:2b"}]
 
 
 def test_ollama_not_running_and_not_installed_are_told_apart(tmp_path: Path) -> None:

@@ -109,11 +109,11 @@ def test_ssh_dropping_mid_run_keeps_earlier_runs_and_records_the_failed_one() ->
 
 def test_fatal_agent_error_becomes_one_probe_error_with_the_fix() -> None:
     stream = lines({"event": "hello"}, {"event": "error", "kind": "ollama_not_installed",
-                                        "message": "Ollama is not installed on the guest"})
+                                        "message": "no `ollama` on PATH"})
     with pytest.raises(ProbeError) as raised:
         collect(stream, OPTIONS, RecordingReporter(), vm="gemma")
 
-    assert str(raised.value) == ("Ollama is not installed on the guest (on gemma) "
+    assert str(raised.value) == ("Ollama is not installed on gemma (no `ollama` on PATH) "
                                  "(run `labctl deploy gemma`)")
 
 
@@ -157,8 +157,9 @@ def test_missing_avx2_is_reported_as_a_warning() -> None:
 
 
 def test_remote_command_says_clearly_when_python3_is_missing() -> None:
-    done = subprocess.run(["/bin/sh", "-c", agent_command(OPTIONS)], capture_output=True,
-                          text=True, env={**os.environ, "PATH": "/nonexistent"}, check=False)
+    done = subprocess.run(["/bin/sh", "-c", agent_command(OPTIONS)], input="print('agent')",
+                          capture_output=True, text=True,
+                          env={**os.environ, "PATH": "/nonexistent"}, check=False)
 
     assert done.returncode == 127
     with pytest.raises(ProbeError) as raised:

@@ -176,7 +176,19 @@ def test_agent_lines_that_are_not_events_are_skipped() -> None:
     ("broken_python", "`python3 -V`"),
 ])
 def test_fatal_agent_errors_carry_their_fix(kind: str, hint: str) -> None:
-    error = fatal_error(kind, "text from the agent", "gemma")
+    error = fatal_error({"event": "error", "kind": kind, "message": "text from the agent",
+                         "model": "gemma2:2b"}, "gemma")
 
     assert isinstance(error, ProbeError) and error.exit_code == 7
     assert hint in str(error) and "\n" not in str(error)
+
+
+def test_fatal_errors_name_the_vm_and_what_is_wrong() -> None:
+    missing = fatal_error({"kind": "model_missing", "message": "models there: llama3.2:latest",
+                          "model": "gemma2:2b"}, "gemma")
+    assert str(missing) == ("model gemma2:2b is not pulled on gemma (models there: "
+                            "llama3.2:latest) (run `labctl deploy gemma` to pull it)")
+    stopped = fatal_error({"kind": "ollama_not_running", "message": "x"}, "gemma")
+    assert str(stopped).startswith("Ollama is not running on gemma: x")
+    odd = fatal_error({"kind": "agent_bug", "message": "KeyError: 'x'"}, "gemma")
+    assert str(odd) == "the probe failed on gemma: KeyError: 'x'" and odd.exit_code == 7
