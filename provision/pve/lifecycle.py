@@ -10,8 +10,11 @@ the clone request, and a lost race on the VMID (PVE reserves nothing) is retried
 from __future__ import annotations
 
 import fcntl
+import importlib
 import ipaddress
+import queue
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +53,7 @@ CLONE_MARK = "Created by labctl"
 HOST_KEY_PATH = "/etc/ssh/ssh_host_ed25519_key.pub"
 AGENT_NOT_UP = ("QEMU guest agent is not running", "guest agent is not running")
 NOTE_EVERY_S = 5.0
+AGENT_POLLS_IN_FLIGHT = 2
 VMID_ATTEMPTS = 8
 _BOOT_DISK_RE = re.compile(r"^(scsi|virtio|sata|ide)\d+$")
 _SIZE_RE = re.compile(r"(?:^|,)size=(\d+(?:\.\d+)?)([KMGT]?)(?:,|$)")
@@ -626,6 +630,9 @@ class Lab:
     def _boot_and_reach(self, ctx: _UpContext, shape: Shape, *, start: bool = True) -> VmInfo:
         path = f"nodes/{ctx.node}/qemu/{ctx.vmid}"
         assert ctx.vmid is not None
+        # paramiko takes a few hundred ms to import: do it while the VM boots, not after.
+        threading.Thread(target=importlib.import_module, args=("provision.guest.ssh",),
+                         daemon=True).start()
         if start:
             ctx.stage = "start"
             self.reporter.stage("start")
@@ -642,50 +649,83 @@ class Lab:
                       shape=shape, ip=ip, uptime_s=0, tags=(LABCTL_TAG,), pending=False)
 
     def _wait_agent(self, ctx: _UpContext, res: _Resource) -> str:
+        """Poll agent/network-get-interfaces until it reports a usable address.
+
+        PVE answers "QEMU guest agent is not running" only after its 3 s guest-ping timeout, so
+        one poll at a time would notice the agent up to 3 s late: two polls run staggered
+        instead (each holds one of pvedaemon's 3 workers while it waits, so never more).
+        """
         ctx.stage = "agent"
         self.reporter.stage("agent")
         timeout = float(self.config.get("timeouts.agent"))
         watch = Stopwatch()
         next_note = NOTE_EVERY_S
-        delay = 0.2
+        delay, next_submit = 0.2, 0.0
         last = "no answer yet"
-        seen_v6_only_since: float | None = None
+        v6_since: float | None = None
+        # Daemon threads, not an executor: a poll still blocked in PVE's 3 s agent check must
+        # not hold up the end of the command.
+        answers: queue.Queue[tuple[Any, ProxmoxAPIError | None]] = queue.Queue()
+        in_flight = 0
+        path = f"{res.path}/agent/network-get-interfaces"
         while True:
+            now = watch.elapsed
+            if in_flight < AGENT_POLLS_IN_FLIGHT and now >= next_submit:
+                threading.Thread(target=self._agent_poll, args=(path, answers),
+                                 daemon=True).start()
+                in_flight += 1
+                next_submit, delay = now + delay, min(1.0, delay * 1.4)
             try:
-                data = self.client.get(f"{res.path}/agent/network-get-interfaces", poll=True,
-                                       retry=False)
-                interfaces = (data or {}).get("result") or []
-                ip = pick_address(interfaces)
-                if ip and (":" not in ip or (seen_v6_only_since is not None
-                                             and watch.elapsed - seen_v6_only_since > 10)):
-                    self.reporter.step(f"address {ip} after {watch.elapsed:.1f}s")
-                    return ip
-                if ip and seen_v6_only_since is None:
-                    seen_v6_only_since = watch.elapsed  # give DHCPv4 a moment before IPv6
-                last = "the agent answers but reports no usable address yet"
-            except ProxmoxAPIError as error:
-                if error.status == 500 and any(m in error.message for m in AGENT_NOT_UP):
-                    last = "QEMU guest agent is not running"
-                elif error.status >= 500:
-                    last = error.message  # transient; keep waiting
+                data, failure = answers.get(timeout=max(0.01, min(next_submit - now, 0.25)))
+            except queue.Empty:
+                data, failure = None, None
+            else:
+                in_flight -= 1
+                if failure is not None:
+                    last = self._agent_wait_error(ctx, failure)
                 else:
-                    raise
-            if "No QEMU guest agent configured" in last:
-                raise AgentTimeout(f"VM {ctx.name} has no guest agent configured",
-                                   hint="labctl sets agent=1; was the config changed?")
+                    ip = pick_address((data or {}).get("result") or [])
+                    if ip and ":" in ip and v6_since is None:
+                        v6_since = watch.elapsed  # give DHCPv4 a moment before taking IPv6
+                    if ip and (":" not in ip or watch.elapsed - (v6_since or 0.0) > 10):
+                        self.reporter.step(f"address {ip} after {watch.elapsed:.1f}s")
+                        return ip
+                    last = "the agent answers but reports no usable address yet"
             if watch.elapsed >= timeout:
                 raise AgentTimeout(
-                    f"the guest agent of {ctx.name} (vmid {ctx.vmid}) gave no IP address within "
-                    f"{timeout:g}s ({last})",
-                    hint="check that qemu-guest-agent is installed and enabled in the template "
-                         "and that the VM's agent option is on (Options > QEMU Guest Agent)",
+                    f"the guest agent of {ctx.name} (vmid {ctx.vmid}) gave no IP address "
+                    f"within {timeout:g}s ({last})",
+                    hint="check that qemu-guest-agent is installed and enabled in the "
+                         "template and that the VM's agent option is on (Options > QEMU "
+                         "Guest Agent)",
                 )
             if watch.elapsed >= next_note:
-                self.reporter.step(f"waiting for the guest agent ({timeout - watch.elapsed:.0f}s "
-                                   f"left: {last})")
+                self.reporter.step(f"waiting for the guest agent "
+                                   f"({timeout - watch.elapsed:.0f}s left: {last})")
                 next_note += NOTE_EVERY_S
-            time.sleep(min(delay, max(0.05, timeout - watch.elapsed)))
-            delay = min(1.0, delay * 1.4)
+
+    def _agent_poll(self, path: str,
+                    answers: queue.Queue[tuple[Any, ProxmoxAPIError | None]]) -> None:
+        try:
+            answers.put((self.client.get(path, poll=True, retry=False), None))
+        except ProxmoxAPIError as error:
+            answers.put((None, error))
+        except LabctlError as error:  # connection trouble: a transient failure of this poll
+            answers.put((None, ProxmoxAPIError(error.message, status=599)))
+
+    def _agent_wait_error(self, ctx: _UpContext, error: ProxmoxAPIError) -> str:
+        """Which agent errors mean 'keep waiting' (returned as text) and which end the wait."""
+        if error.status == 500 and any(m in error.message for m in AGENT_NOT_UP):
+            return "QEMU guest agent is not running"
+        if "No QEMU guest agent configured" in error.message:
+            raise AgentTimeout(f"VM {ctx.name} has no guest agent configured",
+                               hint="labctl sets agent=1; was the config changed?")
+        if re.search(r"VM \d+ is not running", error.message):
+            raise GuestError(f"VM {ctx.name} stopped while labctl waited for its guest agent",
+                             hint="see the VM's console / task log in the PVE UI")
+        if error.status >= 500:
+            return error.message  # transient; keep waiting
+        raise error
 
     def _pin_key(self, res: _Resource, ip: str) -> str:
         """Read the guest's ed25519 host key through the agent (not over SSH) and pin it."""

@@ -24,7 +24,7 @@ UPID_RE = re.compile(
 _OK_RE = re.compile(r"^(OK|WARNINGS: \d+)$")
 FIRST_POLL_S = 0.1
 MAX_POLL_S = 1.0
-POLL_GROWTH = 1.2
+POLL_GROWTH = 1.1
 LOG_TAIL_LINES = 8
 PROGRESS_EVERY_S = 10.0
 
