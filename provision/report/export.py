@@ -32,7 +32,7 @@ def to_json(report: SweepReport) -> dict[str, Any]:
                   "reboots": report.reboots, "not_probed": report.not_probed,
                   "failed": len(result.failed)},
         "points": [r.to_dict() for r in report.rows],
-        "warnings": list(result.warnings),
+        "warnings": list(report.warnings),
     }
 
 

@@ -80,6 +80,10 @@ class SweepReport:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def warnings(self) -> tuple[str, ...]:
+        return (*self.result.warnings, *isa_warnings(self.result))
+
+    @property
     def not_probed(self) -> int:
         return len(self.result.space) - self.result.probes
 
@@ -115,6 +119,15 @@ def describe_point(m: Measurement) -> str:
 
 def _gib(mib: int) -> str:
     return f"{mib / 1024:.1f} GiB" if mib >= 1024 else format_mib(mib)
+
+
+def isa_warnings(result: SearchResult) -> list[str]:
+    """cpu types whose guests lacked AVX2 (the probe records the guest-visible flags)."""
+    hidden = sorted({m.shape.cpu_type for m in result.measurements
+                     if m.details.get("avx2") is False})
+    return [f"cpu={cpu}: the guest has no AVX2, so llama.cpp falls back to slower code; "
+            "cpu=host (or a cpu model with AVX2 such as x86-64-v3) passes it through"
+            for cpu in hidden]
 
 
 def build_report(*, sweep_id: str, vm: str, status: str, created_at: str, updated_at: str,

@@ -24,8 +24,8 @@ def render_table(report: SweepReport, *, color: bool = False, width: int = 110) 
     style = "bold green" if report.result.minimum else "bold yellow"
     console.print(Text(report.recommendation, style=style), soft_wrap=True)
     console.print(Text(summary_line(report), style="dim"))
-    for warning in report.result.warnings:
-        console.print(Text(f"warning: {warning}", style="yellow"))
+    for warning in report.warnings:
+        console.print(Text(f"warning: {warning}", style="yellow"), soft_wrap=True)
     output = console.file.getvalue()  # type: ignore[attr-defined]
     return str(output).rstrip("\n")
 

@@ -135,3 +135,15 @@ def test_markdown_references_its_png_beside_it(tmp_path: Path) -> None:
 def test_every_format_writes_a_file(tmp_path: Path, fmt: str) -> None:
     [path] = write_report(sweep_report(Targets(min_tps=10)), tmp_path / f"r.{fmt}", fmt)
     assert path.stat().st_size > 0
+
+
+def test_a_cpu_type_that_hides_avx2_is_called_out() -> None:
+    table = gemma_table()
+    for shape, m in list(table.items()):
+        avx2 = shape.cpu_type == "host"
+        table[shape] = Measurement(m.shape, m.status, m.eval_tps, m.ttft_s, m.mem_total_mib,
+                                   m.peak_used_mib, m.error, {"avx2": avx2})
+    report = sweep_report(Targets(min_tps=10), table=table)
+    [warning] = report.warnings
+    assert warning.startswith("cpu=x86-64-v2-AES: the guest has no AVX2")
+    assert warning in render_table(report) and warning in to_json(report)["warnings"]
