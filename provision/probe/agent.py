@@ -279,20 +279,27 @@ class Sampler(threading.Thread):
         self.swap_peak = 0
         self.swap_total = 0
         self.runner_pids: set[int] = set()
+        self.error: str | None = None
 
     def run(self) -> None:
         cpu0, wall0 = time.thread_time(), time.monotonic()
-        previous = read_cpu_times()
-        next_at = wall0
-        while not self.stopping.is_set():
-            next_at += self.interval_s
-            if self.stopping.wait(max(0.0, next_at - time.monotonic())):
-                break
-            now = time.monotonic()
-            previous = self.sample(previous, now - wall0)
-            self._keep_to_budget(time.thread_time() - cpu0, now - wall0)
-        self.cpu_s = time.thread_time() - cpu0
-        self.wall_s = time.monotonic() - wall0
+        try:
+            previous = read_cpu_times()
+            next_at = wall0
+            while not self.stopping.is_set():
+                next_at += self.interval_s
+                if self.stopping.wait(max(0.0, next_at - time.monotonic())):
+                    break
+                now = time.monotonic()
+                previous = self.sample(previous, now - wall0)
+                self._keep_to_budget(time.thread_time() - cpu0, now - wall0)
+        except BrokenPipeError:
+            pass  # the host went away; the main thread notices on its next write
+        except (OSError, ValueError, IndexError) as error:
+            self.error = f"sampling stopped: {type(error).__name__}: {error}"
+        finally:
+            self.cpu_s = time.thread_time() - cpu0
+            self.wall_s = time.monotonic() - wall0
 
     def _keep_to_budget(self, cpu_s: float, wall_s: float) -> None:
         """Sample less often (never below 5 Hz) when sampling costs more than its budget.
@@ -692,7 +699,8 @@ def one_run(api: Ollama, options: dict[str, Any], index: int, warmup: bool,
         "nonce": nonce, "cache_bust": "unload+nonce" if options.get("cold") else "nonce",
         "started_at": started_epoch,
         "sampler": {"samples": sampler.samples, "interval_s": round(sampler.interval_s, 4),
-                    "cpu_s": round(sampler.cpu_s, 6), "wall_s": round(sampler.wall_s, 4)},
+                    "cpu_s": round(sampler.cpu_s, 6), "wall_s": round(sampler.wall_s, 4),
+                    "error": sampler.error},
         "agent_cpu_s": round((usage1.ru_utime + usage1.ru_stime)
                              - (usage0.ru_utime + usage0.ru_stime), 6),
     }

@@ -230,6 +230,9 @@ class _Collector:
         run = parse.run_from_event(event, self.samples)
         self.in_flight, self.samples = None, []
         self._keep(run)
+        sampler_error = (event.get("sampler") or {}).get("error")
+        if sampler_error:
+            self._warn(f"run {run.index + 1}: {sampler_error}; its peaks are partial")
         if run.ok:
             self.reporter.step(f"run {run.index + 1}/{self.total}: {_fmt(run.eval_tps)} tok/s, "
                                f"TTFT {_fmt(run.ttft_s, 's')}")
