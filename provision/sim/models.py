@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -36,6 +36,7 @@ from provision.sim import vmconfig
 from provision.sim.errors import PveError, config_missing, vm_locked
 from provision.sim.guests.base import GuestBackend, GuestSpec
 from provision.sim.settings import Faults, Settings
+from provision.sim.tasks import UPID_RE, Task, TaskError
 
 STATE_FILE = "state.json"
 STATE_VERSION = 1
@@ -43,16 +44,8 @@ TEMPLATE_VMID = 9000
 TEMPLATE_NAME = "ubuntu-2404-cloud"
 GIB = 1024**3
 NODE_BASE_MEMORY = 2 * GIB  # what the host itself uses, so free memory is never the full total
-UPID_RE = re.compile(
-    r"^UPID:([a-zA-Z0-9]([a-zA-Z0-9\-]*[a-zA-Z0-9])?):([0-9A-Fa-f]{8}):([0-9A-Fa-f]{8,9}):"
-    r"([0-9A-Fa-f]{8}):([^:\s/]+):([^:\s/]*):([^:\s/]+):$"
-)
 KEEP_TASKS = 500
 log = logging.getLogger("provision.sim")
-
-
-class TaskError(Exception):
-    """An error inside a worker: the task ends with `TASK ERROR: <message>`."""
 
 
 @dataclass
@@ -125,69 +118,6 @@ class Vm:
         first = value.split(",")[0]
         enabled = first.split("=", 1)[1] if first.startswith("enabled=") else first
         return enabled in ("1", "on", "yes", "true")
-
-
-@dataclass
-class Task:
-    """A worker task: UPID, its log and its end state.
-
-    Status is `running` until the simulated duration has passed *and* the work is done.
-    """
-
-    upid: str
-    node: str
-    type: str
-    id: str
-    user: str
-    pid: int
-    pstart: int
-    starttime: float
-    duration: float
-    status: str = "running"
-    exitstatus: str | None = None
-    log: list[str] = field(default_factory=list)
-    done: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
-    begun: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
-
-    def say(self, line: str) -> None:
-        self.log.append(line)
-
-    def finish(self, error: str | None) -> None:
-        if error is None:
-            self.exitstatus = "OK"
-            self.log.append("TASK OK")
-        else:
-            flat = " ".join(error.strip().splitlines())
-            self.exitstatus = flat
-            self.log.append(f"TASK ERROR: {flat}")
-        self.status = "stopped"
-        self.begun.set()
-        self.done.set()
-
-    def status_json(self) -> dict[str, Any]:
-        user, _, token = self.user.partition("!")
-        result: dict[str, Any] = {
-            "upid": self.upid,
-            "node": self.node,
-            "pid": self.pid,
-            "pstart": self.pstart,
-            "starttime": int(self.starttime),
-            "type": self.type,
-            "id": self.id,
-            "user": user,
-            "status": self.status,
-        }
-        if token:
-            result["tokenid"] = token
-        if self.status == "stopped":
-            result["exitstatus"] = self.exitstatus
-        return result
-
-    def to_json(self) -> dict[str, Any]:
-        skip = ("done", "begun")
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip} | {
-            "log": list(self.log)
-        }
 
 
 def default_storages() -> list[Storage]:

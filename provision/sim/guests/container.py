@@ -103,6 +103,7 @@ class ContainerBackend:
         self._log: Log = log or (lambda _msg: None)
         self._lock = threading.RLock()
         self._guests: dict[int, _Guest] = {}
+        self._starting: dict[int, str] = {}  # vmid -> address, while start() prepares it
         self._closed = False
         _check_host()
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -148,27 +149,33 @@ class ContainerBackend:
             self.leases.release(vmid)
 
     def start(self, spec: GuestSpec) -> None:
-        with self._lock:
+        vmid = spec.vmid
+        with self._lock:  # claim the VM and its address; the slow part runs unlocked
             if self._closed:
                 raise GuestBackendError("the guest backend is closed")
-            if spec.vmid in self._guests:
-                raise GuestBackendError(f"VM {spec.vmid} is already running")
-            if not self.disks.exists(spec.vmid):
-                self.disks.clone(None, spec.vmid, linked=True)  # a VM created without a clone
-            in_use = {v: g.ip for v, g in self._guests.items()}
-            ip = self.leases.assign(spec.vmid, spec.ipconfig0, in_use)
-            guest = _Guest(spec=spec, ip=ip, cores=spec.cores, memory_mib=spec.memory_mib)
-            try:
-                self._prepare_run(guest)
-                self._launch(guest)
-            except BaseException:
-                self._teardown_run(guest)
-                raise
-            self._guests[spec.vmid] = guest
-            guest.monitor = threading.Thread(
-                target=self._monitor, args=(guest,), name=f"guest-{spec.vmid}", daemon=True
-            )
-            guest.monitor.start()
+            if vmid in self._guests or vmid in self._starting:
+                raise GuestBackendError(f"VM {vmid} is already running")
+            in_use = {v: g.ip for v, g in self._guests.items()} | dict(self._starting)
+            ip = self.leases.assign(vmid, spec.ipconfig0, in_use)
+            self._starting[vmid] = ip
+        guest = _Guest(spec=spec, ip=ip, cores=spec.cores, memory_mib=spec.memory_mib)
+        try:
+            if not self.disks.exists(vmid):
+                self.disks.clone(None, vmid, linked=True)  # a VM created without a clone
+            self._prepare_run(guest)
+            self._launch(guest)
+        except BaseException:
+            self._teardown_run(guest)
+            with self._lock:
+                self._starting.pop(vmid, None)
+            raise
+        with self._lock:
+            self._starting.pop(vmid, None)
+            self._guests[vmid] = guest
+        guest.monitor = threading.Thread(
+            target=self._monitor, args=(guest,), name=f"guest-{vmid}", daemon=True
+        )
+        guest.monitor.start()
 
     def shutdown(self, vmid: int, timeout_s: float) -> bool:
         guest = self._guests.get(vmid)
