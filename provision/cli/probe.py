@@ -228,17 +228,19 @@ def _summary_table(result: ProbeResult) -> Table:
 
 
 def render_results(rows: list[dict[str, Any]]) -> str:
-    console = _console(140)
+    console = _console(160)
     table = Table(title="kept probe runs", title_justify="left", header_style="bold")
-    for name in ("probe", "vm", "shape", "node", "model", "when", "run", "eval tok/s",
+    for name in ("probe", "vm", "shape", "node", "model", "when (UTC)", "run", "eval tok/s",
                  "prompt tok/s", "TTFT s", "load s", "peak used", "peak RSS", "result"):
         table.add_column(name, justify="right" if "/" in name or name.endswith(" s")
-                         or name.startswith("peak") else "left")
+                         or name.startswith("peak") else "left",
+                         no_wrap=name in ("shape", "when (UTC)"))
     for row in rows:
         shape = f"{row['cores']}c/{(row['memory_mib'] or 0) / 1024:g}G/{row['cpu_type']}"
         outcome = "ok" if row["ok"] else ("OOM" if row["oom"] else f"failed: {row['error']}")
         table.add_row(str(row["probe_id"]), row["vm_name"], shape, row["node"] or "—",
-                      row["model"], str(row["started_at"]), str(row["run_index"] + 1),
+                      row["model"], str(row["started_at"] or "")[:16].replace("T", " "),
+                      str(row["run_index"] + 1),
                       _num(row["eval_tps"], 2), _num(row["prompt_tps"], 1),
                       _num(row["ttft_s"], 3), _num(row["load_s"], 3),
                       _size(row["peak_mem_used_bytes"]), _size(row["peak_rss_bytes"]),
