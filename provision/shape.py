@@ -39,7 +39,7 @@ class Shape:
 
 def parse_ram(text: str | int, *, what: str = "RAM") -> int:
     """'8G' -> 8192 (MiB). Raises UsageError with a one-line message on anything else."""
-    mib = _parse_size_mib(str(text), what)
+    mib = parse_size_mib(str(text), what)
     if mib < MIN_MEMORY_MIB:
         raise UsageError(f"{what} {text!s} is below the minimum of {MIN_MEMORY_MIB} MiB")
     return mib
@@ -47,13 +47,13 @@ def parse_ram(text: str | int, *, what: str = "RAM") -> int:
 
 def parse_disk_gib(text: str | int) -> int:
     """'40G' -> 40 (GiB); disks are whole GiB."""
-    mib = _parse_size_mib(str(text), "disk size")
+    mib = parse_size_mib(str(text), "disk size")
     if mib % 1024:
         raise UsageError(f"disk size {text} is not a whole number of GiB")
     return mib // 1024
 
 
-def _parse_size_mib(text: str, what: str) -> int:
+def parse_size_mib(text: str, what: str) -> int:
     match = _SIZE_RE.match(text)
     if not match:
         if text.strip().startswith("-"):

@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from provision.errors import UsageError
-from provision.shape import Shape, _parse_size_mib, format_mib, parse_cores_list, parse_ram_list
+from provision.shape import Shape, format_mib, parse_cores_list, parse_ram_list, parse_size_mib
 
 _CPU_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|)\s*$", re.IGNORECASE)
@@ -170,7 +170,7 @@ def parse_free_mem(text: str) -> FreeMemTarget:
             raise UsageError(f"--min-free-mem {text} cannot be met: give a percentage "
                              "between 0 and 100")
         return FreeMemTarget(percent=percent)
-    return FreeMemTarget(mib=_parse_size_mib(stripped, "--min-free-mem"))
+    return FreeMemTarget(mib=parse_size_mib(stripped, "--min-free-mem"))
 
 
 def format_seconds(seconds: float) -> str:
