@@ -63,7 +63,7 @@ def test_close_leaves_nothing_behind(tmp_path: Path, spec_for, root_only: None) 
         pytest.skip(f"guests unavailable: {exc}")
     try:
         for vmid in (301, 302):
-            backend.clone_disk(None, vmid, linked=(vmid == 301))
+            backend.clone_disk(None, vmid, linked=True)
             backend.start(spec_for(vmid))
         for vmid in (301, 302):
             backend.wait_ready(vmid)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import http.server
+import threading
 import time
 
 import paramiko
@@ -105,7 +107,9 @@ def test_in_guest_reboot_comes_back_with_same_identity_and_shape(boot) -> None: 
     guest = boot(cores=1, memory_mib=1024)
     backend: ContainerBackend = guest.backend
     key_before = backend.file_read(guest.vmid, "/etc/ssh/ssh_host_ed25519_key.pub")
-    guest.ssh("sudo -n systemd-run --on-active=0.3 systemctl reboot")
+    guest.ssh(
+        "sudo -n systemd-run --on-active=0.3 --timer-property=AccuracySec=10ms systemctl reboot"
+    )
     deadline = time.monotonic() + 30
     while backend.boots(guest.vmid) < 2:
         assert time.monotonic() < deadline, "guest did not relaunch after reboot"
@@ -165,3 +169,32 @@ def test_file_read_resolves_guest_symlinks_inside_the_guest(boot) -> None:  # ty
     assert guest.backend.file_read(guest.vmid, "/tmp/rel") == name
     with pytest.raises(FileNotFoundError):
         guest.backend.file_read(guest.vmid, "/no/such/file")
+
+
+def test_guest_reaches_the_hosts_bridge_address_and_nothing_beyond(boot) -> None:  # type: ignore[no-untyped-def]
+    guest = boot()
+    host_ip = str(guest.backend.leases.host_ip)
+
+    class Mirror(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"mirror ok"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer((host_ip, 0), Mirror)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        rc, out, err = guest.ssh(f"curl -sS --max-time 5 http://{host_ip}:{port}/")
+        assert (rc, out) == (0, "mirror ok"), err
+        # anything outside the bridge's subnet has no route (no default route, no forwarding)
+        rc, _out, err = guest.ssh("ip route get 198.51.100.7")
+        assert rc != 0 and "unreachable" in err.lower()
+    finally:
+        server.shutdown()
+        server.server_close()
