@@ -392,6 +392,31 @@ class Cluster:
             raise PveError.params({"upid": "no such task"})
         return task
 
+    def task_list(self, node: str, params: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+        """GET /nodes/{node}/tasks, newest first: filters vmid, typefilter, source, errors.
+
+        Not simulated: userfilter, statusfilter, since/until.
+        """
+        self.node(node)
+        with self.lock:
+            tasks = sorted(
+                (t for t in self.tasks.values() if t.node == node),
+                key=lambda t: t.starttime,
+                reverse=True,
+            )
+        vmid, kind = params.get("vmid"), params.get("typefilter")
+        source = params.get("source", "archive")
+        chosen = [
+            t
+            for t in tasks
+            if (vmid is None or t.id == str(vmid))
+            and (kind is None or t.type == kind)
+            and (source == "all" or (t.status == "running") == (source == "active"))
+            and (not _truthy(params.get("errors")) or t.exitstatus not in (None, "OK"))
+        ]
+        start, limit = int(params.get("start", 0)), int(params.get("limit", 50))
+        return [t.list_json() for t in chosen[start : start + limit]], len(chosen)
+
     def task_log(
         self, node: str, upid: str, start: int, limit: int
     ) -> tuple[list[dict[str, Any]], int]:

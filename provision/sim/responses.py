@@ -175,6 +175,11 @@ def agent_command(command: str) -> Any:
     return handler
 
 
+def task_list(cluster: Cluster, call: Call) -> Any:
+    entries, total = cluster.task_list(call.node, call.params)
+    return Envelope(entries, {"total": total})
+
+
 def task_status(cluster: Cluster, call: Call) -> Any:
     return cluster.task(call.node, str(call.get("upid"))).status_json()
 

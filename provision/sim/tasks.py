@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -39,6 +40,7 @@ class Task:
     duration: float
     status: str = "running"
     exitstatus: str | None = None
+    endtime: float | None = None
     log: list[str] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
     begun: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
@@ -55,6 +57,7 @@ class Task:
             self.exitstatus = flat
             self.log.append(f"TASK ERROR: {flat}")
         self.status = "stopped"
+        self.endtime = time.time()
         self.begun.set()
         self.done.set()
 
@@ -76,6 +79,14 @@ class Task:
         if self.status == "stopped":
             result["exitstatus"] = self.exitstatus
         return result
+
+    def list_json(self) -> dict[str, Any]:
+        """An entry of GET /nodes/{node}/tasks: `status` is the exit status, once stopped."""
+        entry = {k: v for k, v in self.status_json().items() if k not in ("status", "exitstatus")}
+        if self.status == "stopped":
+            entry["status"] = self.exitstatus
+            entry["endtime"] = int(self.endtime or self.starttime)
+        return entry
 
     def to_json(self) -> dict[str, Any]:
         skip = ("done", "begun")

@@ -50,6 +50,7 @@ ROUTES: dict[tuple[str, str], Handler] = {
     ("POST", f"{VM}/status/stop"): r.stop,
     ("POST", f"{VM}/status/shutdown"): r.shutdown,
     ("POST", f"{VM}/status/reboot"): r.reboot,
+    ("GET", "/nodes/{node}/tasks"): r.task_list,
     ("GET", "/nodes/{node}/tasks/{upid}/status"): r.task_status,
     ("GET", "/nodes/{node}/tasks/{upid}/log"): r.task_log,
 }

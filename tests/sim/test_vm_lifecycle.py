@@ -332,3 +332,17 @@ def test_a_hotplug_problem_in_an_async_update_fails_the_task(prox: Any, running_
         "memory: hotplug problem - NUMA needs to be enabled for memory hotplug"
     )
     assert {"key": "memory", "value": "2048", "pending": "4096"} in vm.pending.get()
+
+
+def test_the_task_list_filters_by_vmid_type_and_source(prox: Any, raw: Raw, new_vm: NewVm) -> None:
+    vmid = new_vm()
+    wait(prox, prox.nodes("pve").qemu(vmid).status.stop.post())
+    body = raw("GET", "/nodes/pve/tasks", params={"vmid": vmid, "source": "all"}).json()
+    assert [t["type"] for t in body["data"]] == ["qmstop"]
+    assert body["data"][0]["status"] == "OK" and body["total"] == 1
+    clones = prox.nodes("pve").tasks.get(typefilter="qmclone", vmid=9000, limit=1)
+    assert len(clones) == 1 and clones[0]["type"] == "qmclone"
+    with changed_settings(raw, task_durations={"qmstop": 2.0}):
+        upid = prox.nodes("pve").qemu(vmid).status.stop.post()
+    active = prox.nodes("pve").tasks.get(source="active")
+    assert [t["upid"] for t in active] == [upid] and "status" not in active[0]
