@@ -359,10 +359,14 @@ def serve(
     """Run the simulator in the foreground until SIGINT/SIGTERM; returns an exit code.
 
     The banner (URL, fingerprint, credentials file, guest backend) goes to `stream` (stderr).
-    Secrets are printed only with print_credentials=True.
+    Secrets are printed only with print_credentials=True. Container guests keep their disks in
+    `<state_dir>/guests` unless `backend_opts` names another `state_dir`.
     """
     out = stream or sys.stderr
-    backend = make_backend(guests, **(backend_opts or {}))
+    opts = dict(backend_opts or {})
+    if guests == "container":
+        opts.setdefault("state_dir", Path(state_dir) / "guests")
+    backend = make_backend(guests, **opts)
     server = SimServer(
         Path(state_dir), host, port, nodes, backend, log_requests=log_requests, **settings
     )
