@@ -67,7 +67,9 @@ def test_samples_arrive_at_least_five_times_a_second_with_ollama_rss(
     run = of_kind(events, "run")[0]
     samples = of_kind(events, "sample")
     assert run["sampler"]["samples"] == len(samples) >= 3
-    assert len(samples) / run["sampler"]["wall_s"] >= 5
+    # the sampler keeps a fixed schedule (it catches up after a late wake-up) of at least 5 Hz
+    assert run["sampler"]["interval_s"] <= 0.2
+    assert len(samples) >= int(run["sampler"]["wall_s"] / 0.2) - 1
     rss = [s["ollama_rss"] for s in samples]
     # server + runner: the runner holds the 8 MiB of weights in RAM
     assert min(rss) > 8 << 20
