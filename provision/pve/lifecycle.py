@@ -489,12 +489,28 @@ class Lab:
             return self._reconcile(ctx, existing, request, allow_overcommit, pubkey, net)
         shape = request.over(self.config.default_shape())
         template = self._template(resources, full)
-        target = self.choose_node(node or str(self.config.get("proxmox.node")))
+        wanted_node = node or str(self.config.get("proxmox.node"))
+        target = self.choose_node(wanted_node)
         check_fits(shape, self.node_capacity(target), allow_overcommit=allow_overcommit)
         template_disk = self._check_disk_request(template, shape)
         self.reporter.step(f"{shape.label} on node {target}; template {template.name} "
                            f"(vmid {template.vmid})")
-        self._clone(ctx, template, target, full)
+        try:
+            self._clone(ctx, template, target, full)
+        except ProxmoxAPIError as error:
+            if "local storage" not in error.message or target == template.node:
+                raise
+            if wanted_node:
+                error.hint = (f"template {template.name} lives on local storage of "
+                              f"{template.node}: use --node {template.node}, or a template on "
+                              "shared storage")
+                raise
+            # The node was our choice, not the user's: fall back to the template's own node.
+            self.reporter.warn(f"template {template.name} is on local storage of "
+                               f"{template.node}; creating {ctx.name} there instead of {target}")
+            target = template.node
+            check_fits(shape, self.node_capacity(target), allow_overcommit=allow_overcommit)
+            self._clone(ctx, template, target, full)
         self._configure_new(ctx, shape, pubkey, net, template_disk)
         return self._boot_and_reach(ctx, shape)
 
@@ -882,7 +898,10 @@ class Lab:
     def resize(self, name: str, shape: Shape | ShapeRequest, reboot: bool = False, *,
                allow_overcommit: bool = False) -> ResizeResult:
         """Change cores/RAM/cpu type; a running VM keeps what PVE cannot hot-plug pending."""
-        request = ShapeRequest.exactly(shape) if isinstance(shape, Shape) else shape
+        if isinstance(shape, Shape):  # a whole Shape (e.g. from find()): its disk is not asked
+            request = ShapeRequest(shape.cores, shape.memory_mib, shape.cpu_type, None)
+        else:
+            request = shape
         if request.disk_gib is not None:
             raise UsageError("resize changes cores, RAM and cpu type; grow the disk with "
                              "`labctl up NAME --disk SIZE`")

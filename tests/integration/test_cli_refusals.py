@@ -7,10 +7,12 @@ sees when Proxmox says no.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Lab
+from provision.sim.server import SimServer
+from tests.integration.conftest import FAST, Lab
 
 
 def one_error_line(stderr: str) -> str:
@@ -208,3 +210,75 @@ def test_up_without_name_and_without_vm_tables_is_a_usage_error(api_lab: Lab) ->
     result = api_lab.run("up")
     assert result.code == 2
     assert "declares no [vm.NAME]" in one_error_line(result.stderr)
+
+
+def test_init_writes_a_private_lab_file_and_checks_the_template(api_lab: Lab) -> None:
+    server, creds = api_lab.server, api_lab.server.credentials
+    api_lab.config.unlink()
+    common = ["init", "--host", "127.0.0.1", "--port", str(server.port), "--token-id",
+              creds["token_id"], "--token-secret", creds["token_secret"], "--fingerprint",
+              server.fingerprint, "--ssh-key", str(api_lab.key)]
+    result = api_lab.run("--json", *common, "--template", "9000")
+    assert result.code == 0, result
+    assert result.json["checked"] is True and result.json["template"]["is_template"] is True
+    assert api_lab.config.stat().st_mode & 0o777 == 0o600
+    assert creds["token_secret"] not in result.output
+    again = api_lab.run(*common, "--template", "9000")
+    assert again.code == 2 and "--force" in one_error_line(again.stderr)
+    missing = api_lab.run(*common, "--template", "no-such-template", "--force")
+    assert missing.code == 3
+    assert "template 'no-such-template' was not found" in one_error_line(missing.stderr)
+    assert api_lab.run("ls").code == 0  # the written file works as is
+
+
+def test_disk_grows_when_asked_for_more_than_the_template(api_lab: Lab) -> None:
+    api_lab.write(timeouts={"agent": 1})
+    api_lab.fault(kind="agent")
+    result = api_lab.run("up", "bigdisk", "--disk", "10G", "--no-deploy")
+    assert result.code == 5, result
+    assert "grown from" in result.stderr
+    vm = api_lab.vm_named("bigdisk")
+    assert vm is not None and vm["maxdisk"] == 10 * 2**30
+
+
+def test_resize_of_a_stopped_vm_applies_at_once(api_lab: Lab) -> None:
+    api_lab.write(timeouts={"agent": 1})
+    api_lab.fault(kind="agent")
+    assert api_lab.run("up", "cold", "--cores", "1", "--ram", "1G", "--no-deploy").code == 5
+    vm = api_lab.vm_named("cold")
+    assert vm is not None
+    api_lab.api("POST", f"/nodes/pve/qemu/{vm['vmid']}/status/stop")
+    for _ in range(100):
+        stopped = api_lab.vm_named("cold")
+        if stopped is not None and stopped["status"] == "stopped":
+            break
+    result = api_lab.run("--json", "resize", "cold", "--cores", "3", "--cpu-type", "x86-64-v3")
+    assert result.code == 0, result
+    assert result.json["pending_keys"] == [] and result.json["after"]["cores"] == 3
+    listed = api_lab.run("--json", "ls").json["vms"][0]
+    assert (listed["cores"], listed["cpu_type"], listed["pending"]) == (3, "x86-64-v3", False)
+
+
+def test_auto_node_falls_back_to_the_templates_node_for_local_storage(
+        tmp_path: Path, ssh_key: Path) -> None:
+    with SimServer(tmp_path / "sim", nodes=2, **FAST) as server:
+        lab = Lab(server, tmp_path, ssh_key)
+        lab.write(timeouts={"agent": 1})
+        # make pve2 the node with most free memory: a VM runs on pve
+        newid = int(lab.api("GET", "/cluster/nextid"))
+        lab.api("POST", "/nodes/pve/qemu/9000/clone", data={"newid": newid, "name": "hog"})
+        for _ in range(100):
+            hog = lab.vm_named("hog")
+            if hog is not None and not hog.get("lock"):
+                break
+        lab.api("POST", f"/nodes/pve/qemu/{newid}/config", data={"memory": 32768})
+        lab.api("POST", f"/nodes/pve/qemu/{newid}/status/start")
+        lab.fault(kind="agent")
+        result = lab.run("up", "placed", "--no-deploy")
+        assert result.code == 5, result
+        assert "local storage of pve; creating placed there instead of pve2" in result.stderr
+        placed = lab.vm_named("placed")
+        assert placed is not None and placed["node"] == "pve"
+        explicit = lab.run("up", "pinned-node", "--node", "pve2", "--no-deploy")
+        assert explicit.code == 4
+        assert "use --node pve" in one_error_line(explicit.stderr)
