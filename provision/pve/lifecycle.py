@@ -371,6 +371,13 @@ class Lab:
             )
         return found
 
+    def _live(self, res: _Resource) -> _Resource:
+        """The VM with its status from status/current (cluster/resources lags up to ~10 s)."""
+        status = self.client.get(f"{res.path}/status/current") or {}
+        return replace(res, status=str(status.get("status", res.status)),
+                       lock=status.get("lock") or None,
+                       uptime_s=int(status.get("uptime", res.uptime_s) or 0))
+
     def node_capacity(self, node: str) -> NodeCapacity:
         status = self.client.get(f"nodes/{node}/status")
         memory = status.get("memory") or {}
@@ -793,6 +800,7 @@ class Lab:
                    allow_overcommit: bool, pubkey: str, net: str) -> VmInfo:
         if res.lock == "clone":
             res = self._wait_unlocked(res)
+        res = self._live(res)
         current_shape, _, config, merged = self._pending(res)
         adopting = not res.managed
         if adopting:
@@ -906,7 +914,7 @@ class Lab:
             raise UsageError("resize changes cores, RAM and cpu type; grow the disk with "
                              "`labctl up NAME --disk SIZE`")
         with self._lock(f"vm-{name}"):
-            res = self._require_managed(name)
+            res = self._live(self._require_managed(name))
             before, pending_before, _, merged = self._pending(res)
             base = pending_before or before
             want = request.over(base)

@@ -282,3 +282,50 @@ def test_auto_node_falls_back_to_the_templates_node_for_local_storage(
         explicit = lab.run("up", "pinned-node", "--node", "pve2", "--no-deploy")
         assert explicit.code == 4
         assert "use --node pve" in one_error_line(explicit.stderr)
+
+
+def run_on_terminal(lab: Lab, args: list[str], answer: str) -> tuple[int, str]:
+    """Run labctl with a pseudo-terminal as stdin/stdout; answer its prompt."""
+    import os
+    import pty
+    import select
+    import sys
+
+    from tests.integration.conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LABCTL_")}
+    env.update(PYTHONPATH=str(REPO), LABCTL_STATE_DIR=str(lab.state))
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: becomes labctl
+        os.execve(sys.executable, [sys.executable, "-m", "provision", "--config",
+                                   str(lab.config), *args], env)
+    seen, answered = b"", False
+    while True:
+        ready, _, _ = select.select([fd], [], [], 60)
+        if not ready:
+            break
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+        if not answered and b"[y/N]" in seen:
+            os.write(fd, answer.encode() + b"\n")
+            answered = True
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), seen.decode(errors="replace")
+
+
+def test_down_asks_on_a_terminal_and_only_yes_destroys(api_lab: Lab) -> None:
+    api_lab.write(timeouts={"agent": 1})
+    api_lab.fault(kind="agent")
+    assert api_lab.run("up", "asked", "--no-deploy").code == 5
+    api_lab.clear_faults()
+    code, text = run_on_terminal(api_lab, ["down", "asked"], "n")
+    assert code == 0 and "Destroy asked (vmid" in text and "nothing destroyed" in text
+    assert api_lab.vm_named("asked") is not None
+    code, text = run_on_terminal(api_lab, ["down", "asked"], "y")
+    assert code == 0 and "destroyed" in text
+    assert api_lab.vm_named("asked") is None
