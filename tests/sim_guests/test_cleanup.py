@@ -163,3 +163,30 @@ def test_without_root_the_backend_says_why_in_one_line(tmp_path: Path) -> None:
     assert proc.stdout.strip() == "container guests need root (netns, overlayfs, cgroups)", (
         proc.stderr
     )
+
+
+def test_a_state_dir_on_overlayfs_is_refused_and_nothing_is_left(
+    tmp_path: Path, root_only: None
+) -> None:
+    layers = [tmp_path / d for d in ("lower", "upper", "work", "merged")]
+    for d in layers:
+        d.mkdir()
+    lower, upper, work, merged = layers
+    subprocess.run(
+        [
+            "mount",
+            "-t",
+            "overlay",
+            "overlay",
+            "-o",
+            f"lowerdir={lower},upperdir={upper},workdir={work}",
+            str(merged),
+        ],
+        check=True,
+    )
+    try:
+        with pytest.raises(GuestsUnavailable, match="cannot mount an overlay"):
+            ContainerBackend(merged / "state", bridge=BRIDGE2, subnet=SUBNET2, prefix=PREFIX2)
+    finally:
+        subprocess.run(["umount", str(merged)], check=True)
+    assert host_leftovers(PREFIX2, BRIDGE2, tmp_path) == []

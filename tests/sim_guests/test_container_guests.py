@@ -62,6 +62,8 @@ def test_guest_is_a_booted_systemd_host_on_its_own_address(boot) -> None:  # typ
     assert ifaces["eth0"]["hardware-address"] == guest.spec.macaddr.lower()
     ipv4 = [a for a in ifaces["eth0"]["ip-addresses"] if a["ip-address-type"] == "ipv4"]
     assert ipv4 == [{"ip-address-type": "ipv4", "ip-address": "10.213.20.77", "prefix": 24}]
+    osinfo = guest.backend.osinfo(guest.vmid)
+    assert (osinfo["id"], osinfo["version-id"]) == ("debian", "12")
 
 
 def test_shape_inside_the_guest_is_the_vms_scaled_and_capped_shape(boot) -> None:  # type: ignore[no-untyped-def]

@@ -114,6 +114,7 @@ class ContainerBackend:
         self._lxcfs: Lxcfs | None = None
         try:
             self._clean_leftovers()
+            _probe_overlay(self.state_dir)
             cache = Path(template_cache) if template_cache else default_cache_dir()
             self.template = ensure_template(cache, log=self._log)
             self.disks = DiskStore(self.state_dir, self.template)
@@ -274,6 +275,25 @@ class ContainerBackend:
     def oom_kills(self, vmid: int) -> int:
         self._running(vmid)
         return self.cgroups.oom_kills(vmid)
+
+    def osinfo(self, vmid: int) -> dict[str, str]:
+        """QGA guest-get-osinfo from the guest's /etc/os-release and the (shared) kernel."""
+        fields: dict[str, str] = {}
+        for line in self.file_read(vmid, "/etc/os-release").decode().splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                fields[key] = value.strip().strip('"')
+        uname = os.uname()
+        return {
+            "id": fields.get("ID", "linux"),
+            "name": fields.get("NAME", "Linux"),
+            "version-id": fields.get("VERSION_ID", ""),
+            "version": fields.get("VERSION", ""),
+            "pretty-name": fields.get("PRETTY_NAME", ""),
+            "kernel-release": uname.release,
+            "kernel-version": uname.version,
+            "machine": uname.machine,
+        }
 
     def boots(self, vmid: int) -> int:
         guest = self._guests.get(vmid)
@@ -594,6 +614,40 @@ def _check_host() -> None:
         if not any(line.split()[-1] == "overlay" for line in fh if line.strip()):
             raise GuestsUnavailable("the kernel has no overlayfs")
     check_cgroup_v1()
+
+
+def _probe_overlay(state_dir: Path) -> None:
+    """Mount a tiny overlay in the state dir: upper dirs on overlayfs (e.g. in Docker) fail."""
+    probe = state_dir / ".overlay-probe"
+    shutil.rmtree(probe, ignore_errors=True)
+    dirs = [probe / d for d in ("lower", "upper", "work", "merged")]
+    for d in dirs:
+        d.mkdir(parents=True)
+    lower, upper, work, merged = dirs
+    try:
+        proc = subprocess.run(
+            [
+                "mount",
+                "-t",
+                "overlay",
+                "overlay",
+                "-o",
+                f"lowerdir={lower},upperdir={upper},workdir={work}",
+                str(merged),
+            ],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if proc.returncode != 0:
+            raise GuestsUnavailable(
+                f"cannot mount an overlay with its upper dir under {state_dir} (it must be on "
+                "ext4/xfs/btrfs/tmpfs, not overlayfs as inside Docker, nor a network fs)"
+            )
+        quiet(["umount", str(merged)])
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
 
 
 def ssh_banner(ip: str, port: int = 22, timeout_s: float = 0.5) -> bytes | None:
