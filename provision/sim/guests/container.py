@@ -14,6 +14,7 @@ record + lock in /run/labctl-sim/P.{json,lock}.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import json
@@ -123,6 +124,7 @@ class ContainerBackend:
             if lxcfs:
                 self._start_lxcfs()
             self._write_record()
+            atexit.register(self.close)  # a simulator that exits without close() cleans up too
         except BaseException:
             # undo what this constructor made, so a failed start leaves the host as it was
             if self._lxcfs:
@@ -250,6 +252,7 @@ class ContainerBackend:
                 return
             self._closed = True
             guests = list(self._guests.values())
+        atexit.unregister(self.close)
         for guest in guests:
             guest.stopping = True
             self._kill(guest)
