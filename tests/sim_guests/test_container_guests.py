@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import http.server
 import threading
 import time
@@ -129,17 +130,35 @@ def test_in_guest_reboot_comes_back_with_same_identity_and_shape(boot) -> None: 
 def test_shutdown_powers_off_cleanly_and_stop_pulls_the_plug(boot) -> None:  # type: ignore[no-untyped-def]
     guest = boot()
     backend: ContainerBackend = guest.backend
+    host_key = backend.file_read(guest.vmid, "/etc/ssh/ssh_host_ed25519_key.pub")
     assert backend.shutdown(guest.vmid, timeout_s=20) is True
     assert not backend.is_running(guest.vmid) and not backend.agent_ping(guest.vmid)
     assert backend.usage(guest.vmid) == (0.0, 0)
     backend.start(guest.spec)  # the disk kept its state: same host key after a cold boot
     backend.wait_ready(guest.vmid)
+    assert backend.file_read(guest.vmid, "/etc/ssh/ssh_host_ed25519_key.pub") == host_key
     _used_cpu, used_mem = backend.usage(guest.vmid)
     assert used_mem > 5 * MIB
     backend.stop(guest.vmid)
     assert not backend.is_running(guest.vmid)
     with pytest.raises(GuestBackendError):
         backend.file_read(guest.vmid, "/etc/hostname")
+
+
+def test_poweroff_inside_stops_the_vm_and_new_keys_arrive_at_next_boot(boot) -> None:  # type: ignore[no-untyped-def]
+    guest = boot()
+    backend: ContainerBackend = guest.backend
+    guest.ssh("sudo -n systemd-run --on-active=0.2 --timer-property=AccuracySec=10ms poweroff")
+    deadline = time.monotonic() + 20
+    while backend.is_running(guest.vmid):
+        assert time.monotonic() < deadline, "guest did not power off"
+        time.sleep(0.1)
+    extra = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIqDEymXa6Vv5Rkr4g0+Jb8YB8u1FzY8nvY3W3wzBoX9 extra"
+    backend.start(dataclasses.replace(guest.spec, sshkeys=(*guest.spec.sshkeys, extra)))
+    backend.wait_ready(guest.vmid)
+    rc, out, err = guest.ssh("cat ~/.ssh/authorized_keys")
+    assert rc == 0, err
+    assert out.splitlines() == [guest.spec.sshkeys[0], extra]
 
 
 def test_full_clone_copies_the_disk_and_linked_clone_shares_the_base(boot) -> None:  # type: ignore[no-untyped-def]
