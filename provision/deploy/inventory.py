@@ -7,6 +7,7 @@ known_hosts, the role variables of this deploy), so the same file works with pla
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shlex
@@ -55,6 +56,29 @@ class SshSettings:
         ])
 
 
+def control_path_dir(host: DeployHost, ssh: SshSettings) -> str:
+    """A ControlPersist socket dir per VM *instance*: name, address and its pinned host keys.
+
+    Ansible keys its SSH masters on (address, port, user) only. A VM destroyed and re-created
+    with the same address within ControlPersist (60 s) would otherwise get commands sent down
+    the dead master of its predecessor and hang until the connection times out.
+    """
+    pinned = sorted(_pinned_keys(ssh.known_hosts, host))
+    identity = "|".join([host.name, host.address, str(host.port), host.user, *pinned])
+    return f"~/.ansible/cp/labctl-{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
+
+
+def _pinned_keys(known_hosts: Path, host: DeployHost) -> list[str]:
+    names = {host.address if host.port == 22 else f"[{host.address}]:{host.port}"}
+    try:
+        lines = known_hosts.read_text().splitlines()
+    except OSError:
+        return []
+    return [line.strip() for line in lines
+            if line.strip() and not line.startswith("#")
+            and names & set(line.split()[0].split(","))]
+
+
 def _environment(templates_dir: Path) -> jinja2.Environment:
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates_dir)),
@@ -83,6 +107,7 @@ def render_inventory(
     return template.render(
         labctl_version=__version__,
         hosts=hosts,
+        control_dirs={h.name: control_path_dir(h, ssh) for h in hosts},
         ssh_key=str(ssh.private_key),
         ssh_common_args=ssh.common_args(),
         role_vars=dict(role_vars),

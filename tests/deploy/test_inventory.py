@@ -91,3 +91,16 @@ def test_ansible_cfg_turns_pipelining_and_host_key_checking_on(tmp_path: Path) -
                               connect_timeout_s=20)
     assert "pipelining = True" in text and "host_key_checking = True" in text
     assert "forks = 3" in text
+
+
+def test_a_recreated_vm_on_the_same_address_gets_a_fresh_ssh_master_dir(tmp_path: Path) -> None:
+    from provision.deploy.inventory import control_path_dir
+
+    settings = ssh(tmp_path)
+    host = DeployHost("gemma", "10.0.0.5", "debian")
+    settings.known_hosts.write_text("10.0.0.5 ssh-ed25519 AAAAold\n10.0.0.6 ssh-ed25519 AAAAx\n")
+    before = control_path_dir(host, settings)
+    assert before == control_path_dir(host, settings)
+    settings.known_hosts.write_text("10.0.0.5 ssh-ed25519 AAAAnew\n10.0.0.6 ssh-ed25519 AAAAx\n")
+    after = control_path_dir(host, settings)
+    assert before != after and after.startswith("~/.ansible/cp/labctl-")
