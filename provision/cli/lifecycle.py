@@ -267,20 +267,30 @@ def up(app: AppContext, name: str | None, cores: str | None, ram: str | None,
     lab = make_lab(app)
     started = time.monotonic()
     results: list[dict[str, Any]] = []
+    ready: list[str] = []
     for vm_name in names:
         info = _up_one(app, lab, vm_name, flags, node=node, full=full,
                        allow_overcommit=allow_overcommit, rollback=rollback)
         entry = info.to_json()
         entry["deploy"] = None if no_deploy else _deploy(app, info)
+        entry["ssh"] = _ssh_command(app, info)
         results.append(entry)
-        app.say(f"{info.name} is ready: ssh {config.get('ssh.user')}@{info.ip} "
-                f"(vmid {info.vmid} on {info.node}, {info.shape.label})")
+        ready.append(f"{info.name} is ready (vmid {info.vmid} on {info.node}, "
+                     f"{info.shape.label}): {entry['ssh']}")
     elapsed = time.monotonic() - started
     stats = lab.client.stats.as_dict()
     document: dict[str, Any] = {"vms": results, "elapsed_s": round(elapsed, 3), "api": stats}
     if name is not None:
         document = {"vm": results[0], "elapsed_s": round(elapsed, 3), "api": stats}
-    app.emit(document, None)
+    app.emit(document, "\n".join(ready))
+
+
+def _ssh_command(app: AppContext, info: VmInfo) -> str:
+    """How to log in by hand with the same pinned host key labctl uses."""
+    key = Path(str(app.config.get("ssh.key"))).expanduser()
+    known = app.state_dir / "known_hosts"
+    return (f"ssh -i {key} -o UserKnownHostsFile={known} -o StrictHostKeyChecking=yes "
+            f"{app.config.get('ssh.user')}@{info.ip}")
 
 
 def _up_one(app: AppContext, lab: Lab, name: str, flags: ShapeRequest, *, node: str,

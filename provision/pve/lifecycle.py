@@ -192,6 +192,7 @@ class _UpContext:
     vmid: int | None = None
     node: str = ""
     created: bool = False
+    tagged: bool = False
     stage: str = "check"
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -492,7 +493,7 @@ class Lab:
         net = ipconfig(ip if ip is not None else str(self.config.get("network.ip")),
                        gateway if gateway is not None else str(self.config.get("network.gateway")))
         if existing is not None:
-            ctx.vmid, ctx.node = existing.vmid, existing.node
+            ctx.vmid, ctx.node, ctx.tagged = existing.vmid, existing.node, existing.managed
             return self._reconcile(ctx, existing, request, allow_overcommit, pubkey, net)
         shape = request.over(self.config.default_shape())
         template = self._template(resources, full)
@@ -620,6 +621,7 @@ class Lab:
         if net0:
             params["net0"] = net0
         self.client.put(f"{path}/config", **params)
+        ctx.tagged = True
         self.reporter.step(f"{shape.label}, tag {LABCTL_TAG}, agent on, cloud-init "
                            f"user {params['ciuser']}, {net}")
         if shape.disk_gib is not None:
@@ -895,9 +897,12 @@ class Lab:
                 note = f"rolled back: {where} was destroyed"
             except (LabctlError, KeyboardInterrupt) as cleanup:
                 note = f"rollback of {where} failed too: {cleanup}"
-        else:
+        elif ctx.tagged:
             note = (f"{where} was left in place; `labctl up {ctx.name}` retries, "
                     f"`labctl down {ctx.name}` removes it")
+        else:
+            note = (f"{where} was left in place, not yet tagged; `labctl up {ctx.name}` "
+                    f"finishes it (then `labctl down {ctx.name}` can remove it)")
         error.hint = "; ".join(h for h in (error.hint, note) if h)
         return error
 

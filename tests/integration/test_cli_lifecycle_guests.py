@@ -4,7 +4,9 @@ simulator VMs that are real systemd guests answering real SSH (host key pinned v
 
 from __future__ import annotations
 
+import shlex
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,9 +37,13 @@ def test_up_ls_resize_down_happy_path(guest_lab: Lab) -> None:
         assert f"] {stage} ..." in up.stderr
     assert ip in pinned_hosts(guest_lab.state / "known_hosts")
 
-    # The pinned key really is the guest's: paramiko with RejectPolicy logs in.
+    # The pinned key really is the guest's: paramiko with RejectPolicy logs in, and so does
+    # OpenSSH with the command labctl prints (strict host key checking, labctl's known_hosts).
     with connect(address(guest_lab, "happy", ip)) as session:
         assert session.run("hostname", check=True).stdout.strip() == "happy"
+    openssh = subprocess.run([*shlex.split(vm["ssh"]), "-o", "BatchMode=yes", "hostname"],
+                             capture_output=True, text=True, timeout=30, check=False)
+    assert (openssh.returncode, openssh.stdout.strip()) == (0, "happy"), openssh.stderr
 
     listed = guest_lab.run("--json", "ls")
     assert listed.code == 0, listed
@@ -138,7 +144,7 @@ def test_ctrl_c_during_the_clone_leaves_a_vm_the_next_up_finishes(guest_lab: Lab
     finally:
         guest_lab.api("POST", "/_sim/settings", json={"task_durations": {"qmclone": 0.4}})
     assert proc.returncode == 130, err
-    assert "`labctl up interrupted` retries" in err
+    assert "`labctl up interrupted` finishes it" in err
     vm = guest_lab.vm_named("interrupted")
     assert vm is not None and "labctl" not in (vm.get("tags") or "")  # cloned, not yet tagged
     finished = guest_lab.run("--json", "up", "interrupted", "--no-deploy")
