@@ -690,8 +690,8 @@ class Lab:
         v6_since: float | None = None
         # Daemon threads, not an executor: a poll still blocked in PVE's 3 s agent check must
         # not hold up the end of the command.
-        answers: queue.Queue[tuple[Any, ProxmoxAPIError | None]] = queue.Queue()
-        in_flight = 0
+        answers: queue.Queue[tuple[Any, ProxmoxAPIError | None, float]] = queue.Queue()
+        in_flight, poll_s = 0, 0.0
         path = f"{res.path}/agent/network-get-interfaces"
         while True:
             now = watch.elapsed
@@ -699,13 +699,17 @@ class Lab:
                 threading.Thread(target=self._agent_poll, args=(path, answers),
                                  daemon=True).start()
                 in_flight += 1
-                next_submit, delay = now + delay, min(1.0, delay * 1.4)
+                # keep the polls evenly out of phase: a new one every (poll time / in flight)
+                next_submit = now + max(delay, poll_s / AGENT_POLLS_IN_FLIGHT)
+                delay = min(1.0, delay * 1.4)
             try:
-                data, failure = answers.get(timeout=max(0.01, min(next_submit - now, 0.25)))
+                data, failure, took = answers.get(
+                    timeout=max(0.01, min(next_submit - now, 0.25)))
             except queue.Empty:
                 data, failure = None, None
             else:
                 in_flight -= 1
+                poll_s = max(poll_s, took)
                 if failure is not None:
                     last = self._agent_wait_error(ctx, failure)
                 else:
@@ -730,13 +734,16 @@ class Lab:
                 next_note += NOTE_EVERY_S
 
     def _agent_poll(self, path: str,
-                    answers: queue.Queue[tuple[Any, ProxmoxAPIError | None]]) -> None:
+                    answers: queue.Queue[tuple[Any, ProxmoxAPIError | None, float]]) -> None:
+        started = time.monotonic()
         try:
-            answers.put((self.client.get(path, poll=True, retry=False), None))
+            data = self.client.get(path, poll=True, retry=False)
+            answers.put((data, None, time.monotonic() - started))
         except ProxmoxAPIError as error:
-            answers.put((None, error))
+            answers.put((None, error, time.monotonic() - started))
         except LabctlError as error:  # connection trouble: a transient failure of this poll
-            answers.put((None, ProxmoxAPIError(error.message, status=599)))
+            answers.put((None, ProxmoxAPIError(error.message, status=599),
+                         time.monotonic() - started))
 
     def _agent_wait_error(self, ctx: _UpContext, error: ProxmoxAPIError) -> str:
         """Which agent errors mean 'keep waiting' (returned as text) and which end the wait."""

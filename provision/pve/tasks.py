@@ -83,8 +83,11 @@ def wait_task(api: ApiGetter, upid: str, *, timeout_s: float, what: str,
     start = clock()
     next_note = start + PROGRESS_EVERY_S
     delays = poll_delays()
+    next_poll = start
     while True:
-        sleep(next(delays))
+        # Poll on a schedule measured from the start, so request latency does not add up.
+        next_poll += next(delays)
+        sleep(max(0.0, next_poll - clock()))
         status = api.get(path, poll=True)
         now = clock()
         if status.get("status") == "stopped":
