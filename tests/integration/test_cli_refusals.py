@@ -329,3 +329,21 @@ def test_down_asks_on_a_terminal_and_only_yes_destroys(api_lab: Lab) -> None:
     code, text = run_on_terminal(api_lab, ["down", "asked"], "y")
     assert code == 0 and "destroyed" in text
     assert api_lab.vm_named("asked") is None
+
+
+def test_full_clone_goes_to_the_configured_storage(api_lab: Lab) -> None:
+    api_lab.write(timeouts={"agent": 1})
+    api_lab.fault(kind="agent")
+    linked = api_lab.run("up", "linked", "--no-deploy")
+    full = api_lab.run("up", "fullcopy", "--full", "--no-deploy")
+    assert linked.code == 5 and full.code == 5, (linked, full)
+    assert "(linked clone)" in linked.stderr and "(full clone)" in full.stderr
+    disks = {}
+    for name in ("linked", "fullcopy"):
+        vm = api_lab.vm_named(name)
+        assert vm is not None
+        config = api_lab.api("GET", f"/nodes/pve/qemu/{vm['vmid']}/config")
+        disks[name] = next(v for k, v in config.items() if k.startswith(("scsi", "virtio"))
+                           and "media=cdrom" not in str(v))
+    assert "base-9000" in disks["linked"]  # a linked clone's disk sits on the template's base
+    assert "base-9000" not in disks["fullcopy"] and disks["fullcopy"].startswith("local-lvm:")
