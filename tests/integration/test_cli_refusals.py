@@ -347,3 +347,16 @@ def test_full_clone_goes_to_the_configured_storage(api_lab: Lab) -> None:
                            and "media=cdrom" not in str(v))
     assert "base-9000" in disks["linked"]  # a linked clone's disk sits on the template's base
     assert "base-9000" not in disks["fullcopy"] and disks["fullcopy"].startswith("local-lvm:")
+
+
+def test_down_stops_a_guest_that_ignores_the_graceful_shutdown(api_lab: Lab) -> None:
+    api_lab.write(timeouts={"agent": 1, "shutdown": 1})
+    api_lab.fault(kind="agent")
+    assert api_lab.run("up", "stubborn", "--no-deploy").code == 5
+    vm = api_lab.vm_named("stubborn")
+    assert vm is not None
+    api_lab.fault(kind="ignore_shutdown", vmid=vm["vmid"])
+    result = api_lab.run("down", "stubborn", "--yes")
+    assert result.code == 0, result
+    assert "graceful shutdown failed" in result.stderr and "stopped in" in result.stderr
+    assert api_lab.vm_named("stubborn") is None
