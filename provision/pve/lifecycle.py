@@ -342,6 +342,11 @@ class Lab:
     def client(self) -> PveClient:
         if self._client is None:
             self._client = PveClient.from_config(self.config)
+            settings = self._client.settings
+            if not settings.fingerprint and not settings.ca_bundle and not settings.verify:
+                self.reporter.warn("TLS verification is off (proxmox.verify = false): anyone on "
+                                   "the path can pose as your Proxmox; pin its certificate with "
+                                   "proxmox.fingerprint instead")
         return self._client
 
     # -- reading -------------------------------------------------------------------------
