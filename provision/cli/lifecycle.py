@@ -395,7 +395,7 @@ def _render_resize(result: ResizeResult) -> str:
         lines.append("applied: rebooted, SSH answers again")
     elif result.pending_keys:
         lines.append(f"pending until the next reboot: {', '.join(result.pending_keys)} "
-                     f"(PVE cannot hot-plug them) — run again with --reboot to apply now")
+                     f"(not hot-pluggable) — run again with --reboot to apply now")
     else:
         lines.append("applied live (hot-plugged)")
     return "\n".join(lines)
