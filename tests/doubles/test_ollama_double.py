@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import importlib.util
 import json
 import os
 import signal
 import subprocess
 import tarfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -357,16 +357,26 @@ def test_two_threads_really_run_and_speed_is_reported_not_asserted(pulled: Doubl
 
 
 def test_a_killed_runner_ends_the_stream_with_ollamas_error(pulled: Double) -> None:
-    generate(pulled, prompt="", options={})  # load with the default runner options
+    # a seed whose answer is long, so the kill surely lands mid-stream (no timing involved)
+    seed = next(seed for seed in range(100) if generate(
+        pulled, prompt="sky", options={"seed": seed})["eval_count"] >= 150)
     (runner,) = pulled.runner_pids()
-    killer = threading.Timer(0.3, os.kill, (runner, signal.SIGKILL))  # what the OOM killer does
-    killer.start()
-    try:
-        status, events = pulled.ndjson("/api/generate", {
-            "model": MODEL, "prompt": "sky", "options": {"num_predict": 100000}})
-    finally:
-        killer.cancel()
-    assert status == 200
-    assert events[-1] == {"error": "llama runner process has terminated: signal: killed"}
+    conn = http.client.HTTPConnection("127.0.0.1", pulled.port, timeout=60)
+    conn.request("POST", "/api/generate", json.dumps(
+        {"model": MODEL, "prompt": "sky", "options": {"seed": seed}}))
+    response = conn.getresponse()
+    first = json.loads(response.readline())
+    os.kill(runner, signal.SIGKILL)  # what the OOM killer does
+    rest = [json.loads(line) for line in response.read().splitlines() if line.strip()]
+    conn.close()
+    assert response.status == 200 and first["done"] is False
+    assert rest[-1] == {"error": "llama runner process has terminated: signal: killed"}
     reply = generate(pulled, prompt="sky", options={"num_predict": 1})  # reloads, like Ollama
     assert reply["eval_count"] == 1 and reply["load_duration"] > 1_000_000
+
+
+def test_processes_are_named_like_ollamas(pulled: Double) -> None:
+    generate(pulled, prompt="", options={})
+    (runner,) = pulled.runner_pids()
+    assert Path(f"/proc/{runner}/comm").read_text().strip() == "llama-server"
+    assert Path(f"/proc/{pulled.proc.pid}/comm").read_text().strip() == "ollama"

@@ -508,8 +508,9 @@ def _exit_text(code: int) -> str:
 def _runner_command() -> list[str]:
     here = Path(sys.argv[0]).resolve()
     installed = here.parent.parent / "lib" / "ollama" / "llama-server"
-    if installed.is_file():
-        return [sys.executable, str(installed)]
+    if installed.is_file() and os.access(installed, os.X_OK):
+        # exec'd through its shebang, so the process is named llama-server (ps -C llama-server)
+        return [str(installed)]
     return [sys.executable, str(here), "runner"]
 
 
@@ -857,6 +858,28 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._send_json(200, final)
 
 
+def _log(source: str, message: str) -> None:
+    """A server log line in Ollama's slog text format (journalctl -u ollama shows these)."""
+    stamp = _dt.datetime.now().astimezone().isoformat(timespec="milliseconds")
+    if " " in message and not message.startswith("inference"):
+        message = f'"{message}"'
+    elif message.startswith("inference compute"):
+        message = '"inference compute"' + message[len("inference compute"):]
+    sys.stderr.write(f"time={stamp} level=INFO source={source} msg={message}\n")
+    sys.stderr.flush()
+
+
+def _meminfo() -> tuple[int, int]:
+    fields: dict[str, int] = {}
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            name, _, rest = line.partition(":")
+            fields[name] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        return 0, 0
+    return fields.get("MemTotal", 0), fields.get("MemAvailable", 0)
+
+
 class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -872,8 +895,11 @@ def serve() -> int:
     if ":" in host:
         server_cls = type("Server6", (Server,), {"address_family": socket.AF_INET6})
     httpd = server_cls((host or "0.0.0.0", port), handler)
-    sys.stderr.write(f"Listening on {host or '[::]'}:{port} (version {VERSION}, double)\n")
-    sys.stderr.flush()
+    _log("routes.go:1297", f"Listening on {host or '[::]'}:{port} (version {VERSION})")
+    total, available = _meminfo()
+    _log("types.go:60", 'inference compute id=cpu library=cpu compute="" name=cpu '
+         f'description=cpu libdirs=ollama driver="" pci_id="" type="" '
+         f'total="{total / 2**30:.1f} GiB" available="{available / 2**30:.1f} GiB"')
 
     def stop(_sig: int, _frame: Any) -> None:
         threading.Thread(target=httpd.shutdown, daemon=True).start()
@@ -1008,8 +1034,19 @@ Flags:
 """
 
 
+def _set_process_name(name: str) -> None:
+    """Show up as Ollama's processes do (`ps -C ollama`, `ps -C llama-server`), not as python3."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: list[str]) -> int:
     if Path(argv[0]).name == "llama-server":
+        _set_process_name("llama-server")
         return runner_main(argv[1:])
     args = argv[1:]
     if not args or args[0] in ("-h", "--help", "help"):
@@ -1019,8 +1056,10 @@ def main(argv: list[str]) -> int:
     if command in ("-v", "--version", "version"):
         return cli_version()
     if command == "serve":
+        _set_process_name("ollama")
         return serve()
     if command == "runner":
+        _set_process_name("llama-server")
         return runner_main(rest)
     if command in ("list", "ls"):
         return cli_list()
