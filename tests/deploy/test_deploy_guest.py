@@ -181,7 +181,7 @@ def test_a_bad_checksum_fails_the_download_with_task_host_and_artifacts(
         lab.destroy(host)
 
 
-def test_a_new_version_is_installed_over_the_old_and_an_undersized_vm_gets_oom_killed(
+def test_a_new_version_from_a_local_tarball_replaces_the_old_and_a_small_vm_gets_oom_killed(
     lab: Lab, tmp_path: Path
 ) -> None:
     """One guest for two stories (a deploy costs ~10-20 s here): upgrade, then shrink it.
@@ -192,8 +192,12 @@ def test_a_new_version_is_installed_over_the_old_and_an_undersized_vm_gets_oom_k
     host = lab.boot()
     try:
         run_deploy(lab, host, tmp_path)
-        upgraded = run_deploy(lab, host, tmp_path, ollama_version=newer.version)
-        assert "Unpack Ollama into the install prefix." in {c.task for c in upgraded.changes}
+        # the offline-site path: a tarball on the controller, pinned by its sha256
+        upgraded = run_deploy(lab, host, tmp_path, ollama_version=newer.version,
+                              local_tarball=newer.tarball, checksum=f"sha256:{newer.sha256}",
+                              download_base_url="http://192.0.2.1/unreachable")
+        assert {"Copy the Ollama release from the controller.",
+                "Unpack Ollama into the install prefix."} <= {c.task for c in upgraded.changes}
         assert "Pull the missing models." not in {c.task for c in upgraded.changes}
         assert lab.ssh_run(host, "ollama -v").stdout.strip() == "ollama version is 0.33.0"
 
