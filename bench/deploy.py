@@ -52,7 +52,7 @@ def timed_deploy(the_lab: Lab, host: DeployHost, workdir: Path) -> Run:
     cpu0, t0 = children_cpu(), time.monotonic()
     result: DeployResult = deploy([host], the_lab.ssh, state_dir=the_lab.state_dir,
                                   options=the_lab.options(),
-                                  inventory_out=workdir / "inventory.yml")
+                                  inventory_out=the_lab.inventory)
     return Run(time.monotonic() - t0, children_cpu() - cpu0, result.changed)
 
 

@@ -8,6 +8,7 @@ from provision.deploy.runner import (
     TaskOutcome,
     default_inventory_path,
     deploy,
+    forget_hosts,
     new_run_id,
 )
 
@@ -20,5 +21,6 @@ __all__ = [
     "TaskOutcome",
     "default_inventory_path",
     "deploy",
+    "forget_hosts",
     "new_run_id",
 ]

@@ -7,12 +7,14 @@ known_hosts, the role variables of this deploy), so the same file works with pla
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import json
 import os
 import re
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,12 +94,15 @@ def render_inventory(
     templates_dir: Path,
     hosts: Sequence[DeployHost],
     ssh: SshSettings,
-    role_vars: Mapping[str, Any],
+    role_vars: Mapping[str, Mapping[str, Any]],
     *,
     inventory_path: Path,
     playbook_path: Path,
 ) -> str:
-    """The inventory YAML text for these hosts (DeployError on names Ansible cannot take)."""
+    """The inventory YAML text for these hosts, with each host's role variables (by name).
+
+    DeployError on names Ansible cannot take as inventory hostnames.
+    """
     if not hosts:
         raise DeployError("nothing to deploy to: no hosts given")
     for host in hosts:
@@ -110,10 +115,56 @@ def render_inventory(
         control_dirs={h.name: control_path_dir(h, ssh) for h in hosts},
         ssh_key=str(ssh.private_key),
         ssh_common_args=ssh.common_args(),
-        role_vars=dict(role_vars),
+        role_vars={h.name: dict(role_vars.get(h.name, {})) for h in hosts},
         inventory_path=_display(inventory_path),
         playbook_path=_display(playbook_path),
     )
+
+
+REGISTRY_FILE = "deploy-hosts.json"
+
+
+@dataclass(frozen=True)
+class KnownDeploy:
+    """What labctl last deployed to one VM: how to reach it and with which role variables."""
+
+    host: DeployHost
+    role_vars: dict[str, Any]
+
+
+def update_registry(
+    state_dir: Path,
+    deployed: Sequence[DeployHost] = (),
+    role_vars: Mapping[str, Any] | None = None,
+    forget: Sequence[str] = (),
+) -> list[KnownDeploy]:
+    """Record deployed VMs (and drop forgotten ones) in <state>/deploy-hosts.json.
+
+    The shared inventory/labctl.yml is rendered from this record, so it lists every VM labctl
+    deployed to, not only the last one. Serialized with a lock: `labctl up a & labctl up b`.
+    """
+    path = state_dir / REGISTRY_FILE
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(state_dir / (REGISTRY_FILE + ".lock"), "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            records = json.loads(path.read_text()) if path.exists() else {}
+        except ValueError:
+            records = {}  # a damaged record is rebuilt from the next deploys
+        for host in deployed:
+            records[host.name] = {**asdict(host), "role_vars": dict(role_vars or {})}
+        for name in forget:
+            records.pop(name, None)
+        write_private(path, json.dumps(records, indent=2, sort_keys=True) + "\n")
+    known = []
+    for name in sorted(records):
+        record = dict(records[name])
+        extra = record.pop("role_vars", {})
+        try:
+            known.append(KnownDeploy(DeployHost(**record), dict(extra)))
+        except TypeError:
+            continue  # written by another labctl version: skip rather than fail the deploy
+    return known
 
 
 def render_ansible_cfg(templates_dir: Path, *, roles_path: Path, forks: int,

@@ -24,9 +24,11 @@ import ansible_runner
 from provision import paths
 from provision.deploy.inventory import (
     DeployHost,
+    KnownDeploy,
     SshSettings,
     render_ansible_cfg,
     render_inventory,
+    update_registry,
     write_private,
 )
 from provision.errors import DeployError
@@ -145,12 +147,15 @@ def deploy(
     inventory_out = inventory_out or default_inventory_path(state_dir)
     private_inventory = private / "inventory" / "hosts.yml"
 
-    inventory_text = render_inventory(
-        templates, hosts, ssh, options.to_role_vars(),
+    role_vars = options.to_role_vars()
+    # This run targets only `hosts`; the shared inventory keeps every VM labctl deployed to.
+    write_private(private_inventory, render_inventory(
+        templates, hosts, ssh, {h.name: role_vars for h in hosts},
         inventory_path=inventory_out, playbook_path=playbooks / PLAYBOOK,
-    )
-    write_private(private_inventory, inventory_text)
-    write_private(inventory_out, inventory_text)
+    ))
+    if not options.check:
+        known = update_registry(state_dir, hosts, role_vars)
+        _write_shared_inventory(templates, known, ssh, inventory_out, playbooks)
     cfg = private / "ansible.cfg"
     write_private(cfg, render_ansible_cfg(
         templates, roles_path=playbooks / "roles", forks=options.forks,
@@ -182,6 +187,26 @@ def deploy(
         raise DeployError(_failure_line(result, runner), hint=f"artifacts: {result.artifact_dir}")
     reporter.step(_summary(result))
     return result
+
+
+def forget_hosts(state_dir: Path, names: Sequence[str], ssh: SshSettings,
+                 inventory_out: Path | None = None) -> None:
+    """Drop VMs (e.g. after `labctl down`) from the shared inventory/labctl.yml."""
+    inventory_out = inventory_out or default_inventory_path(state_dir)
+    known = update_registry(state_dir, forget=names)
+    data = paths.data_dir()
+    _write_shared_inventory(data / "templates", known, ssh, inventory_out, data / "playbooks")
+
+
+def _write_shared_inventory(templates: Path, known: Sequence[KnownDeploy], ssh: SshSettings,
+                            inventory_out: Path, playbooks: Path) -> None:
+    if not known:
+        inventory_out.unlink(missing_ok=True)
+        return
+    write_private(inventory_out, render_inventory(
+        templates, [k.host for k in known], ssh, {k.host.name: k.role_vars for k in known},
+        inventory_path=inventory_out, playbook_path=playbooks / PLAYBOOK,
+    ))
 
 
 class _EventTracker:

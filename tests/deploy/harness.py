@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from provision.deploy import DeployHost, DeployOptions, SshSettings
+from provision.deploy import DeployHost, DeployOptions, SshSettings, forget_hosts
 from provision.sim.guests.base import GuestSpec
 from provision.sim.guests.container import ContainerBackend
 from tests.doubles import OllamaMirror, PublishedModel, Release, prepare_mirror
@@ -40,6 +40,11 @@ class Lab:
     key: Path
     known_hosts: Path
     state_dir: Path
+
+    @property
+    def inventory(self) -> Path:
+        """The shared inventory (what labctl writes to inventory/labctl.yml)."""
+        return self.state_dir / "inventory" / "labctl.yml"
 
     @property
     def ssh(self) -> SshSettings:
@@ -96,6 +101,8 @@ class Lab:
         )
 
     def destroy(self, host: DeployHost) -> None:
+        """What `labctl down` does: the guest goes, and so does its inventory entry."""
+        forget_hosts(self.state_dir, [host.name], self.ssh, inventory_out=self.inventory)
         vmid = self.vmid_of(host)
         self.backend.stop(vmid)
         self.backend.delete_disk(vmid)

@@ -28,7 +28,7 @@ def run_deploy(lab: Lab, host: DeployHost, tmp_path: Path,
                reporter: RecordingReporter | None = None, **options: object) -> DeployResult:
     return deploy([host], lab.ssh, state_dir=lab.state_dir, options=lab.options(**options),
                   reporter=reporter or RecordingReporter(),
-                  inventory_out=tmp_path / "inventory" / "labctl.yml")
+                  inventory_out=lab.inventory)
 
 
 def api(lab: Lab, host: DeployHost, path: str, body: dict[str, object]) -> tuple[int, str]:
@@ -122,11 +122,11 @@ def test_check_mode_on_a_deployed_vm_would_change_nothing(lab: Lab, deployed: De
 
 
 def test_plain_ansible_playbook_with_the_written_inventory_changes_nothing(
-    deployed: Deployed
+    lab: Lab, deployed: Deployed
 ) -> None:
-    host, _first, _second, _reporter, tmp = deployed
+    host, *_ = deployed
     proc = subprocess.run(
-        ["ansible-playbook", "-i", str(tmp / "inventory" / "labctl.yml"), "playbooks/site.yml"],
+        ["ansible-playbook", "-i", str(lab.inventory), "playbooks/site.yml"],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
     )
     assert proc.returncode == 0, proc.stdout[-2000:]

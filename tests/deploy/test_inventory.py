@@ -10,8 +10,13 @@ from pathlib import Path
 import pytest
 
 from provision import paths
-from provision.deploy import DeployHost, DeployOptions, SshSettings
-from provision.deploy.inventory import render_ansible_cfg, render_inventory, write_private
+from provision.deploy import DeployHost, DeployOptions, SshSettings, forget_hosts
+from provision.deploy.inventory import (
+    render_ansible_cfg,
+    render_inventory,
+    update_registry,
+    write_private,
+)
 from provision.errors import DeployError
 
 HOSTS = [DeployHost("gemma", "10.0.0.5", "debian"), DeployHost("qwen", "10.0.0.6", "ops", 2222)]
@@ -24,7 +29,8 @@ def ssh(tmp_path: Path) -> SshSettings:
 def render(tmp_path: Path, options: DeployOptions | None = None) -> Path:
     target = tmp_path / "inventory" / "labctl.yml"
     text = render_inventory(
-        paths.templates_dir(), HOSTS, ssh(tmp_path), (options or DeployOptions()).to_role_vars(),
+        paths.templates_dir(), HOSTS, ssh(tmp_path),
+        {h.name: (options or DeployOptions()).to_role_vars() for h in HOSTS},
         inventory_path=target, playbook_path=paths.playbooks_dir() / "site.yml",
     )
     write_private(target, text)
@@ -104,3 +110,20 @@ def test_a_recreated_vm_on_the_same_address_gets_a_fresh_ssh_master_dir(tmp_path
     settings.known_hosts.write_text("10.0.0.5 ssh-ed25519 AAAAnew\n10.0.0.6 ssh-ed25519 AAAAx\n")
     after = control_path_dir(host, settings)
     assert before != after and after.startswith("~/.ansible/cp/labctl-")
+
+
+def test_the_shared_inventory_keeps_every_deployed_vm_until_it_is_forgotten(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state"
+    update_registry(state, [HOSTS[0]], {"ollama_models": ["gemma2:2b"]})
+    known = update_registry(state, [HOSTS[1]], {"ollama_models": ["qwen2.5:0.5b"]})
+    assert [k.host.name for k in known] == ["gemma", "qwen"]
+    assert known[0].role_vars == {"ollama_models": ["gemma2:2b"]}
+    target = tmp_path / "inventory.yml"
+    forget_hosts(state, ["gemma"], ssh(tmp_path), inventory_out=target)
+    listed = ansible_inventory(target)
+    assert listed["ollama"]["hosts"] == ["qwen"]
+    assert listed["_meta"]["hostvars"]["qwen"]["ollama_models"] == ["qwen2.5:0.5b"]
+    forget_hosts(state, ["qwen"], ssh(tmp_path), inventory_out=target)
+    assert not target.exists()
