@@ -502,9 +502,6 @@ class Lab:
             if node and node != existing.node:
                 self.reporter.warn(f"{ctx.name} already runs on {existing.node}; labctl does "
                                    f"not migrate VMs, so --node {node} is ignored")
-            if full:
-                self.reporter.warn(f"{ctx.name} exists already; --full only applies to a new "
-                                   "clone")
             return self._reconcile(ctx, existing, request, allow_overcommit, pubkey, net)
         shape = request.over(self.config.default_shape())
         template = self._template(resources, full)
