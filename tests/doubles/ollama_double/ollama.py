@@ -60,7 +60,9 @@ DEFAULT_PORT = 11434
 DEFAULT_REGISTRY_HOST = "registry.ollama.ai"
 KEEP_ALIVE_DEFAULT_S = 300.0
 FOREVER_S = 10.0**10  # "negative keep_alive": real Ollama uses MaxInt64 ns (year ~2318)
-KV_BYTES_PER_TOKEN_DEFAULT = 4096  # scaled-down KV cache per context token per parallel slot
+# KV cache per context token and parallel slot: gemma2:2b's real KV (~270 MB at 4096 tokens,
+# ollama ps 1.9 GB - 1.63 GB weights) scaled like the weights by the simulator's 1/8 memory scale.
+KV_BYTES_PER_TOKEN_DEFAULT = 8192
 PROMPT_TEMPLATE_TOKENS = 9  # gemma2 chat template adds ~9 tokens ("Why is the sky blue?" -> 15)
 PROGRESS_INTERVAL_S = 0.06  # real pull progress cadence (~60 ms)
 ROW_BYTES = 1 << 20  # one "weight row" hashed as a unit
