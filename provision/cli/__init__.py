@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Sequence
 
@@ -14,8 +15,43 @@ from provision.errors import EXIT_CODE_HELP
 
 _EPILOG = "Exit codes: " + "; ".join(f"{int(c)} {h}" for c, h in EXIT_CODE_HELP.items())
 
+# command -> (module under provision.cli that defines it, one-line summary for `labctl --help`).
+# Modules are imported only when their command runs, so `labctl --help` stays fast: importing
+# them all (rich, proxmoxer, the probe) would triple its start-up time.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "init": ("lifecycle", "Write labctl.toml, then check the connection and the template."),
+    "up": ("lifecycle", "Create or reconcile a VM at a shape, until SSH answers; then deploy."),
+    "ls": ("lifecycle", "List labctl's VMs: name, vmid, node, status, shape, IP, uptime."),
+    "resize": ("lifecycle", "Change the cores / RAM / cpu type of a VM."),
+    "down": ("lifecycle", "Shut down and destroy a VM that labctl created."),
+    "deploy": ("deploy", "Install Ollama and pull the models on a VM with Ansible."),
+    "probe": ("probe", "Measure tokens/s, time to first token, load and memory inside a VM."),
+    "results": ("probe", "Show the probe runs kept in labctl's results database."),
+    "sweep": ("sweep", "Find the smallest shape of a VM that meets every target."),
+    "report": ("sweep", "Show or write the report of a past sweep."),
+    "sim": ("sim", "The built-in Proxmox VE simulator."),
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=_EPILOG)
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported on first use (Click's lazy-loading pattern)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(COMMANDS) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            importlib.import_module(f"provision.cli.{COMMANDS[cmd_name][0]}")
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][1]) for name in sorted(COMMANDS)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog=_EPILOG)
 @click.option("--config", "config_path", metavar="FILE", envvar="LABCTL_CONFIG",
               help="lab file (default: ./labctl.toml)")
 @click.option("--json", "json_output", is_flag=True, help="print one JSON document on stdout")
@@ -32,14 +68,8 @@ def cli(ctx: click.Context, config_path: str | None, json_output: bool, verbosit
                          verbosity=verbosity, quiet=quiet, state_dir_override=state_dir)
 
 
-def _register_commands() -> None:
-    # Each module adds its commands to `cli`; imported here so `--help` lists them all.
-    from provision.cli import lifecycle, probe, sim, sweep  # noqa: F401
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run the CLI and map every outcome to an exit code."""
-    _register_commands()
     args = list(sys.argv[1:] if argv is None else argv)
     verbosity = sum(a.count("v") for a in args if a.startswith("-v") and set(a[1:]) == {"v"})
     try:

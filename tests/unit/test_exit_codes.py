@@ -55,3 +55,11 @@ def test_version_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
 def test_help_lists_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     assert "Exit codes" in capsys.readouterr().out
+
+
+def test_every_listed_command_exists_with_its_module() -> None:
+    from provision.cli import COMMANDS, cli
+
+    for name in COMMANDS:
+        command = cli.get_command(None, name)  # type: ignore[arg-type]
+        assert command is not None, name
