@@ -15,7 +15,7 @@ import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -115,6 +115,20 @@ class DeployResult:
     @property
     def ok(self) -> bool:
         return self.status == "successful" and self.rc == 0
+
+    def to_json(self) -> dict[str, Any]:
+        """For `--json`: what ran, what changed (or would, in check mode), where the logs are."""
+        return {
+            "status": self.status,
+            "rc": self.rc,
+            "check": self.check,
+            "changed": self.changed,
+            "duration_s": round(self.duration_s, 2),
+            "hosts": {name: asdict(stats) for name, stats in self.stats.items()},
+            "changes": [{"host": c.host, "task": c.task} for c in self.changes],
+            "artifact_dir": str(self.artifact_dir),
+            "inventory": str(self.inventory_path),
+        }
 
 
 def default_inventory_path(state_dir: Path) -> Path:
