@@ -132,9 +132,22 @@ class DeployResult:
 
 
 def default_inventory_path(state_dir: Path) -> Path:
-    """inventory/labctl.yml in the source tree when running from one, else in the state dir."""
+    """Where the shared inventory goes: inventory/labctl.yml at the top of the source tree when
+    labctl runs from one with its default state dir, else <state dir>/inventory/labctl.yml.
+
+    The inventory is rendered from the state dir's record of deployed VMs, so a run with its own
+    state dir (--state-dir, LABCTL_STATE_DIR: tests, a second lab) keeps its inventory there too.
+    """
     root = paths.source_root()
-    return (root if root is not None else state_dir) / "inventory" / "labctl.yml"
+    if root is not None and state_dir.resolve() == _default_state_dir().resolve():
+        return root / "inventory" / "labctl.yml"
+    return state_dir / "inventory" / "labctl.yml"
+
+
+def _default_state_dir() -> Path:
+    # paths.state_dir() without --state-dir / LABCTL_STATE_DIR (and without creating it)
+    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(xdg) / "labctl"
 
 
 def new_run_id() -> str:

@@ -127,3 +127,19 @@ def test_the_shared_inventory_keeps_every_deployed_vm_until_it_is_forgotten(
     assert listed["_meta"]["hostvars"]["qwen"]["ollama_models"] == ["qwen2.5:0.5b"]
     forget_hosts(state, ["qwen"], ssh(tmp_path), inventory_out=target)
     assert not target.exists()
+
+
+def test_a_run_with_its_own_state_dir_keeps_the_inventory_there(tmp_path: Path) -> None:
+    from provision.deploy import default_inventory_path
+
+    assert default_inventory_path(tmp_path) == tmp_path / "inventory" / "labctl.yml"
+
+
+def test_the_default_state_dir_in_a_source_tree_uses_the_top_level_inventory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from provision.deploy import default_inventory_path
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    expected = paths.source_root() / "inventory" / "labctl.yml"  # type: ignore[operator]
+    assert default_inventory_path(tmp_path / "labctl") == expected
