@@ -380,3 +380,10 @@ def test_processes_are_named_like_ollamas(pulled: Double) -> None:
     (runner,) = pulled.runner_pids()
     assert Path(f"/proc/{runner}/comm").read_text().strip() == "llama-server"
     assert Path(f"/proc/{pulled.proc.pid}/comm").read_text().strip() == "ollama"
+
+
+def test_a_second_server_on_the_same_port_fails_like_ollama(double: Double) -> None:
+    clash = subprocess.run([str(double.binary), "serve"], env=double.env, capture_output=True,
+                           text=True, timeout=30, check=False)
+    assert clash.returncode == 1
+    assert "bind: address already in use" in clash.stderr

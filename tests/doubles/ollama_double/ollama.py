@@ -896,7 +896,13 @@ def serve() -> int:
     server_cls = Server
     if ":" in host:
         server_cls = type("Server6", (Server,), {"address_family": socket.AF_INET6})
-    httpd = server_cls((host or "0.0.0.0", port), handler)
+    try:
+        httpd = server_cls((host or "0.0.0.0", port), handler)
+    except OSError as err:
+        reason = "address already in use" if err.errno == 98 else (err.strerror or str(err))
+        print(f"Error: listen tcp {host}:{port}: bind: {reason}", file=sys.stderr)
+        scheduler.shutdown()
+        return 1
     _log("routes.go:1297", f"Listening on {host or '[::]'}:{port} (version {VERSION})")
     total, available = _meminfo()
     _log("types.go:60", 'inference compute id=cpu library=cpu compute="" name=cpu '
