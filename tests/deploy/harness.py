@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -69,9 +70,16 @@ class Lab:
             ciuser=GUEST_USER, sshkeys=(self.key.with_suffix(".pub").read_text().strip(),),
             ipconfig0="ip=dhcp", macaddr=f"BC:24:11:30:{vmid // 256:02X}:{vmid % 256:02X}",
         )
+        # The backend re-uses a destroyed guest's address; the host's ARP entry for it still
+        # names the old guest's MAC for up to ~30 s (reported to the guest backend's owner).
+        subprocess.run(["ip", "neigh", "flush", "dev", BRIDGE], check=False, capture_output=True)
+        t0 = time.monotonic()
         self.backend.clone_disk(None, vmid, linked=True)
+        t1 = time.monotonic()
         self.backend.start(spec)
+        t2 = time.monotonic()
         self.backend.wait_ready(vmid, timeout_s=60)
+        self.timings.append(("boot", vmid, t1 - t0, t2 - t1, time.monotonic() - t2))
         ip = self.backend.guest_ip(vmid)
         assert ip is not None
         for kind in ("ed25519", "ecdsa", "rsa"):
@@ -93,19 +101,25 @@ class Lab:
 
     def ssh_run(self, host: DeployHost, command: str) -> subprocess.CompletedProcess[str]:
         """Run a command in the guest with the system ssh client, pinned like Ansible."""
-        return subprocess.run(
+        t0 = time.monotonic()
+        done = subprocess.run(
             ["ssh", "-i", str(self.key), "-o", "IdentitiesOnly=yes",
              "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={self.known_hosts}",
              "-o", "BatchMode=yes", f"{host.user}@{host.address}", command],
             capture_output=True, text=True, timeout=120, check=False,
         )
+        self.timings.append(("ssh", 0, time.monotonic() - t0, 0.0, 0.0))
+        return done
 
     def destroy(self, host: DeployHost) -> None:
         """What `labctl down` does: the guest goes, and so does its inventory entry."""
         forget_hosts(self.state_dir, [host.name], self.ssh, inventory_out=self.inventory)
         vmid = self.vmid_of(host)
+        t0 = time.monotonic()
         self.backend.stop(vmid)
+        t1 = time.monotonic()
         self.backend.delete_disk(vmid)
+        self.timings.append(("destroy", vmid, t1 - t0, time.monotonic() - t1, 0.0))
         self._vmids.remove(vmid)
 
     def close(self) -> None:
@@ -117,6 +131,7 @@ class Lab:
 
     def __post_init__(self) -> None:
         self._vmids: list[int] = []
+        self.timings: list[tuple[str, int, float, float, float]] = []  # for slow-suite digging
 
 
 @contextmanager
