@@ -342,3 +342,23 @@ def _run_secret_command(command: str, key: str) -> str:
     if not secret:
         raise ConfigError(f"{key}: command printed nothing")
     return secret
+
+
+def reference_markdown() -> str:
+    """The lab-file reference table for the README (a test keeps the README in sync)."""
+    rows = ["| key | type | default | env | what |", "|---|---|---|---|---|"]
+    for key in KEYS:
+        default = "" if key.secret else json_default(key.default)
+        rows.append(f"| `{key.path}` | {key.type.__name__} | {default} | `{key.env}` | "
+                    f"{key.help.replace('|', '/')} |")
+    rows.append("")
+    rows.append("`[vm.NAME]` tables declare the lab's VMs; their keys:")
+    rows.append("")
+    rows.extend(f"- `{name}`: {help_text}" for name, help_text in VM_KEYS.items())
+    return "\n".join(rows)
+
+
+def json_default(value: Any) -> str:
+    import json
+
+    return f"`{json.dumps(value)}`" if value not in ("", [], {}) else ""

@@ -62,7 +62,7 @@ def test_each_run_gets_its_own_prompt_prefix_so_the_prompt_cache_cannot_fake_pre
 
 def test_samples_arrive_at_least_five_times_a_second_with_ollama_rss(
         ollama_double: DoubleOllama) -> None:
-    events, _ = run_agent(options(ollama_double.url, runs=1, warmup=0, num_predict=96))
+    events, _ = run_agent(options(ollama_double.url, runs=1, warmup=0, num_predict=400))
 
     run = of_kind(events, "run")[0]
     samples = of_kind(events, "sample")
