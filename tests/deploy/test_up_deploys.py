@@ -8,7 +8,6 @@ helper's bridge (ldbr30), the real playbook through ansible-runner.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -19,39 +18,36 @@ import pytest
 pytestmark = [pytest.mark.e2e, pytest.mark.guests, pytest.mark.slow]
 
 
+class _Borrowed:
+    """The session's guest backend lent to a SimServer (which closes what it owns on stop)."""
+
+    def __init__(self, backend: Any) -> None:
+        self._backend = backend
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+    def close(self) -> None:
+        """The deploy lab owns the backend and closes it at the end of the session."""
+
+
 @pytest.fixture(scope="module")
-def sim_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    if os.geteuid() != 0:
-        pytest.skip("container guests need root")
-    from provision.sim.guests.container import ContainerBackend
-    from provision.sim.guests.errors import GuestsUnavailable
+def sim_lab(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The real simulator over HTTPS, backed by the deploy lab's guests and mirror."""
     from provision.sim.server import SimServer
-    from tests.deploy.harness import BRIDGE, PREFIX, SUBNET
-    from tests.doubles import OllamaMirror, prepare_mirror
     from tests.integration.conftest import FAST, Lab
 
     work = tmp_path_factory.mktemp("up-deploys")
-    key = work / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    prepare_mirror(work / "mirror", models={"gemma2:2b": 48 << 20})
-    try:
-        backend = ContainerBackend(work / "guests", bridge=BRIDGE, subnet=SUBNET, prefix=PREFIX)
-    except GuestsUnavailable as exc:
-        pytest.skip(f"guests unavailable: {exc}")
-    mirror = OllamaMirror(work / "mirror", host=str(backend.leases.host_ip)).start()
-    try:
-        with SimServer(work / "sim", backend=backend, **{**FAST, "agent_delay": 0.5}) as server:
-            lab = Lab(server, work, key)
-            config = lab.write()
-            # what a user with a local mirror writes; the registry variable is the double's
-            config.write_text(config.read_text() + (
-                f'\n[deploy]\nollama_base_url = "{mirror.download_base_url}"\n'
-                f'extra_vars = {{ ollama_environment = {{ OLLAMA_DOUBLE_REGISTRY = '
-                f'"{mirror.url}" }} }}\n'))
-            yield lab
-    finally:
-        mirror.stop()
-        backend.close()
+    settings = {**FAST, "agent_delay": 0.5}
+    with SimServer(work / "sim", backend=_Borrowed(lab.backend), **settings) as server:
+        cli_lab = Lab(server, work, lab.key)
+        config = cli_lab.write()
+        # what a user with a local mirror writes; the registry variable is the double's
+        config.write_text(config.read_text() + (
+            f'\n[deploy]\nollama_base_url = "{lab.mirror.download_base_url}"\n'
+            f'extra_vars = {{ ollama_environment = {{ OLLAMA_DOUBLE_REGISTRY = '
+            f'"{lab.mirror.url}" }} }}\n'))
+        yield cli_lab
 
 
 def deploy_summary(stderr: str) -> tuple[int, int]:
