@@ -189,6 +189,7 @@ def deploy(
         connect_timeout_s=ssh.connect_timeout_s,
     ))
 
+    _prune_control_dirs()
     reporter.stage("check" if options.check else "deploy")
     tracker = _EventTracker(reporter, check=options.check)
     started = time.monotonic()
@@ -337,6 +338,20 @@ def _summary(result: DeployResult) -> str:
         would = ", ".join(sorted({f"{o.host}: {o.task}" for o in result.changes})) or "nothing"
         return f"check finished in {result.duration_s:.1f}s; would change: {would}"
     return f"deploy finished in {result.duration_s:.1f}s ({hosts})"
+
+
+def _prune_control_dirs(max_age_s: float = 3600.0) -> None:
+    """Remove empty per-VM SSH control dirs (see inventory.control_path_dir) left by old VMs.
+
+    Their sockets go away ControlPersist (60 s) after the last use; the directories stay."""
+    base = Path("~/.ansible/cp").expanduser()
+    now = time.time()
+    for directory in base.glob("labctl-*"):
+        try:
+            if now - directory.stat().st_mtime > max_age_s:
+                directory.rmdir()  # only succeeds when empty: a live socket keeps it
+        except OSError:
+            continue
 
 
 def _path_with_ansible() -> str:
