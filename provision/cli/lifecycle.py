@@ -318,15 +318,19 @@ def _up_one(app: AppContext, lab: Lab, name: str, flags: ShapeRequest, *, node: 
     )
 
 
-def _deploy(app: AppContext, info: VmInfo) -> Any:
-    """Deploying Ollama after `up` (the deploy issue plugs in here)."""
+def _deploy(app: AppContext, info: VmInfo) -> dict[str, Any]:
+    """`up` deploys Ollama and the models once SSH answers (--no-deploy skips it)."""
+    from provision.deploy import deploy_after_up
+
+    from provision.errors import DeployError
+
+    app.reporter.stage("deploy")
     try:
-        from provision.deploy import deploy_after_up  # type: ignore[attr-defined]
-    except ImportError:
-        app.reporter.warn("deploy is not available in this build; VM left without Ollama "
-                          "(use --no-deploy to silence this)")
-        return None
-    return deploy_after_up(app, info)
+        return deploy_after_up(app, info).to_json()
+    except DeployError as error:
+        # The VM itself is fine: say how to retry the deploy or remove the VM.
+        raise DeployError(error.message, hint=f"VM {info.name} is up; re-run `labctl deploy "
+                          f"{info.name}` or remove it with `labctl down {info.name}`") from error
 
 
 # -- ls ----------------------------------------------------------------------------------------
@@ -401,6 +405,13 @@ def _render_resize(result: ResizeResult) -> str:
     return "\n".join(lines)
 
 
+def _forget_deployed(app: AppContext, name: str) -> None:
+    """A destroyed VM leaves the shared Ansible inventory too."""
+    from provision.deploy import forget_hosts, ssh_settings
+
+    forget_hosts(app.state_dir, [name], ssh_settings(app.config, app.state_dir))
+
+
 # -- down --------------------------------------------------------------------------------------
 
 @cli.command()
@@ -436,6 +447,7 @@ def down(app: AppContext, name: str | None, down_all: bool, yes: bool) -> None:
     for vm in targets:
         try:
             lab.down(vm.name)
+            _forget_deployed(app, vm.name)
             destroyed.append({"name": vm.name, "vmid": vm.vmid, "node": vm.node})
             app.say(f"{vm.name} (vmid {vm.vmid}) destroyed")
         except LabctlError as error:

@@ -14,8 +14,12 @@ from provision.cli import cli
 from provision.errors import ConfigError, UsageError
 
 _STATE_OPTION = click.option(
-    "--state", "state", default="./sim-state", show_default=True,
-    type=click.Path(file_okay=False, path_type=Path), help="simulator state directory",
+    "--state",
+    "state",
+    default="./sim-state",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="simulator state directory",
 )
 
 
@@ -29,25 +33,77 @@ def sim() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="listen address")
 @_STATE_OPTION
 @click.option("--nodes", default=1, show_default=True, type=click.IntRange(1, 16))
-@click.option("--node-cpus", default=16, show_default=True, type=click.IntRange(1, 1024),
-              help="CPUs each simulated node reports")
-@click.option("--node-memory", default=64, show_default=True, type=click.IntRange(1, 65536),
-              help="GiB of RAM each simulated node reports")
-@click.option("--guests", type=click.Choice(["container", "none"]), default="container",
-              show_default=True, help="back VMs with real container guests, or API only")
+@click.option(
+    "--node-cpus",
+    default=16,
+    show_default=True,
+    type=click.IntRange(1, 1024),
+    help="CPUs each simulated node reports",
+)
+@click.option(
+    "--node-memory",
+    default=64,
+    show_default=True,
+    type=click.IntRange(1, 65536),
+    help="GiB of RAM each simulated node reports",
+)
+@click.option(
+    "--guests",
+    type=click.Choice(["container", "none"]),
+    default="container",
+    show_default=True,
+    help="back VMs with real container guests, or API only",
+)
 @click.option("--bridge", default="lgbr0", show_default=True, help="host bridge for guests")
-@click.option("--subnet", default="10.213.0.0/24", show_default=True,
-              help="guest subnet; the host takes .1 on the bridge")
-@click.option("--cpu-scale", default=1.0, show_default=True, type=click.FloatRange(min=0.01),
-              help="host CPUs per VM core (capped at the host's cores)")
-@click.option("--mem-scale", default=0.125, show_default=True, type=click.FloatRange(min=0.001),
-              help="guest memory limit = VM RAM x this (a 32G VM gets 4 GiB)")
-@click.option("--agent-delay", default=None, type=click.FloatRange(min=0),
-              help="seconds after start before the guest agent answers (API-only guests)")
+@click.option(
+    "--prefix",
+    default="lgsim",
+    show_default=True,
+    help="2-5 character name prefix of the guests' netns, veths and cgroups",
+)
+@click.option(
+    "--subnet",
+    default="10.213.0.0/24",
+    show_default=True,
+    help="guest subnet; the host takes .1 on the bridge",
+)
+@click.option(
+    "--cpu-scale",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0.01),
+    help="host CPUs per VM core (capped at the host's cores)",
+)
+@click.option(
+    "--mem-scale",
+    default=0.125,
+    show_default=True,
+    type=click.FloatRange(min=0.001),
+    help="guest memory limit = VM RAM x this (a 32G VM gets 4 GiB)",
+)
+@click.option(
+    "--agent-delay",
+    default=None,
+    type=click.FloatRange(min=0),
+    help="seconds after start before the guest agent answers (API-only guests)",
+)
 @click.option("--print-credentials", is_flag=True, help="also print the password and token")
-def serve(port: int, host: str, state: Path, nodes: int, node_cpus: int, node_memory: int,
-          guests: str, bridge: str, subnet: str, cpu_scale: float, mem_scale: float,
-          agent_delay: float | None, print_credentials: bool) -> None:
+def serve(
+    port: int,
+    host: str,
+    state: Path,
+    nodes: int,
+    node_cpus: int,
+    node_memory: int,
+    guests: str,
+    bridge: str,
+    prefix: str,
+    subnet: str,
+    cpu_scale: float,
+    mem_scale: float,
+    agent_delay: float | None,
+    print_credentials: bool,
+) -> None:
     """Serve the PVE API over HTTPS until Ctrl-C."""
     from provision.sim.server import serve as run_server
 
@@ -56,11 +112,24 @@ def serve(port: int, host: str, state: Path, nodes: int, node_cpus: int, node_me
         settings["agent_delay"] = agent_delay
     backend_opts: dict[str, Any] = {}
     if guests == "container":
-        backend_opts = {"bridge": bridge, "subnet": subnet, "cpu_scale": cpu_scale,
-                        "mem_scale": mem_scale}
+        backend_opts = {
+            "bridge": bridge,
+            "prefix": prefix,
+            "subnet": subnet,
+            "cpu_scale": cpu_scale,
+            "mem_scale": mem_scale,
+        }
     try:
-        run_server(state_dir=state, host=host, port=port, nodes=nodes, guests=guests,
-                   print_credentials=print_credentials, backend_opts=backend_opts, **settings)
+        run_server(
+            state_dir=state,
+            host=host,
+            port=port,
+            nodes=nodes,
+            guests=guests,
+            print_credentials=print_credentials,
+            backend_opts=backend_opts,
+            **settings,
+        )
     except OSError as error:
         raise UsageError(f"cannot serve on {host}:{port}: {error.strerror or error}") from None
     except ValueError as error:
@@ -69,12 +138,26 @@ def serve(port: int, host: str, state: Path, nodes: int, node_cpus: int, node_me
 
 @sim.command("lab-file")
 @_STATE_OPTION
-@click.option("--port", default=8006, show_default=True, type=click.IntRange(1, 65535),
-              help="port the simulator serves on")
-@click.option("--out", "out", default="labctl.toml", show_default=True,
-              type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--ssh-key", default="~/.ssh/id_ed25519", show_default=True,
-              help="private key labctl logs into guests with (created if missing)")
+@click.option(
+    "--port",
+    default=8006,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="port the simulator serves on",
+)
+@click.option(
+    "--out",
+    "out",
+    default="labctl.toml",
+    show_default=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+)
+@click.option(
+    "--ssh-key",
+    default="~/.ssh/id_ed25519",
+    show_default=True,
+    help="private key labctl logs into guests with (created if missing)",
+)
 @click.option("--force", is_flag=True, help="overwrite an existing file")
 def lab_file(state: Path, port: int, out: Path, ssh_key: str, force: bool) -> None:
     """Write a labctl.toml that points at the simulator (pinned certificate, API token)."""
@@ -87,9 +170,13 @@ def lab_file(state: Path, port: int, out: Path, ssh_key: str, force: bool) -> No
         raise UsageError(f"{out} exists; use --force to overwrite it")
     creds = json.loads(creds_path.read_text())
     _ensure_ssh_key(Path(ssh_key).expanduser())
-    text = _LAB_FILE.format(port=port, fingerprint=current_fingerprint(state),
-                            token_id=creds["token_id"], token_secret=creds["token_secret"],
-                            ssh_key=ssh_key)
+    text = _LAB_FILE.format(
+        port=port,
+        fingerprint=current_fingerprint(state),
+        token_id=creds["token_id"],
+        token_secret=creds["token_secret"],
+        ssh_key=ssh_key,
+    )
     descriptor = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as handle:
         handle.write(text)
@@ -101,8 +188,12 @@ def _ensure_ssh_key(path: Path) -> None:
     if path.exists():
         return
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    done = subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "labctl",
-                           "-f", str(path)], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "labctl", "-f", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         raise ConfigError(f"could not create SSH key {path}: {done.stderr.strip()}")
     click.echo(f"created SSH key {path}", err=True)

@@ -61,6 +61,10 @@ def plug_guest(netns: str, host_if: str, bridge: str, mac: str, cidr: str) -> No
     except GuestBackendError:
         unplug_guest(netns, host_if)
         raise
+    # A destroyed guest's address may come back with a new MAC; the host's stale neighbour
+    # entry would black-hole traffic until it expires (~30 s). A real VM's boot announces
+    # itself with gratuitous ARP; flushing the entry has the same effect here.
+    quiet(["ip", "neigh", "flush", "to", cidr.split("/")[0], "dev", bridge])
 
 
 def unplug_guest(netns: str, host_if: str) -> None:
