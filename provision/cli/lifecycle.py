@@ -321,7 +321,6 @@ def _up_one(app: AppContext, lab: Lab, name: str, flags: ShapeRequest, *, node: 
 def _deploy(app: AppContext, info: VmInfo) -> dict[str, Any]:
     """`up` deploys Ollama and the models once SSH answers (--no-deploy skips it)."""
     from provision.deploy import deploy_after_up
-
     from provision.errors import DeployError
 
     app.reporter.stage("deploy")

@@ -71,7 +71,8 @@ def test_secret_from_env_never_shows_in_repr(tmp_path: Path,
 
 
 def test_world_readable_file_holding_a_secret_is_refused_with_the_fix(tmp_path: Path) -> None:
-    path = write(tmp_path, LAB.replace('fingerprint = "AA:BB"', 'token_secret = "zq9-secret-value"'), 0o644)
+    text = LAB.replace('fingerprint = "AA:BB"', 'token_secret = "zq9-secret-value"')
+    path = write(tmp_path, text, 0o644)
     with pytest.raises(ConfigError) as caught:
         load_config(str(path))
     assert "chmod 600" in str(caught.value)
