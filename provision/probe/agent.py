@@ -286,12 +286,15 @@ class Sampler(threading.Thread):
         try:
             previous = read_cpu_times()
             next_at = wall0
-            while not self.stopping.is_set():
+            while True:
                 next_at += self.interval_s
-                if self.stopping.wait(max(0.0, next_at - time.monotonic())):
-                    break
+                stopped = self.stopping.wait(max(0.0, next_at - time.monotonic()))
                 now = time.monotonic()
+                # Also sample when the run ends, so even a run shorter than one interval
+                # has its memory and load recorded.
                 previous = self.sample(previous, now - wall0)
+                if stopped:
+                    break
                 self._keep_to_budget(time.thread_time() - cpu0, now - wall0)
         except BrokenPipeError:
             pass  # the host went away; the main thread notices on its next write
