@@ -121,3 +121,13 @@ def test_every_key_is_declared_once_with_help() -> None:
 
 def test_secret_is_falsy_when_empty() -> None:
     assert not Secret("")
+
+
+def test_readme_documents_every_key_and_exit_code() -> None:
+    from provision.config import reference_markdown
+    from provision.errors import EXIT_CODE_HELP
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert reference_markdown() in readme
+    for code, meaning in EXIT_CODE_HELP.items():
+        assert f"| {int(code)} | {meaning} |" in readme
