@@ -155,7 +155,10 @@ def _raise_for_outcome(report: SweepReport) -> None:
 @pass_app
 def report(app: AppContext, sweep_id: str | None, fmt: str | None, out: Path | None,
            list_sweeps: bool) -> None:
-    """Show or write the report of sweep SWEEP_ID (any unique prefix) from the database."""
+    """Show or write the report of sweep SWEEP_ID (any unique prefix; default: the latest).
+
+    With no SWEEP_ID and no format, list the sweeps kept.
+    """
     from provision.report.export import to_csv, to_json
     from provision.report.files import default_path, write_report
     from provision.report.model import report_from_store
@@ -163,9 +166,14 @@ def report(app: AppContext, sweep_id: str | None, fmt: str | None, out: Path | N
     from provision.sweep.db import open_store
 
     store = open_store(app.state_dir)
-    if list_sweeps or sweep_id is None:
+    if list_sweeps or (sweep_id is None and fmt is None):
         _list(app, store)
         return
+    if sweep_id is None:  # a format without an id: the latest sweep
+        kept = store.all()
+        if not kept:
+            raise UsageError("no sweeps kept yet: run `labctl sweep NAME --cores ... --ram ...`")
+        sweep_id = kept[-1].id
     the_report = report_from_store(store, sweep_id)
     if fmt in ("html", "md", "png") or (fmt is not None and out is not None):
         assert fmt is not None
