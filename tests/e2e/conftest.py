@@ -1,0 +1,106 @@
+"""End-to-end fixtures: the real `labctl` CLI (a subprocess) against the PVE simulator whose VMs
+are real, shape-limited container guests running the Ollama TEST DOUBLE.
+
+One simulator, one mirror and one VM for the whole session (boots, deploys and model loads are
+the slow part on a 2-core machine). Network resources are this directory's own: bridge lebr70,
+subnet 10.213.70.0/24, guest prefix le70. Everything is torn down at the end, and the last test
+checks that nothing is left behind.
+
+Sizes: the simulator gives a guest RAM x 0.125 (a "2G" VM has 256 MiB, a "1G" VM 128 MiB). The
+double's runner holds the model's weights (96 MiB here) plus a KV buffer (~32 MiB at the default
+context) in RAM, so the model fits a 2G VM and is OOM-killed in a 1G one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import FAST, Lab
+
+BRIDGE, SUBNET, PREFIX = "lebr70", "10.213.70.0/24", "le70"
+MODEL = "gemma2:2b"
+MODEL_BYTES = 96 << 20  # fits 256 MiB (a "2G" VM) with the server; not 128 MiB (a "1G" VM)
+VM = "e2e"
+ORIGINAL = ("2", "2G")  # the VM's shape between tests (cores, RAM)
+
+
+@dataclass
+class E2eLab:
+    """The CLI lab (lab file + state dir) plus the pieces behind it, torn down once."""
+
+    cli: Lab
+    backend: Any
+    server: Any
+    mirror: Any
+    closed: bool = False
+    outputs: list[str] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Stop the simulator (which closes the guest backend) and the mirror; idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.server.stop()
+        finally:
+            self.mirror.stop()
+
+
+def _backend(state: Path) -> Any:
+    if os.geteuid() != 0:
+        pytest.skip("e2e on container guests needs root (netns, overlayfs, cgroups)")
+    from provision.sim.guests.container import ContainerBackend
+    from provision.sim.guests.errors import GuestsUnavailable
+
+    try:
+        return ContainerBackend(state, bridge=BRIDGE, subnet=SUBNET, prefix=PREFIX)
+    except GuestsUnavailable as error:
+        pytest.skip(f"container guests unavailable here: {error}")
+
+
+@pytest.fixture(scope="session")
+def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2eLab]:
+    from provision.sim.server import SimServer
+    from tests.doubles import OllamaMirror, prepare_mirror
+
+    work = tmp_path_factory.mktemp("e2e")
+    key = work / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    release, _ = prepare_mirror(work / "mirror", models={MODEL: MODEL_BYTES})
+    backend = _backend(work / "guests")
+    try:
+        mirror = OllamaMirror(work / "mirror", host=str(backend.leases.host_ip)).start()
+    except BaseException:
+        backend.close()
+        raise
+    server = SimServer(work / "sim", backend=backend, node_cpus=8, node_memory_gib=32,
+                       **{**FAST, "agent_delay": 0.5})
+    try:
+        server.start()
+    except BaseException:
+        mirror.stop()
+        backend.close()
+        raise
+    cli = Lab(server, work, key)
+    config = cli.write(probe={"model": MODEL})
+    # What a user with a local mirror writes; OLLAMA_DOUBLE_REGISTRY is the double's own variable.
+    config.write_text(config.read_text() + (
+        f'\n[deploy]\nmodels = ["{MODEL}"]\nollama_version = "{release.version}"\n'
+        f'ollama_base_url = "{mirror.download_base_url}"\n'
+        f'extra_vars = {{ ollama_environment = {{ OLLAMA_DOUBLE_REGISTRY = "{mirror.url}" }} }}\n'))
+    lab = E2eLab(cli, backend, server, mirror)
+    try:
+        yield lab
+    finally:
+        with contextlib.suppress(Exception):
+            if not lab.closed and cli.vm_named(VM) is not None:
+                cli.run("down", VM, "--yes", timeout=120)
+        lab.close()
