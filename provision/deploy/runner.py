@@ -12,9 +12,12 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,7 +34,7 @@ from provision.deploy.inventory import (
     update_registry,
     write_private,
 )
-from provision.errors import DeployError
+from provision.errors import DeployError, Interrupted
 from provision.progress import NullReporter, Reporter
 
 PLAYBOOK = "site.yml"
@@ -194,27 +197,49 @@ def deploy(
     tracker = _EventTracker(reporter, check=options.check)
     started = time.monotonic()
     try:
-        runner = ansible_runner.run(
-            private_data_dir=str(private),
-            project_dir=str(playbooks),
-            playbook=PLAYBOOK,
-            inventory=str(private_inventory),
-            envvars={"ANSIBLE_CONFIG": str(cfg), "ANSIBLE_NOCOLOR": "1",
-                     "PATH": _path_with_ansible()},
-            cmdline="--check" if options.check else None,
-            ident=run_id,
-            quiet=True,
-            timeout=options.timeout_s,
-            event_handler=tracker,
-        )
+        with _callers_signal_handlers():
+            runner = ansible_runner.run(
+                private_data_dir=str(private),
+                project_dir=str(playbooks),
+                playbook=PLAYBOOK,
+                inventory=str(private_inventory),
+                envvars={"ANSIBLE_CONFIG": str(cfg), "ANSIBLE_NOCOLOR": "1",
+                         "PATH": _path_with_ansible()},
+                cmdline="--check" if options.check else None,
+                ident=run_id,
+                quiet=True,
+                timeout=options.timeout_s,
+                event_handler=tracker,
+            )
     except Exception as exc:  # ansible-runner's ConfigurationError, OSError, ...
         raise DeployError(f"could not start ansible-playbook: {exc}",
                           hint=f"run dir: {private}") from exc
     result = _result(runner, tracker, options.check, time.monotonic() - started, inventory_out)
+    if result.status == "canceled":  # Ctrl-C (or SIGTERM): ansible-runner stopped the playbook
+        raise Interrupted(f"deploy interrupted; artifacts: {result.artifact_dir}")
     if not result.ok:
         raise DeployError(_failure_line(result, runner), hint=f"artifacts: {result.artifact_dir}")
     reporter.step(_summary(result))
     return result
+
+
+@contextmanager
+def _callers_signal_handlers() -> Iterator[None]:
+    """Put the caller's SIGINT/SIGTERM handlers back after ansible-runner.
+
+    ansible_runner.run() installs handlers that only set its cancel flag (it then stops
+    ansible-playbook cleanly and reports "canceled") and never restores the previous ones, so
+    after one deploy Ctrl-C in labctl (or a test harness) would do nothing at all.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # ansible-runner installs none off the main thread either
+        return
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def forget_hosts(state_dir: Path, names: Sequence[str], ssh: SshSettings,

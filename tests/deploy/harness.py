@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from provision.deploy import DeployHost, DeployOptions, SshSettings, forget_hosts
+from provision.deploy.inventory import control_path_dir
 from provision.sim.guests.base import GuestSpec
 from provision.sim.guests.container import ContainerBackend
 from tests.doubles import OllamaMirror, PublishedModel, Release, prepare_mirror
@@ -110,6 +111,17 @@ class Lab:
         )
         self.timings.append(("ssh", 0, time.monotonic() - t0, 0.0, 0.0))
         return done
+
+    def close_ssh_masters(self, host: DeployHost) -> int:
+        """Close Ansible's ControlPersist connections to host (as 60 s of idleness would), so
+        the next deploy pays for a fresh SSH connection. Returns how many were open."""
+        closed = 0
+        directory = Path(control_path_dir(host, self.ssh)).expanduser()
+        for socket in directory.glob("*") if directory.is_dir() else ():
+            done = subprocess.run(["ssh", "-O", "exit", "-o", f"ControlPath={socket}", "x"],
+                                  capture_output=True, timeout=30, check=False)
+            closed += done.returncode == 0
+        return closed
 
     def destroy(self, host: DeployHost) -> None:
         """What `labctl down` does: the guest goes, and so does its inventory entry."""

@@ -65,6 +65,18 @@ def test_first_deploy_installs_and_pulls_then_a_second_changes_nothing(deployed:
     assert second.stats[host.name].failed == 0
 
 
+def test_a_redeploy_of_an_up_to_date_vm_reads_its_state_in_one_task_and_skips_the_rest(
+    deployed: Deployed,
+) -> None:
+    """What makes a re-deploy cheap: one call to the host (library/ollama_state.py), whose
+    answer (version, account, unit and drop-in checksums, service, API, models) skips every
+    block. More tasks on this path cost ~0.3 s each (bench/deploy.py)."""
+    host, _first, second, _reporter, _tmp = deployed
+    stats = second.stats[host.name]
+    assert (stats.ok, stats.changed, stats.failed) == (1, 0, 0)
+    assert stats.skipped >= 5
+
+
 def test_progress_has_one_line_per_task_with_status_and_elapsed(deployed: Deployed) -> None:
     host, _first, _second, reporter, _tmp = deployed
     steps = [msg for kind, msg in reporter.events if kind == "step"]
@@ -132,6 +144,30 @@ def test_plain_ansible_playbook_with_the_written_inventory_changes_nothing(
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert re.search(rf"^{re.escape(host.name)}\s+: ok=\d+\s+changed=0\s+unreachable=0\s+"
                      r"failed=0", proc.stdout, re.MULTILINE), proc.stdout[-1500:]
+
+
+def test_drift_on_the_host_is_put_back_and_restarts_the_service(
+    lab: Lab, deployed: Deployed
+) -> None:
+    """The one-task fast path must still see local edits, loose modes, a stopped service and a
+    deleted model; the ordinary tasks then fix them, and the next run changes nothing."""
+    host, _first, _second, _reporter, tmp = deployed
+    drift = lab.ssh_run(host, (
+        "sudo sh -c 'echo Environment=OLLAMA_DEBUG=1 >> "
+        "/etc/systemd/system/ollama.service.d/labctl.conf; "
+        "chmod 0600 /etc/systemd/system/ollama.service' && "
+        f"curl -sf -X DELETE http://127.0.0.1:11434/api/delete -d '{{\"model\": \"{MODEL}\"}}' "
+        "&& sudo systemctl stop ollama"))
+    assert drift.returncode == 0, drift.stderr
+    fixed = run_deploy(lab, host, tmp)
+    assert {"Install the ollama systemd unit.", "Write the server environment drop-in.",
+            "Restart ollama.", "Pull the missing models."} <= {c.task for c in fixed.changes}
+    dropin = lab.ssh_run(host, "cat /etc/systemd/system/ollama.service.d/labctl.conf; "
+                               "stat -c %a /etc/systemd/system/ollama.service; "
+                               "systemctl is-active ollama; ollama list").stdout
+    assert "OLLAMA_DEBUG" not in dropin
+    assert "\n644\nactive\n" in dropin and MODEL in dropin
+    assert run_deploy(lab, host, tmp).changed == 0
 
 
 def test_a_model_the_registry_lacks_fails_naming_task_host_and_ollamas_error(
