@@ -18,13 +18,14 @@ import csv
 import io
 import os
 import re
+import resource
 import signal
 import sqlite3
 import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
@@ -40,7 +41,8 @@ MEM_SCALE = 0.125  # the simulator's default: a "2G" VM gets 256 MiB
 HOST_CPUS = len(os.sched_getaffinity(0))
 # E2E_KEEP_OUTPUTS=FILE appends the probe table and the sweep output of the run (for the README)
 OUTPUTS = os.environ.get("E2E_KEEP_OUTPUTS", "")
-SPEEDUP = 1.3  # 2 cores vs 1 must beat this; the double's threads would give ~2x on idle CPUs
+SPEEDUP = 1.3  # 2 cores vs 1 must beat this; the double's threads give ~2x on idle CPUs
+QUIET_CPUS = 0.3  # other jobs using less than this on average: the host counts as quiet
 PROBE = ("--warmup", "1", "--runs", "3", "--num-predict", "8")
 SWEEP = ("sweep", VM, "--cores", "1,2", "--ram", "1G,2G", "--min-tps", "0.5",
          "--runs", "1", "--warmup", "0", "--num-predict", "8")
@@ -140,14 +142,44 @@ def test_up_deploys_and_probe_measures_real_numbers_that_results_keeps(
     assert [float(r["eval_tps"]) for r in mine] == pytest.approx([r["eval_tps"] for r in measured])
 
 
-def _median_eval_tps(lab: Lab, cores: int, *, keep_table: bool = False) -> float:
-    """Resize (reboot) to `cores`, then probe with 2 threads whatever the cores."""
+class NeighbourCpu:
+    """CPUs that jobs other than this test (and its guest) used on the host while it measured.
+
+    Host busy time (/proc/stat, steal included: time the hypervisor took) minus the guests'
+    cgroup, this process (simulator, mirror) and the labctl processes it waited for.
+    """
+
+    def __enter__(self) -> Self:
+        self.start = self._now()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._now()
+        wall, busy, guests, ours = (b - a for a, b in zip(self.start, end, strict=True))
+        self.cpus = max(0.0, (busy - guests - ours) / wall)
+
+    @staticmethod
+    def _now() -> tuple[float, float, float, float]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+        busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+        guests = int(Path(f"/sys/fs/cgroup/cpuacct/{PREFIX}/cpuacct.usage").read_text()) / 1e9
+        ours = sum(u.ru_utime + u.ru_stime for u in (
+            resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
+        return time.monotonic(), busy, guests, ours
+
+
+def _median_eval_tps(lab: Lab, cores: int, *, keep_table: bool = False) -> tuple[float, float]:
+    """Resize (reboot) to `cores`, probe with 2 threads whatever the cores: (median eval tok/s,
+    CPUs the neighbours used meanwhile)."""
     put_in_shape(lab, cores, "2G")
     if not keep_table:
-        probe = ok(lab, "probe", VM, *PROBE, "--num-thread", "2", "--json").json
+        with NeighbourCpu() as neighbours:
+            probe = ok(lab, "probe", VM, *PROBE, "--num-thread", "2", "--json").json
         assert probe["facts"]["vcpus"] == min(cores, HOST_CPUS)
-        return float(probe["summary"]["eval_tps"]["median"])
-    table = ok(lab, "probe", VM, *PROBE, "--num-thread", "2").stdout  # what people read
+        return float(probe["summary"]["eval_tps"]["median"]), neighbours.cpus
+    with NeighbourCpu() as neighbours:
+        table = ok(lab, "probe", VM, *PROBE, "--num-thread", "2").stdout  # what people read
     keep_output("labctl probe e2e --warmup 1 --runs 3 --num-predict 8 --num-thread 2", table)
     runs = ok(lab, "results", "--vm", VM, "--json").json["runs"]
     latest = max(r["probe_id"] for r in runs)
@@ -156,24 +188,29 @@ def _median_eval_tps(lab: Lab, cores: int, *, keep_table: bool = False) -> float
     median = statistics.median(kept)
     assert re.search(rf"│ eval tok/s\s+│\s+{median:.2f} │", table), table  # table = database
     assert f"e2e 2 vCPU / 2 GiB (cpu=host): {min(cores, HOST_CPUS)} vCPU" in table, table
-    return median
+    return median, neighbours.cpus
 
 
 def test_a_two_core_vm_runs_the_model_measurably_faster_than_a_one_core_vm(lab: Lab) -> None:
-    # Other jobs on this 2-core host can take a CPU away from the 2-core guest for a while, so a
-    # pair that misses is measured again (at most 3 pairs). Cores that do not count (no cpuset,
-    # threads serialised) miss every time.
+    # Other jobs on this 2-core host (other test suites, the hypervisor's steal) can take a CPU
+    # from the 2-core guest; then 2 cores are really no faster. Each pair is judged only when the
+    # host was quiet while it was measured; a busy pair is measured again (at most 4 pairs) and
+    # the test is skipped, with the figures, when the host never was quiet. A quiet pair that
+    # misses fails at once: cores that do not count (no cpuset, threads serialised) miss always.
     order, pairs = [2, 1], []
-    for attempt in range(3):
-        medians = {c: _median_eval_tps(lab, c, keep_table=attempt == 0 and c == 2)
-                   for c in order}
-        pairs.append(medians)
-        print(f"\neval tok/s medians (2 threads): 2 vCPU {medians[2]:.2f}, "
-              f"1 vCPU {medians[1]:.2f}: {medians[2] / medians[1]:.2f}x")
-        if medians[2] > SPEEDUP * medians[1]:
-            break
+    for attempt in range(4):
+        measured = {c: _median_eval_tps(lab, c, keep_table=attempt == 0 and c == 2)
+                    for c in order}
+        two, one = measured[2][0], measured[1][0]
+        busy = max(measured[2][1], measured[1][1])
+        pairs.append(f"2 vCPU {two:.2f} vs 1 vCPU {one:.2f} tok/s = {two / one:.2f}x "
+                     f"(neighbours used {busy:.2f} CPUs)")
+        print(f"\neval tok/s medians (2 threads): {pairs[-1]}")
+        if two > SPEEDUP * one:
+            return
+        assert busy > QUIET_CPUS, f"a quiet host, yet 2 cores are not {SPEEDUP}x 1 core: {pairs}"
         order.reverse()  # start from the shape the VM is in: one reboot fewer
-    assert pairs[-1][2] > SPEEDUP * pairs[-1][1], pairs
+    pytest.skip(f"host too busy to compare cores (other jobs took a CPU): {pairs}")
 
 
 def test_a_vm_too_small_for_the_model_has_its_runner_oom_killed_exit_9(
@@ -197,13 +234,23 @@ def test_a_vm_too_small_for_the_model_has_its_runner_oom_killed_exit_9(
     put_in_shape(lab, 2, "2G")
 
 
+def _points(lab: Lab) -> int:
+    try:
+        with db(lab) as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM sweep_points").fetchone()[0])
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+
+
 def _wait_for_first_point(lab: Lab, child: Any, timeout_s: float = 180) -> None:
+    """Until the sweep running in `child` has committed a measured shape."""
+    before = _points(lab)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        assert child.poll() is None, f"the sweep ended before it was killed: {child.stderr.read()}"
+        assert child.poll() is None, f"the sweep ended before it was stopped: {child.stderr.read()}"
         try:
             with db(lab) as conn:
-                if conn.execute("SELECT COUNT(*) FROM sweep_points").fetchone()[0] >= 1:
+                if conn.execute("SELECT COUNT(*) FROM sweep_points").fetchone()[0] > before:
                     return
         except sqlite3.OperationalError:  # not created yet
             pass
@@ -269,6 +316,27 @@ def test_sweep_finds_the_minimum_survives_sigkill_and_agrees_with_grid(lab: Lab)
           f"smart {document['recommendation']}; grid {grid_document['recommendation']}")
     assert grid_probes == 4 and smart_probes < grid_probes
     assert shape_of(lab) == (2, 2048)
+
+
+def test_ctrl_c_stops_a_sweep_and_puts_the_vm_back(lab: Lab) -> None:
+    put_in_shape(lab, 2, "2G")
+    other_target = ["0.6" if arg == "0.5" else arg for arg in SWEEP]  # another sweep
+    child = lab.start(*other_target)
+    try:
+        _wait_for_first_point(lab, child)
+        child.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        _, stderr = child.communicate(timeout=180)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    assert child.returncode == ExitCode.INTERRUPTED, stderr
+    assert "interrupted; run the same command again to resume it" in stderr, stderr
+    assert "Traceback" not in stderr
+    with db(lab) as conn:
+        statuses = conn.execute("SELECT status FROM sweeps ORDER BY rowid").fetchall()
+    assert statuses[-1] == ("interrupted",), statuses
+    assert shape_of(lab) == (2, 2048)  # put back on the way out
 
 
 def _host_leftovers(work: Path) -> list[str]:
