@@ -209,6 +209,9 @@ def deploy(
                 ident=run_id,
                 quiet=True,
                 timeout=options.timeout_s,
+                # ansible-runner looks at Ctrl-C and the time limit once per pexpect wait:
+                # every second instead of every 5 (output and the end are read as they come).
+                settings={"pexpect_timeout": 1},
                 event_handler=tracker,
             )
     except Exception as exc:  # ansible-runner's ConfigurationError, OSError, ...

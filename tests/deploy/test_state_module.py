@@ -29,7 +29,7 @@ def state() -> ModuleType:
 @pytest.mark.parametrize(("output", "version"), [
     ("ollama version is 0.32.15\n", "0.32.15"),
     ("Warning: could not connect to a running Ollama instance\n"
-     "Warning: client version is 0.5.1\n", "0.5.1"),
+     + "Warning: client version is 0.5.1\n", "0.5.1"),
     # a server of another version answers: the last line is the binary's own
     ("ollama version is 0.3.0\nWarning: client version is 0.4.0\n", "0.4.0"),
     ("ollama version is v0.6.2\n", "0.6.2"),
