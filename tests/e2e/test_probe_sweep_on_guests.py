@@ -1,6 +1,6 @@
 """labctl's whole story through the real CLI on shape-limited simulator guests:
-up (deploy) -> probe -> results -> resize -> OOM -> sweep (killed, resumed; smart vs grid) ->
-report -> down.
+up (deploy) -> probe -> results -> resize (2 cores vs 1) -> OOM -> sweep (SIGKILLed and resumed;
+smart vs grid) -> report -> sweep stopped by Ctrl-C -> down, nothing left behind.
 
 Real: the `labctl` process, HTTPS + proxmoxer to the simulator, a systemd-nspawn guest whose
 cgroups give it the VM's cores (capped at this host's CPUs) and RAM x 0.125, OpenSSH in the
@@ -73,8 +73,9 @@ def put_in_shape(lab: Lab, cores: int, ram: str) -> None:
 def keep_output(title: str, text: str) -> None:
     if not OUTPUTS:
         return
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
     with open(OUTPUTS, "a") as fh:
-        fh.write(f"==== {title} ({time.strftime('%Y-%m-%d %H:%M:%S')} UTC)\n{text.rstrip()}\n\n")
+        fh.write(f"==== {title} ({when} UTC)\n{text.rstrip()}\n\n")
 
 
 @contextlib.contextmanager
