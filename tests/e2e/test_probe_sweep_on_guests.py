@@ -22,6 +22,7 @@ import resource
 import signal
 import sqlite3
 import statistics
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -338,6 +339,31 @@ def test_ctrl_c_stops_a_sweep_and_puts_the_vm_back(lab: Lab) -> None:
         statuses = conn.execute("SELECT status FROM sweeps ORDER BY rowid").fetchall()
     assert statuses[-1] == ("interrupted",), statuses
     assert shape_of(lab) == (2, 2048)  # put back on the way out
+
+
+def guest_shell(lab: Lab, command: str) -> str:
+    """Run a command in the VM over the system's ssh, with labctl's key and pinned host keys."""
+    [vm] = [v for v in ok(lab, "--json", "ls").json["vms"] if v["name"] == VM]
+    done = subprocess.run(
+        ["ssh", "-i", str(lab.key), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+         "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={lab.state / 'known_hosts'}",
+         f"labctl@{vm['ip']}", command], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done
+    return done.stdout
+
+
+def test_ollama_stopped_and_model_gone_probe_says_deploy_and_deploy_fixes_it(lab: Lab) -> None:
+    guest_shell(lab, "ollama rm gemma2:2b && sudo systemctl stop ollama")
+
+    broken = lab.run("probe", VM, "--warmup", "0", "--runs", "1", "--num-predict", "8")
+    assert broken.code == ExitCode.PROBE, broken
+    assert "Ollama is not running on e2e" in broken.stderr and "labctl deploy e2e" in broken.stderr
+    assert "Traceback" not in broken.stderr
+
+    ok(lab, "deploy", VM, timeout=600)
+    assert "gemma2:2b" in guest_shell(lab, "ollama list")
+    fixed = ok(lab, "probe", VM, "--warmup", "0", "--runs", "1", "--num-predict", "8", "--json")
+    assert fixed.json["summary"]["eval_tps"]["median"] > 0
 
 
 def _host_leftovers(work: Path) -> list[str]:
