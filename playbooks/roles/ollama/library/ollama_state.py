@@ -66,7 +66,7 @@ options:
   files:
     description:
       - Files the role writes, each a dict with C(path), C(checksum) (sha1 of the wanted
-        content) and C(mode) (octal string); owner and group must be root.
+        content), C(mode) (octal string) and optionally C(owner) and C(group) (default root).
     type: list
     elements: dict
     default: []
