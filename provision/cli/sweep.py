@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from provision.report.model import SweepReport
     from provision.sweep.loop import Worker
     from provision.sweep.model import Space
+    from provision.sweep.progress import SharedProgress
 
 
 @cli.command()
@@ -33,7 +34,10 @@ if TYPE_CHECKING:
 @click.option("--strategy", type=click.Choice(["smart", "grid"]), default="smart",
               show_default=True, help="smart: bisect using the monotone structure; grid: all")
 @click.option("--parallel", type=click.IntRange(1, 8), default=1, show_default=True,
-              help="measure on N VMs at once (clones NAME-2..NAME-N, deployed like NAME)")
+              help="measure on N VMs at once: clones NAME-2..NAME-N (on other nodes when the "
+                   "template can go there), deploys them like NAME, removes them at the end")
+@click.option("--keep-clones", is_flag=True,
+              help="with --parallel: keep the clones (put back to NAME's shape) after the sweep")
 @click.option("--fresh", is_flag=True, help="ignore earlier results of this same sweep")
 @click.option("--keep-shape", is_flag=True, help="leave the VM in the last shape probed")
 @click.option("--allow-overcommit", is_flag=True, help="allow shapes larger than the node")
@@ -51,7 +55,7 @@ if TYPE_CHECKING:
 @pass_app
 def sweep(app: AppContext, name: str, cores: str, ram: str, cpu_types: str | None,
           min_tps: str | None, max_ttft: str | None, min_free_mem: str | None, strategy: str,
-          parallel: int, fresh: bool, keep_shape: bool, allow_overcommit: bool,
+          parallel: int, keep_clones: bool, fresh: bool, keep_shape: bool, allow_overcommit: bool,
           model: str | None, runs: int | None, warmup: int | None, num_predict: int | None,
           prompt_file: Path | None, report_format: str, out: Path | None,
           json_flag: bool) -> None:
@@ -59,6 +63,11 @@ def sweep(app: AppContext, name: str, cores: str, ram: str, cpu_types: str | Non
 
     Each shape: resize (reboot), wait for SSH, probe, record. Results are kept as they come: the
     same command run again resumes. Exit 8 when no shape meets the targets or probes failed.
+
+    --parallel N clones NAME-2..NAME-N for the sweep, deploys them like NAME and splits the
+    shapes among the N VMs. The clones are removed when the sweep ends (done, failed or Ctrl-C;
+    a killed sweep run again reuses them); --keep-clones keeps them, and `labctl down NAME-2`
+    removes one later. A VM named NAME-2 that you made yourself is used but never removed.
     """
     from provision.cli.lifecycle import make_lab
     from provision.cli.probe import _kept_options, probe_options
@@ -82,25 +91,48 @@ def sweep(app: AppContext, name: str, cores: str, ram: str, cpu_types: str | Non
     kept = _kept_options(options)
     identity_options = {**kept, "prompt_sha256": hashlib.sha256(options.prompt.encode())
                         .hexdigest()[:16]}  # same length, other prompt: another sweep
-    workers = [_worker(app, lab, name, options, kept, allow_overcommit)]
-    for clone in _clones(app, lab, info, parallel, space, allow_overcommit):
-        workers.append(_worker(app, lab, clone, options, kept, allow_overcommit))
-    from provision.sweep.db import open_store
-
-    store = open_store(app.state_dir)
     plan = SweepPlan(vm=name, space=space, targets=targets, strategy=strategy,
                      probe_options=identity_options, fresh=fresh, keep_shape=keep_shape)
-    outcome = SweepLoop(store, workers, app.reporter).run(plan)
+    try:
+        clones = _clones(app, lab, info, parallel, space, allow_overcommit)
+        progress = _progress(app, parallel)
+        workers = [_worker(app, lab, name, options, kept, allow_overcommit, False, progress)]
+        for clone in clones:
+            workers.append(_worker(app, lab, clone, options, kept, allow_overcommit,
+                                   not keep_clones, progress))
+        from provision.sweep.db import open_store
+
+        store = open_store(app.state_dir)
+        outcome = SweepLoop(store, workers, progress.channel() if progress else app.reporter
+                            ).run(plan)
+    finally:
+        _after_clones(app, lab, name, parallel, keep_clones)
     _finish(app, store, outcome.record.id, report_format, out)
 
 
+def _progress(app: AppContext, parallel: int) -> SharedProgress | None:
+    """Several workers at once: each reports on its own channel, naming its VM."""
+    if parallel <= 1:
+        return None
+    from provision.sweep.progress import SharedProgress
+
+    return SharedProgress(app.reporter)
+
+
 def _worker(app: AppContext, lab: Lab, name: str, options: Any, kept: dict[str, Any],
-            allow_overcommit: bool) -> Worker:
+            allow_overcommit: bool, disposable: bool = False,
+            progress: SharedProgress | None = None) -> Worker:
+    """Resize and probe VM `name`; a clone removed after the sweep is `disposable`."""
+    from provision.pve.lifecycle import Lab as WorkerLab
     from provision.sweep.lab import LabProber, LabShapeController
     from provision.sweep.loop import Worker
 
+    reporter = progress.channel(name) if progress else None
+    if reporter is not None:  # the same connection, this worker's progress channel
+        lab = WorkerLab(app.config, app.state_dir, reporter, client=lab.client)
     return Worker(LabShapeController(lab, name, allow_overcommit),
-                  LabProber(lab, name, options, app.state_dir, app.reporter, kept))
+                  LabProber(lab, name, options, app.state_dir, reporter or app.reporter, kept),
+                  disposable=disposable, reporter=reporter)
 
 
 def _clones(app: AppContext, lab: Lab, info: VmInfo, parallel: int, space: Space,
@@ -112,6 +144,31 @@ def _clones(app: AppContext, lab: Lab, info: VmInfo, parallel: int, space: Space
 
     return ensure_clones(app.config, app.state_dir, lab, info, parallel, space,
                          reporter=app.reporter, allow_overcommit=allow_overcommit)
+
+
+def _after_clones(app: AppContext, lab: Lab, name: str, parallel: int, keep_clones: bool) -> None:
+    """Remove the clones the sweep made (also after a failure), or say that they stay."""
+    if parallel <= 1:
+        return
+    from provision.errors import LabctlError
+    from provision.sweep.clones import clone_names, disown_clones, remove_clones
+
+    if keep_clones:
+        disown_clones(app.state_dir, clone_names(name, parallel))
+        app.say(f"clones kept: {', '.join(clone_names(name, parallel))}; "
+                "`labctl down NAME --yes` removes one")
+        return
+    app.reporter.stage("clones")
+    try:
+        removed, left = remove_clones(lab, app.state_dir, name, parallel, app.reporter)
+    except LabctlError as error:  # never hide the sweep's own outcome behind the cleanup's
+        app.reporter.warn(f"could not remove the sweep's clones: {error}; "
+                          f"`labctl ls` shows them, `labctl down NAME --yes` removes one")
+        return
+    if removed:
+        app.say(f"clones removed: {', '.join(removed)}")
+    if left:
+        app.say(f"clones left: {', '.join(left)}; `labctl down NAME --yes` removes one")
 
 
 def _finish(app: AppContext, store: Any, sweep_id: str, report_format: str,

@@ -55,6 +55,8 @@ class Prober(Protocol):
 class Worker:
     controller: ShapeController
     prober: Prober
+    disposable: bool = False  # a clone removed after the sweep: no point restoring its shape
+    reporter: Reporter | None = None  # its own progress channel (parallel); None: the loop's
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,8 @@ class SweepLoop:
                  *, quiet_errors: bool) -> bool:
         restored = False
         for worker in self.workers:
+            if worker.disposable:
+                continue
             original = originals[worker.controller.name]
             try:
                 if worker.controller.current_shape() == original:
@@ -190,7 +194,10 @@ def _probe_one(worker: Worker, shape: Shape,
     name = worker.controller.name
     started = time.monotonic()
     rebooted = False
-    reporter.stage(f"shape {shape.label} on {name}")
+    if worker.reporter is not None:  # the channel names the VM already
+        worker.reporter.stage(f"shape {shape.label}")
+    else:
+        reporter.stage(f"shape {shape.label} on {name}")
     try:
         rebooted = worker.controller.apply(shape)
         measurement = worker.prober.measure(shape)
