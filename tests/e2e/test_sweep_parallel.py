@@ -1,0 +1,168 @@
+"""`labctl sweep --parallel 2` through the real CLI on a two-node simulator with real guests.
+
+The sweep clones the extra VM (NAME-2) with `Lab.up`, deploys the Ollama TEST DOUBLE on it from
+the lab file's [deploy] (mirror included), and two workers pull the shapes from one queue. The
+simulator's template lives on local storage of node `pve`, so the clone cannot go to `pve2`
+(PVE: "can't clone VM to node ... (VM uses local storage)"): the sweep says so and puts it next
+to NAME. Then: every shape is recorded, by both VMs; the minimum is the one a serial sweep finds;
+NAME is back in its shape; the clone is removed; nothing is left on the host.
+
+Own resources (not shared with tests/e2e/conftest.py): bridge lpbr80, 10.213.80.0/24, prefix lp80.
+Sizes as in tests/e2e/conftest.py: RAM x 0.125 in the guest, a 96 MiB model fits "2G", not "1G".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import FAST, CliResult, Lab
+
+pytestmark = [pytest.mark.e2e, pytest.mark.guests, pytest.mark.slow]
+
+BRIDGE, SUBNET, PREFIX = "lpbr80", "10.213.80.0/24", "lp80"
+MODEL = "gemma2:2b"
+MODEL_BYTES = 96 << 20
+VM, CLONE = "pw", "pw-2"
+SWEEP = ("sweep", VM, "--cores", "1,2", "--ram", "1G,2G", "--min-tps", "0.5",
+         "--runs", "1", "--warmup", "0", "--num-predict", "8")
+
+
+class ParallelLab:
+    """The CLI lab plus the simulator (2 nodes), its guest backend and the mirror behind it."""
+
+    def __init__(self, cli: Lab, backend: Any, server: Any, mirror: Any) -> None:
+        self.cli, self.backend, self.server, self.mirror = cli, backend, server, mirror
+        self.closed = False
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.server.stop()  # closes the guest backend too
+        finally:
+            self.mirror.stop()
+
+
+def _backend(state: Path) -> Any:
+    if os.geteuid() != 0:
+        pytest.skip("e2e on container guests needs root (netns, overlayfs, cgroups)")
+    from provision.sim.guests.container import ContainerBackend
+    from provision.sim.guests.errors import GuestsUnavailable
+
+    try:
+        return ContainerBackend(state, bridge=BRIDGE, subnet=SUBNET, prefix=PREFIX)
+    except GuestsUnavailable as error:
+        pytest.skip(f"container guests unavailable here: {error}")
+
+
+@pytest.fixture(scope="module")
+def parallel_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ParallelLab]:
+    from provision.sim.server import SimServer
+    from tests.doubles import OllamaMirror, prepare_mirror
+
+    work = tmp_path_factory.mktemp("e2e-parallel")
+    key = work / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    release, _ = prepare_mirror(work / "mirror", models={MODEL: MODEL_BYTES})
+    backend = _backend(work / "guests")
+    try:
+        mirror = OllamaMirror(work / "mirror", host=str(backend.leases.host_ip)).start()
+    except BaseException:
+        backend.close()
+        raise
+    server = SimServer(work / "sim", nodes=2, backend=backend, node_cpus=8, node_memory_gib=32,
+                       **{**FAST, "agent_delay": 0.5})
+    try:
+        server.start()
+    except BaseException:
+        mirror.stop()
+        backend.close()
+        raise
+    cli = Lab(server, work, key)
+    config = cli.write(probe={"model": MODEL})
+    config.write_text(config.read_text() + (
+        f'\n[deploy]\nmodels = ["{MODEL}"]\nollama_version = "{release.version}"\n'
+        f'ollama_base_url = "{mirror.download_base_url}"\n'
+        f'extra_vars = {{ ollama_environment = {{ OLLAMA_DOUBLE_REGISTRY = "{mirror.url}" }} }}\n'))
+    lab = ParallelLab(cli, backend, server, mirror)
+    try:
+        yield lab
+    finally:
+        with contextlib.suppress(Exception):
+            for name in (CLONE, VM):
+                if not lab.closed and cli.vm_named(name) is not None:
+                    cli.run("down", name, "--yes", timeout=120)
+        lab.close()
+
+
+def ok(lab: Lab, *args: str, timeout: float = 300) -> CliResult:
+    result = lab.run(*args, timeout=timeout)
+    assert result.code == 0, result
+    return result
+
+
+def vms(lab: Lab) -> dict[str, tuple[int, int]]:
+    return {v["name"]: (v["cores"], v["memory_mib"]) for v in ok(lab, "--json", "ls").json["vms"]}
+
+
+@pytest.fixture(scope="module")
+def lab(parallel_lab: ParallelLab) -> Lab:
+    ok(parallel_lab.cli, "up", VM, "--cores", "2", "--ram", "2G", timeout=600)
+    return parallel_lab.cli
+
+
+def test_parallel_sweep_splits_shapes_over_a_clone_finds_the_serial_minimum_and_removes_it(
+        lab: Lab) -> None:
+    result = ok(lab, *SWEEP, "--strategy", "grid", "--parallel", "2", "--json", timeout=600)
+    document = result.json
+    print("\n" + result.stderr)
+
+    # The clone: asked on the other node, refused there like PVE, made next to the VM instead.
+    assert f"clone {CLONE} on pve2 for the parallel sweep" in result.stderr
+    assert "local storage" in result.stderr and f"creating it on pve next to {VM}" in result.stderr
+    # Deployed like VM: the double's Ollama and the model came from the mirror (the probes ran).
+    with contextlib.closing(sqlite3.connect(f"file:{lab.state / 'labctl.sqlite'}?mode=ro",
+                                            uri=True)) as conn:
+        points = conn.execute("SELECT cores, memory_mib, status, worker FROM sweep_points "
+                              "WHERE sweep_id = ?", (document["sweep"]["id"],)).fetchall()
+    print(points)
+    assert sorted((c, m) for c, m, _, _ in points) == [(1, 1024), (1, 2048), (2, 1024), (2, 2048)]
+    assert {w for *_, w in points} == {VM, CLONE}  # both VMs pulled from the queue
+    assert {(c, m): s for c, m, s, _ in points}[(1, 2048)] == "ok"
+    assert all(s == "oom" for c, m, s, _ in points if m == 1024)  # real OOM kills, on either VM
+    assert document["stats"]["probes"] == 4 and document["stats"]["failed"] == 0
+    assert document["minimum"]["cores"] == 1 and document["minimum"]["memory_mib"] == 2048
+
+    # The clone is gone (labctl made it for the sweep), the VM is back in its shape.
+    assert f"clones removed: {CLONE}" in result.stderr
+    assert lab.vm_named(CLONE) is None and vms(lab) == {VM: (2, 2048)}
+
+    serial = ok(lab, *SWEEP, "--json", "--fresh", timeout=600).json  # smart, one VM
+    assert serial["sweep"]["id"] != document["sweep"]["id"]  # measured afresh, not replayed
+    assert (serial["minimum"]["cores"], serial["minimum"]["memory_mib"]) == (1, 2048)
+    assert vms(lab) == {VM: (2, 2048)}
+
+
+def test_down_leaves_nothing_behind(parallel_lab: ParallelLab, lab: Lab) -> None:
+    ok(lab, "down", VM, "--yes")
+    assert ok(lab, "--json", "ls").json["vms"] == []
+    assert parallel_lab.backend.cgroups.pids(PREFIX) == set()
+    parallel_lab.close()
+    leftovers = [f"cgroup {h}" for h in os.listdir("/sys/fs/cgroup")
+                 if os.path.exists(f"/sys/fs/cgroup/{h}/{PREFIX}")]
+    if Path("/run/netns").is_dir():
+        leftovers += [n for n in os.listdir("/run/netns") if n.startswith(f"{PREFIX}-")]
+    leftovers += [n for n in os.listdir("/sys/class/net")
+                  if n == BRIDGE or n.startswith(f"{PREFIX}v")]
+    with open("/proc/self/mountinfo") as fh:
+        leftovers += [line.split()[4] for line in fh if str(lab.dir) in line.split()[4]]
+    assert leftovers == []
