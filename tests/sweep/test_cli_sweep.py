@@ -45,6 +45,8 @@ class FakeLab:
     vm: FakeVm
     node: NodeCapacity = field(default_factory=lambda: NodeCapacity("pve1", 16, 64 * G, 48 * G))
     finds: int = 0
+    clones: set[str] = field(default_factory=set)  # VMs besides `vm` (parallel sweeps)
+    downs: list[str] = field(default_factory=list)
 
     def find(self, name: str) -> FakeInfo:
         self.finds += 1
@@ -52,6 +54,13 @@ class FakeLab:
 
     def node_capacity(self, node: str) -> NodeCapacity:
         return self.node
+
+    def managed_names(self) -> list[str]:
+        return sorted(self.clones | {self.vm.name})
+
+    def down(self, name: str) -> None:
+        self.downs.append(name)
+        self.clones.discard(name)
 
 
 @dataclass
@@ -213,3 +222,28 @@ def test_ctrl_c_restores_the_vm_exits_130_and_the_rerun_resumes(labctl: Any) -> 
     assert code == 0
     assert not set(labctl.probers[-1].probed) & set(first)
     assert json.loads(out)["minimum"]["cores"] == 4
+
+
+def test_a_parallel_sweep_removes_the_clones_it_made_even_after_ctrl_c(
+        labctl: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import provision.cli.sweep as sweep_cli
+    from provision.sweep import clones
+
+    def made_by_the_sweep(app: Any, lab: Any, info: Any, parallel: int, *rest: Any) -> list[str]:
+        names = clones.clone_names(info.name, parallel)
+        clones._set_owned(app.state_dir, set(names))  # as ensure_clones does before Lab.up
+        labctl.lab.clones.update(names)
+        return names
+
+    monkeypatch.setattr(sweep_cli, "_clones", made_by_the_sweep)
+    labctl.interrupt_after = 2
+    code, out, err = labctl.run(*SWEEP, "--min-tps", "10", "--parallel", "2")
+    assert code == ExitCode.INTERRUPTED and out == "", err
+    assert labctl.lab.downs == ["gemma-2"] and "clones removed: gemma-2" in err
+    assert labctl.vm.shape == Shape(12, 32 * G, "host")
+
+    labctl.interrupt_after = None
+    code, _, err = labctl.run(*SWEEP, "--min-tps", "10", "--parallel", "2", "--keep-clones")
+    assert code == 0, err
+    assert labctl.lab.downs == ["gemma-2"] and "clones kept: gemma-2" in err
+    assert clones.owned_clones(labctl.tmp / "state") == set()  # now the user's to remove
