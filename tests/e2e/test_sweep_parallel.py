@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -129,11 +130,16 @@ def test_parallel_sweep_splits_shapes_over_a_clone_finds_the_serial_minimum_and_
     # The clone: asked on the other node, refused there like PVE, made next to the VM instead.
     assert f"clone {CLONE} on pve2 for the parallel sweep" in result.stderr
     assert "local storage" in result.stderr and f"creating it on pve next to {VM}" in result.stderr
-    # Deployed like VM: the double's Ollama and the model came from the mirror (the probes ran).
+    # Deployed like VM by the same playbook: Ollama and the model from the lab file's mirror.
+    assert re.search(rf"deploy finished in [\d.]+s \({CLONE} ok=\d+ changed=\d+\)",
+                     result.stderr), result.stderr
     with contextlib.closing(sqlite3.connect(f"file:{lab.state / 'labctl.sqlite'}?mode=ro",
                                             uri=True)) as conn:
         points = conn.execute("SELECT cores, memory_mib, status, worker FROM sweep_points "
                               "WHERE sweep_id = ?", (document["sweep"]["id"],)).fetchall()
+        clone_probes = conn.execute("SELECT model, status FROM probes WHERE vm_name = ?",
+                                    (CLONE,)).fetchall()
+    assert clone_probes and all(m == MODEL for m, _ in clone_probes), clone_probes
     print(points)
     assert sorted((c, m) for c, m, _, _ in points) == [(1, 1024), (1, 2048), (2, 1024), (2, 2048)]
     assert {w for *_, w in points} == {VM, CLONE}  # both VMs pulled from the queue
