@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   python3 python3-venv python3-pip    # labctl itself
   openssh-client openssh-server       # ssh-keygen; sshd binary for tests
-  systemd-container debootstrap lxcfs # simulator guests: nspawn containers with VM-shaped /proc
+  systemd-container debootstrap debian-archive-keyring lxcfs util-linux # simulator guests
   iproute2 zstd ca-certificates curl  # guest networks; Ollama release archives
 )
 
