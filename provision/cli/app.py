@@ -7,13 +7,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
-from provision import paths
-from provision.config import LabConfig, load_config
+if TYPE_CHECKING:  # imported when first used, to keep `labctl --help` fast
+    from pathlib import Path
+
+    from provision.config import LabConfig
 
 
 @dataclass
@@ -62,10 +63,14 @@ class AppContext:
 
     @cached_property
     def config(self) -> LabConfig:
+        from provision.config import load_config
+
         return load_config(self.config_path)
 
     @cached_property
     def state_dir(self) -> Path:
+        from provision import paths
+
         return paths.state_dir(self.state_dir_override)
 
     def emit(self, data: Any, human: str | None = None) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import tempfile
 import traceback
 from pathlib import Path
 
@@ -38,6 +37,8 @@ def _first_line(error: BaseException) -> str:
 
 
 def _write_debug_log(error: BaseException) -> Path:
+    import tempfile
+
     with tempfile.NamedTemporaryFile(
         "w", prefix="labctl-error-", suffix=".log", delete=False, encoding="utf-8"
     ) as handle:
