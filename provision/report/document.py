@@ -26,7 +26,8 @@ def _environment(autoescape: bool) -> jinja2.Environment:
 
 def _context(report: SweepReport) -> dict[str, Any]:
     rows = [{"cells": [str(c) for c in cells(row)], "state": row.state,
-             "minimum": row.is_minimum, "best": row.is_best_seen} for row in report.rows]
+             "probed": row.measurement is not None, "minimum": row.is_minimum,
+             "best": row.is_best_seen} for row in report.rows]
     space = report.result.space
     space_text = (f"cores {', '.join(map(str, space.cores))}; "
                   f"RAM {', '.join(format_mib(r) for r in space.ram_mib)}; "

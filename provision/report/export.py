@@ -9,7 +9,7 @@ from typing import Any
 from provision.report.model import Row, SweepReport
 
 CSV_COLUMNS = ("cores", "memory_mib", "cpu_type", "state", "feasible", "minimum", "pareto",
-               "eval_tps", "ttft_s", "mem_total_mib", "peak_used_mib", "free_pct", "why")
+               "eval_tps", "ttft_s", "mem_total_mib", "peak_used_mib", "free_pct", "why", "probed")
 
 
 def to_json(report: SweepReport) -> dict[str, Any]:
@@ -30,6 +30,8 @@ def to_json(report: SweepReport) -> dict[str, Any]:
         "pareto": [r.to_dict() for r in report.rows if r.on_frontier],
         "stats": {"shapes": len(result.space), "probes": report.probes,
                   "reboots": report.reboots, "not_probed": report.not_probed,
+                  "ruled_out": report.count("inferred"), "skipped": report.count("skipped"),
+                  "unreached": report.count("unreached"),
                   "failed": len(result.failed)},
         "points": [r.to_dict() for r in report.rows],
         "warnings": list(report.warnings),

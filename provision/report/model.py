@@ -13,7 +13,7 @@ from provision.shape import Shape, format_mib
 from provision.sweep.db import SweepStore
 from provision.sweep.loop import result_from_store
 from provision.sweep.model import Measurement, Status, Targets, evaluate, format_seconds
-from provision.sweep.strategy import SearchResult
+from provision.sweep.strategy import SearchResult, Skip
 
 
 @dataclass(frozen=True)
@@ -21,18 +21,25 @@ class Row:
     """One shape of the sweep as the report shows it."""
 
     shape: Shape
-    measurement: Measurement | None  # None: not probed, inferred infeasible
-    feasible: bool
+    measurement: Measurement | None  # None: not probed (see why)
+    feasible: bool | None  # None: not probed and not known either way
     why: str
     is_minimum: bool = False
     on_frontier: bool = False
     is_best_seen: bool = False  # the fastest shape, shown when no shape meets every target
+    skip: Skip | None = None  # not probed, and not inferred while searching: why
 
     @property
     def state(self) -> str:
-        """meets | misses | oom | failed | inferred: what the plot and the CSV key on."""
+        """What the plot and the CSV key on: meets | misses | oom | failed (measured), inferred
+        (not probed, known to miss the targets), skipped (not probed, could not be the minimum;
+        verdict unknown) or unreached (not probed: the sweep stopped first, or a failed probe let
+        the search skip it; verdict unknown).
+        """
         if self.measurement is None:
-            return "inferred"
+            if self.skip is Skip.CANNOT_WIN:
+                return "skipped"
+            return "unreached" if self.skip is Skip.NOT_REACHED else "inferred"
         if self.measurement.status is Status.OOM:
             return "oom"
         if self.measurement.status is Status.FAILED:
@@ -51,7 +58,8 @@ class Row:
         m = self.measurement
         return {
             "cores": self.shape.cores, "memory_mib": self.shape.memory_mib,
-            "cpu_type": self.shape.cpu_type, "state": self.state, "feasible": self.feasible,
+            "cpu_type": self.shape.cpu_type, "state": self.state, "probed": m is not None,
+            "feasible": self.feasible,
             "why": self.why, "minimum": self.is_minimum, "pareto": self.on_frontier,
             "best_seen": self.is_best_seen,
             "eval_tps": m.eval_tps if m else None, "ttft_s": m.ttft_s if m else None,
@@ -86,6 +94,9 @@ class SweepReport:
     @property
     def not_probed(self) -> int:
         return len(self.result.space) - self.result.probes
+
+    def count(self, state: str) -> int:
+        return sum(1 for r in self.rows if r.state == state)
 
     @property
     def minimum_row(self) -> Row | None:
@@ -152,6 +163,9 @@ def _rows(result: SearchResult) -> tuple[Row, ...]:
                         m.shape in frontier, m.shape == best))
     for shape, why in result.inferred.items():
         rows.append(Row(shape, None, False, why))
+    for shape, unprobed in result.unprobed.items():  # every shape of the matrix gets a row
+        rows.append(Row(shape, None, False if unprobed.misses else None, unprobed.why,
+                        skip=unprobed.skip))
     order = {t: i for i, t in enumerate(result.space.cpu_types)}
     rows.sort(key=lambda r: (order.get(r.shape.cpu_type, len(order)), r.shape.cores,
                              r.shape.memory_mib))

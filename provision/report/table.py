@@ -13,7 +13,8 @@ from provision.shape import format_mib
 from provision.sweep.model import format_seconds
 
 _STATE_STYLE = {"meets": "green", "misses": "yellow", "oom": "red", "failed": "red",
-                "inferred": "dim"}
+                "inferred": "dim", "skipped": "dim italic",
+                "unreached": "dim italic"}
 
 
 def render_table(report: SweepReport, *, color: bool = False, width: int = 110) -> str:
@@ -23,7 +24,7 @@ def render_table(report: SweepReport, *, color: bool = False, width: int = 110) 
     console.print(_table(report))
     style = "bold green" if report.result.minimum else "bold yellow"
     console.print(Text(report.recommendation, style=style), soft_wrap=True)
-    console.print(Text(summary_line(report), style="dim"))
+    console.print(Text(summary_line(report), style="dim"), soft_wrap=True)
     for warning in report.warnings:
         console.print(Text(f"warning: {warning}", style="yellow"), soft_wrap=True)
     output = console.file.getvalue()  # type: ignore[attr-defined]
@@ -32,11 +33,17 @@ def render_table(report: SweepReport, *, color: bool = False, width: int = 110) 
 
 def summary_line(report: SweepReport) -> str:
     result = report.result
-    inferred = len(result.inferred)
+    ruled_out, skipped = report.count("inferred"), report.count("skipped")
     parts = [(f"sweep {report.sweep_id} ({report.strategy}, {report.status}): "
              f"{report.probes} of {len(result.space)} shapes probed, {report.reboots} reboots")]
-    if inferred:
-        parts.append(f"{inferred} ruled out by a larger RAM that did not fit")
+    if ruled_out:
+        parts.append(f"{ruled_out} not probed: ruled out by a miss with as many or more cores "
+                     "and RAM")
+    if skipped:
+        parts.append(f"{skipped} not probed: cannot beat the minimum")
+    if report.count("unreached"):
+        parts.append(f"{report.count('unreached')} not probed: not reached (the sweep stopped, "
+                     "or a probe failed)")
     if result.failed:
         parts.append(f"{len(result.failed)} probes failed")
     parts.append(f"targets: {report.targets.describe()}")

@@ -19,13 +19,18 @@ core count that meets every target; bisection measures both sides of the boundar
 is confirmed by its neighbour. At that core count it bisects RAM for the smallest size that still
 meets every target. Later cpu types only search shapes that could beat the best found so far.
 Measured tok/s that contradicts A2 is reported as a warning (rerun with --strategy grid).
+
+Every shape left unprobed is explained from the same two facts (`explain_unprobed`): either a
+measured miss with at least as many cores and as much RAM rules it out, or it cannot beat the
+minimum (more cores, or as many cores and more RAM).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from provision.shape import Shape
 from provision.sweep.model import Measurement, Space, Status, Targets, Verdict, evaluate
@@ -131,6 +136,27 @@ def _narrow(shapes: list[Shape], state: SearchState, low: int, high: int) -> tup
 STRATEGIES: dict[str, Callable[[Space, SearchState, int], Search]] = {"smart": smart, "grid": grid}
 
 
+class Skip(StrEnum):
+    """Why the search left a shape unprobed."""
+
+    RULED_OUT = "ruled_out"  # a measured miss with as many or more cores and RAM: it misses too
+    CANNOT_WIN = "cannot_win"  # cannot be the minimum (more cores, or as many and more RAM)
+    NOT_REACHED = "not_reached"  # the search stopped before it, or skipped it after a failed probe
+
+
+@dataclass(frozen=True)
+class Unprobed:
+    """Why a shape of the space needed no probe (neither measured nor inferred while searching)."""
+
+    why: str  # "not probed: ..."
+    skip: Skip
+
+    @property
+    def misses(self) -> bool:
+        """Known to miss the targets (otherwise its verdict is unknown)."""
+        return self.skip is Skip.RULED_OUT
+
+
 @dataclass(frozen=True)
 class SearchResult:
     """The outcome of a search: what was measured, what was inferred, and the answer."""
@@ -143,6 +169,7 @@ class SearchResult:
     pareto: tuple[Measurement, ...]
     best_seen: Measurement | None
     warnings: tuple[str, ...] = ()
+    unprobed: dict[Shape, Unprobed] = field(default_factory=dict)  # the rest of the space
 
     @property
     def probes(self) -> int:
@@ -176,10 +203,70 @@ def summarize(space: Space, targets: Targets, order: list[Shape],
               measured: dict[Shape, Measurement], inferred: dict[Shape, str]) -> SearchResult:
     measurements = tuple(measured[s] for s in dict.fromkeys(order))
     feasible = [m for m in measurements if evaluate(m, targets).feasible]
+    least = minimum(feasible, space)
     return SearchResult(
         space=space, targets=targets, measurements=measurements, inferred=dict(inferred),
-        minimum=minimum(feasible, space), pareto=pareto_frontier(feasible),
-        best_seen=best_seen(measurements), warnings=tuple(monotonicity_warnings(measurements)))
+        minimum=least, pareto=pareto_frontier(feasible),
+        best_seen=best_seen(measurements), warnings=tuple(monotonicity_warnings(measurements)),
+        unprobed=explain_unprobed(space, targets, measured, inferred, least))
+
+
+NOT_REACHED = "not probed: the search had not reached it"  # an interrupted sweep
+
+
+def explain_unprobed(space: Space, targets: Targets, measured: Mapping[Shape, Measurement],
+                     inferred: Mapping[Shape, str],
+                     least: Measurement | None) -> dict[Shape, Unprobed]:
+    """Why each shape neither measured nor inferred was not probed, by the search's own rules.
+
+    A measured miss rules out every shape of its cpu type with no more cores and no more RAM
+    (A1 + A2: the rule `_narrow` and `SearchState.record` apply). Otherwise a shape with more
+    cores than the minimum, or as many cores and more RAM, cannot be the minimum, which is why
+    smart stops once a boundary is confirmed. Anything else the search had not reached yet.
+    """
+    misses = [m for m in measured.values() if not evaluate(m, targets).feasible]
+    reasons: dict[Shape, Unprobed] = {}
+    for shape in space.shapes():
+        if shape in measured or shape in inferred:
+            continue
+        reasons[shape] = _ruled_out(shape, misses, targets) or _beaten(shape, least) \
+            or Unprobed(NOT_REACHED, Skip.NOT_REACHED)
+    return reasons
+
+
+def _ruled_out(shape: Shape, misses: list[Measurement], targets: Targets) -> Unprobed | None:
+    """The nearest measured miss with at least as many cores and as much RAM, as a reason.
+
+    A failed probe counts as a miss while searching, but it proves nothing about the shapes it
+    let the search skip, so those stay unknown (the rerun retries the failed probe).
+    """
+    covering = [m for m in misses if m.shape.cpu_type == shape.cpu_type
+                and m.shape.cores >= shape.cores and m.shape.memory_mib >= shape.memory_mib]
+    measured = [m for m in covering if m.status is not Status.FAILED]
+    if not covering:
+        return None
+    nearest = min(measured or covering, key=lambda m: (m.shape.cores, m.shape.memory_mib))
+    if nearest.status is Status.FAILED:
+        return Unprobed(f"not probed: the probe of {nearest.shape.label} failed and counted as "
+                        "a miss; run the sweep again to retry it", Skip.NOT_REACHED)
+    if nearest.status is Status.OOM:
+        return Unprobed(f"not probed: ruled out by OOM at {nearest.shape.label}", Skip.RULED_OUT)
+    return Unprobed(f"not probed: ruled out by {nearest.shape.label}, which missed "
+                    f"({evaluate(nearest, targets).why})", Skip.RULED_OUT)
+
+
+def _beaten(shape: Shape, least: Measurement | None) -> Unprobed | None:
+    """Why a shape cannot be the minimum (fewest cores, then least RAM), or None if it could."""
+    if least is None:
+        return None
+    best = least.shape  # highlighted on its own row: the reason need not repeat it
+    if shape.cores > best.cores:
+        return Unprobed("not probed: more cores than the minimum", Skip.CANNOT_WIN)
+    if shape.cores == best.cores and shape.memory_mib > best.memory_mib:
+        return Unprobed("not probed: more RAM than the minimum", Skip.CANNOT_WIN)
+    if (shape.cores, shape.memory_mib) == (best.cores, best.memory_mib):
+        return Unprobed("not probed: cannot beat the minimum (same size)", Skip.CANNOT_WIN)
+    return None
 
 
 def minimum(feasible: list[Measurement], space: Space) -> Measurement | None:

@@ -53,7 +53,12 @@ def test_unreachable_shapes_are_failed_points_exit_8_and_the_shape_is_put_back(
                          "--json")
     assert result.code == 8, result
     document = result.json
-    assert {p["state"] for p in document["points"]} == {"failed"}
+    measured = [p for p in document["points"] if p["probed"]]
+    assert measured and {p["state"] for p in measured} == {"failed"}
+    for point in document["points"]:  # the others: skipped because of the failure, not judged
+        if not point["probed"]:
+            assert point["state"] == "unreached" and point["feasible"] is None, point
+            assert "failed and counted as a miss" in point["why"]
     assert "could not be probed" in result.stderr
     config = config_of(api_lab, vm)
     assert (int(config["cores"]), int(config["memory"])) == (2, 2048)

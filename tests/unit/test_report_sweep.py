@@ -73,6 +73,73 @@ def test_table_marks_shapes_ruled_out_without_probing() -> None:
     assert "not probed" in text and "already lacked memory" in text
 
 
+def test_a_smart_report_shows_every_shape_of_the_matrix_with_why_it_was_not_probed() -> None:
+    report = sweep_report(Targets(min_tps=10))
+    assert report.probes < len(MATRIX)
+    assert sorted(r.shape for r in report.rows) == sorted(MATRIX.shapes())
+    unprobed = [r for r in report.rows if r.measurement is None]
+    assert len(unprobed) == len(MATRIX) - report.probes
+    assert {r.state for r in unprobed} == {"inferred", "skipped"}
+    assert all(r.why.startswith("not probed: ") for r in unprobed)
+    eight = next(r for r in report.rows if r.shape == Shape(8, 2 * G, "host"))
+    assert eight.why == "not probed: more cores than the minimum"
+    assert eight.feasible is None  # not judged: 2 GiB might not fit
+    one = next(r for r in report.rows if r.shape == Shape(1, 8 * G, "host"))
+    assert one.state == "inferred" and one.feasible is False
+    text = render_table(report, width=200)
+    assert re.search(r"\b8 .*2 GiB .*host .*- .*not probed: more cores than the minimum", text)
+    assert "22 not probed: ruled out by a miss" in text
+    assert "21 not probed: cannot beat the minimum" in text
+
+
+def test_unprobed_shapes_are_rows_without_numbers_in_csv_and_json() -> None:
+    report = sweep_report(Targets(min_tps=10))
+    rows = list(csv.DictReader(io.StringIO(to_csv(report))))
+    assert len(rows) == len(MATRIX)
+    skipped = [r for r in rows if r["state"] == "skipped"]
+    assert skipped and all(r["probed"] == "False" and r["feasible"] == "" and r["eval_tps"] == ""
+                           and r["why"].startswith("not probed: ") for r in skipped)
+    document = to_json(report)
+    assert len(document["points"]) == len(MATRIX)
+    assert sum(p["probed"] for p in document["points"]) == document["stats"]["probes"]
+    stats = document["stats"]
+    assert stats["ruled_out"] + stats["skipped"] == stats["not_probed"] == len(MATRIX) - 7
+    assert all(p["eval_tps"] is None and p["peak_used_mib"] is None
+               for p in document["points"] if not p["probed"])
+
+
+def test_the_plot_draws_only_measured_shapes() -> None:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from provision.report.plot import _draw
+
+    report = sweep_report(Targets(min_tps=10))
+    figure, axes = plt.subplots()
+    try:
+        _draw(axes, report)
+        plotted = {(float(x), float(y)) for line in axes.lines if line.get_marker() == "o"
+                   for x, y in np.asarray(line.get_xydata())}
+    finally:
+        plt.close(figure)
+    measured = {(m.shape.cores, m.eval_tps) for m in report.result.measurements
+                if m.eval_tps is not None}
+    assert plotted == measured
+
+
+def test_html_and_markdown_grey_out_the_shapes_not_probed(tmp_path: Path) -> None:
+    report = sweep_report(Targets(min_tps=10))
+    [html_path] = write_report(report, tmp_path / "r.html", "html")
+    html = html_path.read_text()
+    assert html.count("<tr class=") == len(MATRIX)
+    assert html.count('class="skipped unprobed"') == 21
+    assert html.count('class="inferred unprobed"') == 22
+    assert "not probed: more cores than the minimum" in html
+    markdown = write_report(report, tmp_path / "r.md", "md")[0].read_text()
+    assert markdown.count("\n| ") == len(MATRIX) + 1  # the header, then one line per shape
+    assert "| _not probed: more cores than the minimum_ |" in markdown
+
+
 def test_csv_has_one_row_per_shape_shown_and_the_documented_columns() -> None:
     report = sweep_report(Targets(min_tps=10), strategy="grid")
     rows = list(csv.DictReader(io.StringIO(to_csv(report))))

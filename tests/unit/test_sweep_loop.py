@@ -228,6 +228,19 @@ def test_the_report_is_rebuilt_from_the_database(store: SweepStore) -> None:
     assert rebuilt.minimum == outcome.result.minimum
     assert rebuilt.inferred == outcome.result.inferred
     assert rebuilt.measurements == outcome.result.measurements
+    assert rebuilt.unprobed == outcome.result.unprobed and rebuilt.unprobed
+
+
+def test_the_rebuilt_report_shows_every_shape_of_the_matrix_once(store: SweepStore) -> None:
+    from provision.report.model import report_from_store
+
+    vm = FakeVm()
+    outcome = loop_for(store, vm, TableProber(vm)).run(plan())
+    report = report_from_store(store, outcome.record.id)
+    assert sorted(r.shape for r in report.rows) == sorted(MATRIX.shapes())
+    measured = {r.shape for r in report.rows if r.measurement is not None}
+    assert measured == {m.shape for m in outcome.result.measurements}
+    assert all(r.why.startswith("not probed: ") for r in report.rows if r.shape not in measured)
 
 
 def test_unknown_sweep_id_is_a_usage_error(store: SweepStore) -> None:

@@ -8,10 +8,13 @@ import pytest
 from sweep_tables import MATRIX, gemma_table, random_monotone_table
 
 from provision.shape import Shape
-from provision.sweep.model import FreeMemTarget, Measurement, Space, Status, Targets
+from provision.sweep.model import FreeMemTarget, Measurement, Space, Status, Targets, evaluate
 from provision.sweep.replay import Replay
 from provision.sweep.strategy import (
+    NOT_REACHED,
+    Skip,
     count_reboots,
+    explain_unprobed,
     needs_reboot,
     one_at_a_time,
     order_for_reboots,
@@ -135,6 +138,70 @@ def test_smart_equals_grid_on_random_monotone_tables(seed: int) -> None:
     assert len(smart_replay.probed) <= len(grid_replay.probed)
     wide_min, _ = run(space, table, targets, "smart", width=3)
     assert wide_min == grid_min
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_every_shape_smart_skips_is_explained_and_the_explanation_holds(seed: int) -> None:
+    rng = random.Random(seed)
+    space, table = random_monotone_table(rng)
+    targets = Targets(min_tps=rng.choice([None, 1.0, 2.0, 4.0, 30.0]),
+                      min_free_mem=rng.choice([None, FreeMemTarget(percent=50)]))
+    result = search(space, targets, one_at_a_time(Replay(table)), strategy="smart",
+                    width=rng.choice([1, 2, 3]))
+    measured = {m.shape for m in result.measurements}
+    parts = [measured, set(result.inferred), set(result.unprobed)]
+    assert sum(map(len, parts)) == len(space) and set().union(*parts) == set(space.shapes())
+    for shape, unprobed in result.unprobed.items():
+        assert unprobed.skip is not Skip.NOT_REACHED, shape  # a finished search explains all
+        if unprobed.misses:  # the table agrees: it really misses
+            assert not evaluate(table[shape], targets).feasible, (shape, unprobed)
+        else:  # it really could not have been the minimum
+            assert result.minimum is not None
+            least = result.minimum.shape
+            assert (shape.cores, shape.memory_mib) >= (least.cores, least.memory_mib)
+
+
+def test_a_shape_with_more_cores_than_the_minimum_is_not_probed_and_says_so() -> None:
+    space = Space((1, 2), (1 * G, 2 * G), ("host",))
+    table = {m.shape: m for m in [oom(1, 1), ok(1, 2, 5), oom(2, 1), ok(2, 2, 9)]}
+    replay = Replay(table)
+    result = search(space, Targets(min_tps=4), one_at_a_time(replay))
+    assert result.minimum == table[Shape(1, 2 * G)]
+    assert Shape(2, 1 * G) not in replay.probed
+    assert result.unprobed[Shape(2, 1 * G)].why == \
+        "not probed: more cores than the minimum"
+    assert result.unprobed[Shape(2, 1 * G)].misses is False  # it might OOM: verdict unknown
+
+
+def test_unprobed_shapes_name_the_miss_that_rules_them_out_or_the_minimum() -> None:
+    space = Space((1, 2, 4), (2 * G, 4 * G, 8 * G, 16 * G), ("host",))
+    table = {m.shape: m for m in [ok(1, 16, 3), ok(2, 16, 6), ok(4, 16, 9), ok(2, 4, 6),
+                                  oom(2, 2)]}
+    result = search(space, Targets(min_tps=5), one_at_a_time(Replay(table)))
+    assert result.minimum == table[Shape(2, 4 * G)]
+    assert result.unprobed[Shape(1, 4 * G)].why == (
+        "not probed: ruled out by 1 vCPU / 16 GiB (cpu=host), which missed (3.0 tok/s < 5)")
+    assert result.unprobed[Shape(1, 4 * G)].misses
+    assert result.unprobed[Shape(2, 8 * G)].why == \
+        "not probed: more RAM than the minimum"
+    assert result.unprobed[Shape(4, 2 * G)].skip is Skip.CANNOT_WIN
+
+
+def test_a_shape_under_a_measured_oom_is_ruled_out_by_it() -> None:
+    space = Space((1, 2), (1 * G, 2 * G), ("host",))
+    reasons = explain_unprobed(space, Targets(min_tps=4), {Shape(2, 2 * G): oom(2, 2)}, {}, None)
+    assert reasons[Shape(1, 1 * G)].why == \
+        "not probed: ruled out by OOM at 2 vCPU / 2 GiB (cpu=host)"
+    assert all(reasons[s].misses for s in (Shape(1, 1 * G), Shape(1, 2 * G), Shape(2, 1 * G)))
+
+
+def test_an_interrupted_search_says_which_shapes_it_had_not_reached() -> None:
+    space = Space((1, 2, 4), (4 * G,), ("host",))
+    reasons = explain_unprobed(space, Targets(min_tps=5), {Shape(2, 4 * G): ok(2, 4, 6)}, {},
+                               ok(2, 4, 6))
+    assert reasons[Shape(1, 4 * G)].why == NOT_REACHED  # could still be a smaller minimum
+    assert reasons[Shape(1, 4 * G)].skip is Skip.NOT_REACHED
+    assert reasons[Shape(4, 4 * G)].skip is Skip.CANNOT_WIN
 
 
 def test_wider_batches_measure_several_shapes_per_round() -> None:
