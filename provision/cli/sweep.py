@@ -37,7 +37,8 @@ if TYPE_CHECKING:
               help="measure on N VMs at once: clones NAME-2..NAME-N (on other nodes when the "
                    "template can go there), deploys them like NAME, removes them at the end")
 @click.option("--keep-clones", is_flag=True,
-              help="with --parallel: keep the clones (put back to NAME's shape) after the sweep")
+              help="with --parallel N >= 2 (refused without): keep the clones (put back to "
+                   "NAME's shape) after the sweep")
 @click.option("--fresh", is_flag=True, help="ignore earlier results of this same sweep")
 @click.option("--keep-shape", is_flag=True, help="leave the VM in the last shape probed")
 @click.option("--allow-overcommit", is_flag=True, help="allow shapes larger than the node")
@@ -76,6 +77,9 @@ def sweep(app: AppContext, name: str, cores: str, ram: str, cpu_types: str | Non
 
     app.json_output = app.json_output or json_flag
     # Everything the user typed is checked before the VM is touched.
+    if keep_clones and parallel < 2:
+        raise UsageError("--keep-clones needs --parallel N (N >= 2): only a parallel sweep makes "
+                         "clones to keep")
     space = parse_space(cores, ram, cpu_types or "host")
     targets = parse_targets(min_tps, max_ttft, min_free_mem, space)
     options = probe_options(app, model=model, runs=runs, warmup=warmup, num_predict=num_predict,

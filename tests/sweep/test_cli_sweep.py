@@ -194,6 +194,17 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(labctl: Any, args: tup
     assert labctl.vm.history == [] and labctl.probers == []
 
 
+@pytest.mark.parametrize("parallel", [(), ("--parallel", "1")])
+def test_keep_clones_without_a_parallel_sweep_is_exit_2_before_proxmox_is_asked(
+        labctl: Any, parallel: tuple[str, ...]) -> None:
+    code, out, err = labctl.run(*SWEEP, "--min-tps", "10", "--keep-clones", *parallel)
+    assert code == ExitCode.USAGE and out == ""
+    assert err == ("error: --keep-clones needs --parallel N (N >= 2): only a parallel sweep "
+                   "makes clones to keep\n")
+    assert labctl.lab.finds == 0 and labctl.vm.history == [] and labctl.probers == []
+    assert not (labctl.tmp / "state" / "labctl.sqlite").exists()  # no sweep recorded either
+
+
 def test_unknown_sweep_id_is_exit_2(labctl: Any) -> None:
     code, _, err = labctl.run("report", "nosuch")
     assert code == ExitCode.USAGE and "no sweep 'nosuch'" in err
