@@ -110,8 +110,8 @@ def sweep(app: AppContext, name: str, cores: str, ram: str, cpu_types: str | Non
         outcome = SweepLoop(store, workers, progress.channel() if progress else app.reporter
                             ).run(plan)
     finally:
-        _after_clones(app, lab, name, parallel, keep_clones)
-    _finish(app, store, outcome.record.id, report_format, out)
+        clone_fate = _after_clones(app, lab, name, parallel, keep_clones)
+    _finish(app, store, outcome.record.id, report_format, out, clone_fate)
 
 
 def _progress(app: AppContext, parallel: int) -> SharedProgress | None:
@@ -150,33 +150,51 @@ def _clones(app: AppContext, lab: Lab, info: VmInfo, parallel: int, space: Space
                          reporter=app.reporter, allow_overcommit=allow_overcommit)
 
 
-def _after_clones(app: AppContext, lab: Lab, name: str, parallel: int, keep_clones: bool) -> None:
-    """Remove the clones the sweep made (also after a failure), or say that they stay."""
-    if parallel <= 1:
-        return
-    from provision.errors import LabctlError
-    from provision.sweep.clones import clone_names, disown_clones, remove_clones
+def _no_clones() -> dict[str, list[str]]:
+    """What happened to the parallel clones (the `clones` key of `sweep --json`).
 
+    removed: destroyed at the end; kept: made by the sweep, kept with --keep-clones (now the
+    user's); left: made by the sweep, but removing them failed (a warning says why);
+    user_vms: VMs named NAME-k that the sweep used but did not make, never removed.
+    """
+    return {"removed": [], "kept": [], "left": [], "user_vms": []}
+
+
+def _after_clones(app: AppContext, lab: Lab, name: str, parallel: int,
+                  keep_clones: bool) -> dict[str, list[str]]:
+    """Remove the clones the sweep made (also after a failure), or say that they stay."""
+    fate = _no_clones()
+    if parallel <= 1:
+        return fate
+    from provision.errors import LabctlError
+    from provision.sweep.clones import clone_names, disown_clones, owned_clones, remove_clones
+
+    names = clone_names(name, parallel)
+    ours = [c for c in names if c in owned_clones(app.state_dir)]
+    fate["user_vms"] = [c for c in names if c not in ours]
     if keep_clones:
-        disown_clones(app.state_dir, clone_names(name, parallel))
-        app.say(f"clones kept: {', '.join(clone_names(name, parallel))}; "
-                "`labctl down NAME --yes` removes one")
-        return
+        disown_clones(app.state_dir, names)
+        fate["kept"] = ours
+        app.say(f"clones kept: {', '.join(names)}; `labctl down NAME --yes` removes one")
+        return fate
     app.reporter.stage("clones")
     try:
         removed, left = remove_clones(lab, app.state_dir, name, parallel, app.reporter)
     except LabctlError as error:  # never hide the sweep's own outcome behind the cleanup's
         app.reporter.warn(f"could not remove the sweep's clones: {error}; "
                           f"`labctl ls` shows them, `labctl down NAME --yes` removes one")
-        return
+        fate["left"] = ours
+        return fate
+    fate["removed"], fate["left"] = removed, left
     if removed:
         app.say(f"clones removed: {', '.join(removed)}")
     if left:
         app.say(f"clones left: {', '.join(left)}; `labctl down NAME --yes` removes one")
+    return fate
 
 
 def _finish(app: AppContext, store: Any, sweep_id: str, report_format: str,
-            out: Path | None) -> None:
+            out: Path | None, clones: dict[str, list[str]]) -> None:
     from provision.report.export import to_json
     from provision.report.files import default_path, write_report
     from provision.report.model import report_from_store
@@ -187,6 +205,7 @@ def _finish(app: AppContext, store: Any, sweep_id: str, report_format: str,
                          report_format)
     document = to_json(report)
     document["report_files"] = [str(f) for f in files]
+    document["clones"] = clones
     app.emit(document, human=render_table(report, color=sys.stdout.isatty()))
     app.say(f"report: {files[0]}")
     _raise_for_outcome(report)

@@ -237,16 +237,9 @@ def test_ctrl_c_restores_the_vm_exits_130_and_the_rerun_resumes(labctl: Any) -> 
 
 def test_a_parallel_sweep_removes_the_clones_it_made_even_after_ctrl_c(
         labctl: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    import provision.cli.sweep as sweep_cli
     from provision.sweep import clones
 
-    def made_by_the_sweep(app: Any, lab: Any, info: Any, parallel: int, *rest: Any) -> list[str]:
-        names = clones.clone_names(info.name, parallel)
-        clones._set_owned(app.state_dir, set(names))  # as ensure_clones does before Lab.up
-        labctl.lab.clones.update(names)
-        return names
-
-    monkeypatch.setattr(sweep_cli, "_clones", made_by_the_sweep)
+    _clones_made_by_the_sweep(labctl, monkeypatch)
     labctl.interrupt_after = 2
     code, out, err = labctl.run(*SWEEP, "--min-tps", "10", "--parallel", "2")
     assert code == ExitCode.INTERRUPTED and out == "", err
@@ -258,3 +251,64 @@ def test_a_parallel_sweep_removes_the_clones_it_made_even_after_ctrl_c(
     assert code == 0, err
     assert labctl.lab.downs == ["gemma-2"] and "clones kept: gemma-2" in err
     assert clones.owned_clones(labctl.tmp / "state") == set()  # now the user's to remove
+
+
+def _clones_made_by_the_sweep(labctl: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import provision.cli.sweep as sweep_cli
+    from provision.sweep import clones
+
+    def made_by_the_sweep(app: Any, lab: Any, info: Any, parallel: int, *rest: Any) -> list[str]:
+        names = clones.clone_names(info.name, parallel)
+        clones._set_owned(app.state_dir, set(names))  # as ensure_clones does before Lab.up
+        labctl.lab.clones.update(names)
+        return names
+
+    monkeypatch.setattr(sweep_cli, "_clones", made_by_the_sweep)
+
+
+def test_json_says_which_clones_were_removed(labctl: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    _clones_made_by_the_sweep(labctl, monkeypatch)
+    code, out, err = labctl.run(*SWEEP, "--min-tps", "10", "--parallel", "3", "--json")
+    assert code == 0, err
+    assert json.loads(out)["clones"] == {"removed": ["gemma-2", "gemma-3"], "kept": [],
+                                         "left": [], "user_vms": []}
+    assert labctl.lab.downs == ["gemma-2", "gemma-3"]
+
+
+def test_json_says_which_clones_were_kept(labctl: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    _clones_made_by_the_sweep(labctl, monkeypatch)
+    code, out, err = labctl.run(*SWEEP, "--min-tps", "10", "--parallel", "2", "--keep-clones",
+                                "--json")
+    assert code == 0, err
+    assert json.loads(out)["clones"] == {"removed": [], "kept": ["gemma-2"], "left": [],
+                                         "user_vms": []}
+    assert labctl.lab.downs == []
+
+
+def test_json_names_clones_left_behind_and_vms_the_sweep_did_not_make(
+        labctl: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import provision.cli.sweep as sweep_cli
+    from provision.errors import ProxmoxError
+    from provision.sweep import clones
+
+    def one_made_one_found(app: Any, lab: Any, info: Any, parallel: int, *rest: Any) -> list[str]:
+        clones._set_owned(app.state_dir, {"gemma-2"})  # gemma-3 was the user's already
+        labctl.lab.clones.update({"gemma-2", "gemma-3"})
+        return ["gemma-2", "gemma-3"]
+
+    def down_fails(name: str) -> None:
+        raise ProxmoxError(f"VM {name} is locked (backup)")
+
+    monkeypatch.setattr(sweep_cli, "_clones", one_made_one_found)
+    monkeypatch.setattr(labctl.lab, "down", down_fails)
+    code, out, err = labctl.run(*SWEEP, "--min-tps", "10", "--parallel", "3", "--json")
+    assert code == 0, err
+    assert json.loads(out)["clones"] == {"removed": [], "kept": [], "left": ["gemma-2"],
+                                         "user_vms": ["gemma-3"]}
+    assert "could not remove gemma-2: VM gemma-2 is locked (backup)" in err
+
+
+def test_json_of_a_sweep_on_one_vm_has_no_clones(labctl: Any) -> None:
+    code, out, _ = labctl.run(*SWEEP, "--min-tps", "10", "--json")
+    assert code == 0
+    assert json.loads(out)["clones"] == {"removed": [], "kept": [], "left": [], "user_vms": []}
