@@ -150,6 +150,7 @@ def test_parallel_sweep_splits_shapes_over_a_clone_finds_the_serial_minimum_and_
 
     # The clone is gone (labctl made it for the sweep), the VM is back in its shape.
     assert f"clones removed: {CLONE}" in result.stderr
+    assert document["clones"] == {"removed": [CLONE], "kept": [], "left": [], "user_vms": []}
     assert lab.vm_named(CLONE) is None and vms(lab) == {VM: (2, 2048)}
 
     serial = ok(lab, *SWEEP, "--json", "--fresh", timeout=600).json  # smart, one VM
