@@ -54,35 +54,37 @@ class E2eLab:
             self.mirror.stop()
 
 
-def _backend(state: Path) -> Any:
+def _backend(state: Path, bridge: str, subnet: str, prefix: str) -> Any:
     if os.geteuid() != 0:
         pytest.skip("e2e on container guests needs root (netns, overlayfs, cgroups)")
     from provision.sim.guests.container import ContainerBackend
     from provision.sim.guests.errors import GuestsUnavailable
 
     try:
-        return ContainerBackend(state, bridge=BRIDGE, subnet=SUBNET, prefix=PREFIX)
+        return ContainerBackend(state, bridge=bridge, subnet=subnet, prefix=prefix)
     except GuestsUnavailable as error:
         pytest.skip(f"container guests unavailable here: {error}")
 
 
-@pytest.fixture(scope="session")
-def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2eLab]:
+@contextlib.contextmanager
+def guest_lab(work: Path, *, bridge: str, subnet: str, prefix: str, nodes: int = 1,
+              vms: tuple[str, ...] = ()) -> Iterator[E2eLab]:
+    """Simulator (container guests on its own bridge) + mirror + a lab file that deploys the
+    Ollama TEST DOUBLE from that mirror; `vms` still there at the end are brought down."""
     from provision.sim.server import SimServer
     from tests.doubles import OllamaMirror, prepare_mirror
 
-    work = tmp_path_factory.mktemp("e2e")
     key = work / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     release, _ = prepare_mirror(work / "mirror", models={MODEL: MODEL_BYTES})
-    backend = _backend(work / "guests")
+    backend = _backend(work / "guests", bridge, subnet, prefix)
     try:
         mirror = OllamaMirror(work / "mirror", host=str(backend.leases.host_ip)).start()
     except BaseException:
         backend.close()
         raise
-    server = SimServer(work / "sim", backend=backend, node_cpus=8, node_memory_gib=32,
-                       **{**FAST, "agent_delay": 0.5})
+    server = SimServer(work / "sim", nodes=nodes, backend=backend, node_cpus=8,
+                       node_memory_gib=32, **{**FAST, "agent_delay": 0.5})
     try:
         server.start()
     except BaseException:
@@ -101,6 +103,14 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2eLab]:
         yield lab
     finally:
         with contextlib.suppress(Exception):
-            if not lab.closed and cli.vm_named(VM) is not None:
-                cli.run("down", VM, "--yes", timeout=120)
+            for name in vms:
+                if not lab.closed and cli.vm_named(name) is not None:
+                    cli.run("down", name, "--yes", timeout=120)
         lab.close()
+
+
+@pytest.fixture(scope="session")
+def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2eLab]:
+    with guest_lab(tmp_path_factory.mktemp("e2e"), bridge=BRIDGE, subnet=SUBNET, prefix=PREFIX,
+                   vms=(VM,)) as lab:
+        yield lab

@@ -17,92 +17,27 @@ import contextlib
 import os
 import re
 import sqlite3
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.integration.conftest import FAST, CliResult, Lab
+from tests.e2e.conftest import MODEL, E2eLab, guest_lab
+from tests.integration.conftest import CliResult, Lab
 
 pytestmark = [pytest.mark.e2e, pytest.mark.guests, pytest.mark.slow]
 
 BRIDGE, SUBNET, PREFIX = "lpbr80", "10.213.80.0/24", "lp80"
-MODEL = "gemma2:2b"
-MODEL_BYTES = 96 << 20
 VM, CLONE = "pw", "pw-2"
 SWEEP = ("sweep", VM, "--cores", "1,2", "--ram", "1G,2G", "--min-tps", "0.5",
          "--runs", "1", "--warmup", "0", "--num-predict", "8")
 
 
-class ParallelLab:
-    """The CLI lab plus the simulator (2 nodes), its guest backend and the mirror behind it."""
-
-    def __init__(self, cli: Lab, backend: Any, server: Any, mirror: Any) -> None:
-        self.cli, self.backend, self.server, self.mirror = cli, backend, server, mirror
-        self.closed = False
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            self.server.stop()  # closes the guest backend too
-        finally:
-            self.mirror.stop()
-
-
-def _backend(state: Path) -> Any:
-    if os.geteuid() != 0:
-        pytest.skip("e2e on container guests needs root (netns, overlayfs, cgroups)")
-    from provision.sim.guests.container import ContainerBackend
-    from provision.sim.guests.errors import GuestsUnavailable
-
-    try:
-        return ContainerBackend(state, bridge=BRIDGE, subnet=SUBNET, prefix=PREFIX)
-    except GuestsUnavailable as error:
-        pytest.skip(f"container guests unavailable here: {error}")
-
-
 @pytest.fixture(scope="module")
-def parallel_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ParallelLab]:
-    from provision.sim.server import SimServer
-    from tests.doubles import OllamaMirror, prepare_mirror
-
-    work = tmp_path_factory.mktemp("e2e-parallel")
-    key = work / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    release, _ = prepare_mirror(work / "mirror", models={MODEL: MODEL_BYTES})
-    backend = _backend(work / "guests")
-    try:
-        mirror = OllamaMirror(work / "mirror", host=str(backend.leases.host_ip)).start()
-    except BaseException:
-        backend.close()
-        raise
-    server = SimServer(work / "sim", nodes=2, backend=backend, node_cpus=8, node_memory_gib=32,
-                       **{**FAST, "agent_delay": 0.5})
-    try:
-        server.start()
-    except BaseException:
-        mirror.stop()
-        backend.close()
-        raise
-    cli = Lab(server, work, key)
-    config = cli.write(probe={"model": MODEL})
-    config.write_text(config.read_text() + (
-        f'\n[deploy]\nmodels = ["{MODEL}"]\nollama_version = "{release.version}"\n'
-        f'ollama_base_url = "{mirror.download_base_url}"\n'
-        f'extra_vars = {{ ollama_environment = {{ OLLAMA_DOUBLE_REGISTRY = "{mirror.url}" }} }}\n'))
-    lab = ParallelLab(cli, backend, server, mirror)
-    try:
+def parallel_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2eLab]:
+    with guest_lab(tmp_path_factory.mktemp("e2e-parallel"), bridge=BRIDGE, subnet=SUBNET,
+                   prefix=PREFIX, nodes=2, vms=(CLONE, VM)) as lab:
         yield lab
-    finally:
-        with contextlib.suppress(Exception):
-            for name in (CLONE, VM):
-                if not lab.closed and cli.vm_named(name) is not None:
-                    cli.run("down", name, "--yes", timeout=120)
-        lab.close()
 
 
 def ok(lab: Lab, *args: str, timeout: float = 300) -> CliResult:
@@ -116,7 +51,7 @@ def vms(lab: Lab) -> dict[str, tuple[int, int]]:
 
 
 @pytest.fixture(scope="module")
-def lab(parallel_lab: ParallelLab) -> Lab:
+def lab(parallel_lab: E2eLab) -> Lab:
     ok(parallel_lab.cli, "up", VM, "--cores", "2", "--ram", "2G", timeout=600)
     return parallel_lab.cli
 
@@ -159,7 +94,7 @@ def test_parallel_sweep_splits_shapes_over_a_clone_finds_the_serial_minimum_and_
     assert vms(lab) == {VM: (2, 2048)}
 
 
-def test_down_leaves_nothing_behind(parallel_lab: ParallelLab, lab: Lab) -> None:
+def test_down_leaves_nothing_behind(parallel_lab: E2eLab, lab: Lab) -> None:
     ok(lab, "down", VM, "--yes")
     assert ok(lab, "--json", "ls").json["vms"] == []
     assert parallel_lab.backend.cgroups.pids(PREFIX) == set()
