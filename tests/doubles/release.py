@@ -16,7 +16,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import random
+import shutil
 import subprocess
 import tarfile
 from dataclasses import dataclass
@@ -30,6 +32,10 @@ MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 
 DOUBLE_NOTE = b"""This is the labctl Ollama TEST DOUBLE, not Ollama.
 bin/ollama is a stdlib-only Python stand-in (see its docstring); llama-server is its runner.
+"""
+REAL_ENGINE_NOTE = b"""lib/ollama/llama-server is the REAL upstream llama.cpp server, built from
+the llama.cpp tree vendored in PyPI's llama-cpp-python 0.3.36 sdist (CPU only), as Ollama >= 0.30
+ships it.
 """
 
 
@@ -67,15 +73,18 @@ def double_script(version: str) -> bytes:
     return source.replace(marker, f'VERSION = "{version}"', 1).encode()
 
 
-def _tar_bytes(version: str) -> bytes:
+def _tar_bytes(version: str, llama_server: Path | None) -> bytes:
+    """bin/ollama + lib/ollama/llama-server: the real binary when given, else the hashing one."""
     script = double_script(version)
+    runner = llama_server.read_bytes() if llama_server else script
+    note = DOUBLE_NOTE + (REAL_ENGINE_NOTE if llama_server else b"")
     entries: list[tuple[str, bytes | None, int]] = [
         ("bin", None, 0o755),
         ("bin/ollama", script, 0o755),
         ("lib", None, 0o755),
         ("lib/ollama", None, 0o755),
-        ("lib/ollama/llama-server", script, 0o755),
-        ("lib/ollama/DOUBLE-NOT-OLLAMA.txt", DOUBLE_NOTE, 0o644),
+        ("lib/ollama/llama-server", runner, 0o755),
+        ("lib/ollama/DOUBLE-NOT-OLLAMA.txt", note, 0o644),
     ]
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
@@ -92,13 +101,19 @@ def _tar_bytes(version: str) -> bytes:
     return buffer.getvalue()
 
 
-def build_release(root: Path, version: str = DEFAULT_VERSION, arch: str = "amd64") -> Release:
-    """Write the release tarball and its sha256sum.txt under <root>/download/v<version>/."""
+def build_release(root: Path, version: str = DEFAULT_VERSION, arch: str = "amd64",
+                  llama_server: Path | None = None) -> Release:
+    """Write the release tarball and its sha256sum.txt under <root>/download/v<version>/.
+
+    llama_server: the real llama.cpp server binary to ship as lib/ollama/llama-server (what
+    measures); None ships the double's hashing runner there (fast unit tests only).
+    """
     release_dir = root / "download" / f"v{version}"
     release_dir.mkdir(parents=True, exist_ok=True)
     tarball = release_dir / f"ollama-linux-{arch}.tar.zst"
     compressed = subprocess.run(
-        ["zstd", "-q", "-c", "-3"], input=_tar_bytes(version), capture_output=True, check=True
+        ["zstd", "-q", "-c", "-3"], input=_tar_bytes(version, llama_server),
+        capture_output=True, check=True,
     ).stdout
     tarball.write_bytes(compressed)
     digest = hashlib.sha256(compressed).hexdigest()
@@ -135,23 +150,51 @@ def _write_weights(blobs: Path, size: int, seed: str) -> dict[str, object]:
     return {"digest": digest, "size": size}
 
 
+def _link_weights(blobs: Path, gguf: Path) -> dict[str, object]:
+    """A GGUF file as the weights layer: hashed, then hard-linked (or copied) into blobs/."""
+    hasher = hashlib.sha256()
+    with gguf.open("rb") as f:
+        while chunk := f.read(8 << 20):
+            hasher.update(chunk)
+    digest = "sha256:" + hasher.hexdigest()
+    target = blobs / digest
+    if not target.exists():
+        tmp = blobs / f"tmp-{hasher.hexdigest()[:16]}"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(gguf, tmp)
+        except OSError:
+            shutil.copyfile(gguf, tmp)
+        tmp.replace(target)
+    return {"digest": digest, "size": gguf.stat().st_size}
+
+
 def publish_model(
     root: Path,
     name: str = "gemma2:2b",
     model_bytes: int = DEFAULT_MODEL_BYTES,
     *,
+    gguf: Path | None = None,
     family: str = "gemma2",
     parameter_size: str = "2.6B",
     quantization: str = "Q4_0",
 ) -> PublishedModel:
-    """Put a model into the mirror's registry with the real gemma2 layer set (scaled weights)."""
+    """Put a model into the mirror's registry with the real gemma2 layer set.
+
+    gguf: a real GGUF file as the weights (what the real llama-server runs); without it the
+    weights are model_bytes of seeded random bytes for the double's hashing runner.
+    """
     model, _, tag = name.partition(":")
     namespace, _, model = model.rpartition("/")
     namespace, tag = namespace or "library", tag or "latest"
     registry = root / "registry"
     blobs = registry / "blobs"
     blobs.mkdir(parents=True, exist_ok=True)
-    weights = _write_weights(blobs, model_bytes, f"{namespace}/{model}:{tag}:{model_bytes}")
+    if gguf is not None:
+        weights = _link_weights(blobs, gguf)
+        model_bytes = int(weights["size"])  # type: ignore[call-overload]
+    else:
+        weights = _write_weights(blobs, model_bytes, f"{namespace}/{model}:{tag}:{model_bytes}")
     template = _write_blob(blobs, b"<start_of_turn>user\n{{ if .System }}{{ .System }} "
                            b"{{ end }}{{ .Prompt }}<end_of_turn>\n<start_of_turn>model\n"
                            b"{{ .Response }}<end_of_turn>\n")

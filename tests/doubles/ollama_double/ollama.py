@@ -209,7 +209,7 @@ class LocalModel:
 
     def __init__(self, name: ModelName, manifest_file: Path, root: Path) -> None:
         raw = manifest_file.read_bytes()
-        self.name = name
+        self.name, self.root = name, root
         self.manifest = json.loads(raw)
         self.digest = hashlib.sha256(raw).hexdigest()
         self.modified = manifest_file.stat().st_mtime
@@ -516,6 +516,262 @@ def _runner_command() -> list[str]:
     return [sys.executable, str(here), "runner"]
 
 
+# --------------------------------------------------------------------------- llama-server runner
+# Ollama >= 0.30 runs every GGUF model with the upstream llama-server from lib/ollama/. When the
+# double's release ships the real binary there (tests/doubles/engine.py builds it), the double
+# starts it exactly as Ollama v0.32.15 does; what follows cites that tag's sources.
+
+# llm/status.go:62-79 (errorPrefixes) and :81-92 (outOfMemorySubstrings)
+ERROR_PREFIXES = ("panic:", "fatal error:", "error:", "Error:", '"ERR"', "error loading model",
+                  "GGML_ASSERT", "llama_init_from_model:")
+OOM_SUBSTRINGS = ("out of memory", "failed to allocate", "allocation failed", "not enough memory",
+                  "insufficient memory", "cannot allocate memory")
+RUNNER_STOPPED = ("model runner has unexpectedly stopped, this may be due to resource limitations"
+                  " or an internal error, check ollama server logs for details")  # :1642-1644
+BUFFER_SIZE = re.compile(r"(\w+) (?:model |KV |compute |output )?buffer size\s*=\s*([\d.]+) MiB")
+HEALTH_POLL_S = 0.25  # llm/llama_server.go:1381 (time.Sleep 250 ms between health polls)
+LOAD_STALL_S = 300.0  # envconfig.LoadTimeout default, 5 minutes without load progress
+
+
+def _real_llama_server() -> Path | None:
+    """lib/ollama/llama-server when it is the real (ELF) binary, else None (hashing runner)."""
+    here = Path(sys.argv[0]).resolve()
+    binary = here.parent.parent / "lib" / "ollama" / "llama-server"
+    try:
+        with binary.open("rb") as f:
+            return binary if f.read(4) == b"\x7fELF" else None
+    except OSError:
+        return None
+
+
+def render_prompt(model: LocalModel, prompt: str) -> str:
+    """The model's Go template rendered for one user prompt (no system message)."""
+    template = ""
+    for layer in model.manifest.get("layers", []):
+        if layer.get("mediaType") == "application/vnd.ollama.image.template":
+            try:
+                template = blob_path(model.root, layer["digest"]).read_text()
+            except OSError:
+                template = ""
+    if "{{ .Prompt }}" not in template:
+        return prompt
+    template = re.sub(r"\{\{ if \.System \}\}.*?\{\{ end \}\}", "", template, flags=re.DOTALL)
+    return template.split("{{ .Response }}")[0].replace("{{ .Prompt }}", prompt)
+
+
+def _stop_words(model: LocalModel) -> list[str]:
+    for layer in model.manifest.get("layers", []):
+        if layer.get("mediaType") == "application/vnd.ollama.image.params":
+            try:
+                params = json.loads(blob_path(model.root, layer["digest"]).read_bytes())
+            except (OSError, ValueError):
+                return []
+            return [str(w) for w in params.get("stop", [])]
+    return []
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:  # llm/llama_server.go:357-366: bind :0, close, pass it on
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def llama_server_args(binary: Path, model: Path, port: int, ctx: int, parallel: int,
+                      options: dict[str, Any]) -> list[str]:
+    """The command line of llm/llama_server.go:368-425 (startLlamaServer) for a CPU-only host."""
+    args = [str(binary), "--model", str(model), "--port", str(port), "--host", "127.0.0.1",
+            "--no-webui", "--offline", "-c", str(ctx * parallel), "-np", str(parallel),
+            "--log-verbosity", "4", "--no-log-prefix", "--no-log-timestamps"]
+    # server/sched.go:1158-1161: on CPU Ollama turns mmap off unless the request sets use_mmap;
+    # llm/llama_server.go:634-636 then passes --load-mode none (weights read into RAM).
+    if options.get("use_mmap") is not True:
+        args += ["--load-mode", "none"]
+    args += ["--flash-attn", "auto"]  # :613-621, ml/device.go:571 (cpu supports FA -> auto)
+    if int(options.get("num_batch") or 0) > 0:  # :581-593
+        args += ["-b", str(options["num_batch"]), "-ub", str(options["num_batch"])]
+    if "num_gpu" in options and int(options["num_gpu"]) == 0:  # :404-410
+        args += ["-ngl", "0"]
+    if int(options.get("num_thread") or 0) > 0:  # :412-416: -t only when num_thread > 0
+        args += ["-t", str(int(options["num_thread"]))]
+    return args
+
+
+class LlamaServerLoaded:
+    """One model loaded in the real llama-server, driven over HTTP as Ollama drives it."""
+
+    def __init__(self, model: LocalModel, options: dict[str, Any], runner_key: tuple[Any, ...],
+                 ctx: int, parallel: int) -> None:
+        binary = _real_llama_server()
+        if binary is None or model.model_blob is None:
+            raise RunnerDied("llama-server binary not found")
+        self.model, self.options, self.runner_key, self.ctx = model, options, runner_key, ctx
+        self.lock = threading.Lock()
+        self.expires_at = time.time() + KEEP_ALIVE_DEFAULT_S
+        self.port = _free_port()
+        self.last_error = ""
+        self.buffers: dict[str, float] = {}
+        self.stop_words = _stop_words(model)
+        command = llama_server_args(binary, model.model_blob, self.port, ctx, parallel, options)
+        _log("llama_server.go:434", f"starting llama-server cmd={' '.join(command)}")
+        self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT)
+        self._reader = threading.Thread(target=self._read_output, daemon=True)
+        self._reader.start()
+        self._wait_until_running()
+
+    @property
+    def size(self) -> int:
+        """Ollama's memTotal: the buffer sizes llama-server logged while loading (MiB)."""
+        return int(sum(self.buffers.values()) * (1 << 20))
+
+    def _read_output(self) -> None:
+        """Like llm/status.go StatusWriter: pass lines on, keep error lines, parse buffers."""
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            sys.stderr.write(line + "\n")
+            if match := BUFFER_SIZE.search(line):
+                self.buffers[line[: match.start(2)]] = float(match[2])
+            lowered = line.lower()
+            if line.startswith(ERROR_PREFIXES) or any(s in lowered for s in OOM_SUBSTRINGS):
+                self.last_error = (self.last_error + "\n" + line).strip()[-8192:]
+        sys.stderr.flush()
+
+    def _http(self, method: str, path: str, body: Any = None,
+              timeout: float = 3600) -> http.client.HTTPResponse:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        data = json.dumps(body).encode() if body is not None else None
+        conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+        return conn.getresponse()
+
+    def _terminated_text(self) -> str:
+        """llm/llama_server.go:1300-1325: what WaitUntilRunning says when the process died."""
+        self._reader.join(timeout=2)
+        code = self.proc.wait()
+        status = f"signal: {_SIGNAL_NAMES.get(-code, f'signal {-code}')}" if code < 0 else (
+            f"exit status {code}")
+        if self.last_error:
+            if any(s in self.last_error.lower() for s in OOM_SUBSTRINGS):
+                return f"llama-server reported out-of-memory during startup: {self.last_error}"
+            return f"llama-server process has terminated: {status}: {self.last_error}"
+        return f"llama-server process has terminated: {status}"
+
+    def _wait_until_running(self) -> None:
+        deadline = time.monotonic() + LOAD_STALL_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RunnerDied(self._terminated_text())
+            try:
+                response = self._http("GET", "/health", timeout=0.2)
+                status = json.loads(response.read() or b"{}").get("status")
+            except (OSError, ValueError):
+                status = None
+            if status == "ok":
+                _log("llama_server.go:1356", "llama-server started")
+                return
+            time.sleep(HEALTH_POLL_S)
+        self.stop()
+        raise RunnerDied(f"timed out waiting for llama-server to start - {self.last_error}")
+
+    def _completion_body(self, request: dict[str, Any]) -> dict[str, Any]:
+        """llm/llama_server.go:1591-1612: the /completion request Ollama sends."""
+        options = request.get("options") or {}
+        num_predict = int(request["num_predict"])
+        limit = 10 * self.ctx  # boundedNumPredict (:112-123)
+        stop = [str(w) for w in (options.get("stop") or self.stop_words)]
+        return {
+            "prompt": request["prompt"], "stream": True, "cache_prompt": True,
+            "n_predict": limit if num_predict < 0 or num_predict > limit else num_predict,
+            "n_keep": int(options.get("num_keep", 4)),
+            "temperature": float(options.get("temperature", 0.8)),
+            "top_k": int(options.get("top_k", 40)), "top_p": float(options.get("top_p", 0.9)),
+            "min_p": float(options.get("min_p", 0.0)), "stop": stop,
+            "repeat_penalty": float(options.get("repeat_penalty", 1.0)),
+            "repeat_last_n": int(options.get("repeat_last_n", 64)),
+            "frequency_penalty": float(options.get("frequency_penalty", 0.0)),
+            "presence_penalty": float(options.get("presence_penalty", 0.0)),
+            "typical_p": float(options.get("typical_p", 1.0)),
+            "seed": int(request["seed"]),
+        }
+
+    def generate(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Stream one completion; events shaped like the hashing runner's."""
+        try:
+            response = self._http("POST", "/completion", self._completion_body(request))
+        except OSError as err:
+            detail = f": {self.last_error}" if self.last_error else ""
+            raise RunnerDied(RUNNER_STOPPED + detail) from err
+        if response.status >= 400:
+            raise RunnerDied(response.read().decode(errors="replace").strip())
+        pieces: list[str] = []
+        for event in self._sse_events(response):
+            if event.get("content") and not event.get("stop"):
+                pieces.append(event["content"])
+                yield {"text": event["content"], "id": 0}
+            if event.get("stop"):
+                pieces.append(str(event.get("content", "")))
+                yield from self._final_events(request, event, "".join(pieces))
+                return
+        # the stream ended without a final event: the process died mid-stream (:1758-1768)
+        self._reader.join(timeout=2)
+        raise RunnerDied("an error was encountered while running the model: "
+                         + (self.last_error or "unexpected EOF"))
+
+    @staticmethod
+    def _sse_events(response: http.client.HTTPResponse) -> Iterator[dict[str, Any]]:
+        try:
+            for raw in response:
+                line = raw.strip()
+                if not line or line.startswith(b":"):
+                    continue
+                payload = line[6:] if line.startswith(b"data: ") else line
+                try:
+                    yield dict(json.loads(payload))
+                except ValueError:
+                    return
+        except (OSError, http.client.HTTPException):
+            return
+
+    def _final_events(self, request: dict[str, Any], event: dict[str, Any],
+                      text: str) -> Iterator[dict[str, Any]]:
+        timings = event.get("timings") or {}
+        cached = timings.get("cache_n")
+        prompt_n = int(timings.get("prompt_n", 0))
+        # llm/llama_server.go:1514-1519 promptEvalCount: cache_n + prompt_n, while the duration
+        # covers only prompt_n (the cached tokens cost nothing)
+        yield {"prompt_eval_count": prompt_n + int(cached or 0),
+               "prompt_eval_ns": int(float(timings.get("prompt_ms", 0.0)) * 1e6)}
+        reason = "length" if event.get("stop_type") == "limit" else "stop"  # :1720-1723
+        done: dict[str, Any] = {"done": reason, "eval_count": int(timings.get("predicted_n", 0)),
+                                "eval_ns": int(float(timings.get("predicted_ms", 0.0)) * 1e6)}
+        context = self._tokenize(request["prompt"] + text)
+        if context is not None:
+            done["context"] = context
+        yield done
+
+    def _tokenize(self, text: str) -> list[int] | None:
+        try:
+            response = self._http("POST", "/tokenize", {"content": text}, timeout=30)
+            return [int(t) for t in json.loads(response.read()).get("tokens", [])]
+        except (OSError, ValueError):
+            return None
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+_SIGNAL_NAMES = {9: "killed", 15: "terminated", 11: "segmentation fault", 6: "aborted"}
+
+
 class Scheduler:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -538,7 +794,8 @@ class Scheduler:
                 del self.loaded[model.name.display]
             t0 = time.perf_counter_ns()
             ctx = int(options.get("num_ctx") or self.default_ctx)
-            loaded = Loaded(model, options, key, ctx, self.parallel)
+            runner = LlamaServerLoaded if _real_llama_server() else Loaded
+            loaded = runner(model, options, key, ctx, self.parallel)
             self.loaded[model.name.display] = loaded
             return loaded, time.perf_counter_ns() - t0
 
@@ -801,7 +1058,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             seed = 0 if greedy else random.randrange(2**31)
         tokens = prompt_tokens(prompt)
         request = {"tokens": tokens, "seed": int(seed),
-                   "num_predict": int(options.get("num_predict", -1))}
+                   "num_predict": int(options.get("num_predict", -1)),
+                   "prompt": render_prompt(loaded.model, prompt), "options": options}
         name = loaded.model.name.display
         pieces: list[str] = []
         ids: list[int] = []
@@ -840,7 +1098,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             "done": True, "done_reason": final_stats["done"],
         }
         if not chat:
-            final["context"] = tokens + ids
+            final["context"] = final_stats.get("context", tokens + ids)
         final.update({
             "total_duration": time.perf_counter_ns() - t_start,
             "load_duration": load_ns or 1,
