@@ -8,6 +8,8 @@ missing install step cannot hide behind a green run.
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,3 +30,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             for line in _skipped[:20]:
                 reporter.write_line(f"  {line}", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session")
+def llama_engine() -> Any:
+    """The real llama.cpp (llama-server, llama-bench), built once per machine and cached."""
+    from tests.doubles.engine import ensure_engine
+
+    return ensure_engine()
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf() -> Path:
+    """A few-MB GGUF file with gemma2's architecture (2 narrow layers): fast real inference."""
+    from tests.doubles.gguf_model import GEMMA2_TINY, ensure_model
+
+    return ensure_model(GEMMA2_TINY)

@@ -136,13 +136,21 @@ class OllamaMirror:
 def prepare_mirror(
     root: Path,
     version: str | None = None,
-    models: dict[str, int] | None = None,
+    models: dict[str, int | Path] | None = None,
+    llama_server: Path | None = None,
 ) -> tuple[Release, list[PublishedModel]]:
-    """Build the double's release and publish models (name -> weights bytes) under root.
+    """Build the double's release and publish models under root.
 
+    models: name -> a GGUF file (real weights for the real llama-server) or a byte count
+    (random weights for the double's hashing runner). llama_server: the real binary to ship
+    in the release (tests/doubles/engine.py); None ships the hashing runner.
     Returns (Release, [PublishedModel]). Defaults: the pinned version and gemma2:2b at 128 MiB.
     """
-    release = build_release(root, version or DEFAULT_VERSION)
+    release = build_release(root, version or DEFAULT_VERSION, llama_server=llama_server)
     wanted = models if models is not None else {"gemma2:2b": DEFAULT_MODEL_BYTES}
-    published = [publish_model(root, name, size) for name, size in wanted.items()]
+    published = [
+        publish_model(root, name, gguf=weights) if isinstance(weights, Path)
+        else publish_model(root, name, weights)
+        for name, weights in wanted.items()
+    ]
     return release, published

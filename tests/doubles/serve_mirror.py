@@ -1,10 +1,14 @@
-"""Serve the Ollama test double's release and a model from a local mirror, until killed.
+"""Serve the Ollama test double's release and models from a local mirror, until killed.
 
 Used by scripts/quickstart.sh: on the built-in simulator there is no internet, so the guests
-install the *test double* of Ollama from this mirror. Prints the mirror URL on stdout.
+install the *test double* of Ollama from this mirror. The double's runner is the REAL llama.cpp
+llama-server (built once, tests/doubles/engine.py) and the model a GGUF file with gemma2:2b's
+architecture and size and random weights (tests/doubles/gguf_model.py): speed and memory are
+real, the text is not. Prints "<mirror url> <version> <download base url>" on stdout.
 
     python -m tests.doubles.serve_mirror --root DIR --host 10.213.99.1 --port 8080 \
-        --model gemma2:2b=96M
+        --model gemma2:2b=gemma2-2b          # GGUF spec: gemma2-2b (full size), small, tiny
+        --model hashed:latest=96M            # random bytes for the hashing runner (no engine)
 """
 
 from __future__ import annotations
@@ -16,15 +20,21 @@ import threading
 from pathlib import Path
 
 from tests.doubles import OllamaMirror, prepare_mirror
+from tests.doubles.engine import EngineBuildError, ensure_engine
+from tests.doubles.gguf_model import SPECS, ensure_model
 
 _UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
-def _model(text: str) -> tuple[str, int]:
-    name, _, size = text.rpartition("=")
-    if not name or not size or size[-1].upper() not in _UNITS or not size[:-1].isdigit():
-        raise argparse.ArgumentTypeError(f"expected NAME=SIZE like gemma2:2b=96M, got {text!r}")
-    return name, int(size[:-1]) * _UNITS[size[-1].upper()]
+def _model(text: str) -> tuple[str, int | str]:
+    name, _, what = text.rpartition("=")
+    if name and what in SPECS:
+        return name, what
+    if not name or not what or what[-1].upper() not in _UNITS or not what[:-1].isdigit():
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=SPEC ({', '.join(SPECS)}) or NAME=SIZE like x:latest=96M, "
+            f"got {text!r}")
+    return name, int(what[:-1]) * _UNITS[what[-1].upper()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,8 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--model", type=_model, action="append", default=[])
     args = parser.parse_args(argv)
-    models = dict(args.model) or None
-    release, _ = prepare_mirror(args.root, models=models)
+    wanted = dict(args.model) or {"gemma2:2b": "gemma2-2b"}
+    models: dict[str, int | Path] = {
+        name: ensure_model(SPECS[what]) if isinstance(what, str) else what
+        for name, what in wanted.items()
+    }
+    try:
+        engine = ensure_engine()
+    except EngineBuildError as err:
+        print(f"serve_mirror: {err}", file=sys.stderr)
+        return 1
+    release, _ = prepare_mirror(args.root, models=models, llama_server=engine.server)
     mirror = OllamaMirror(args.root, host=args.host, port=args.port).start()
     print(f"{mirror.url} {release.version} {mirror.download_base_url}", flush=True)
     stop = threading.Event()

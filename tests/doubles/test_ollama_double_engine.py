@@ -1,0 +1,175 @@
+"""The double with the REAL llama-server as its runner behaves like Ollama v0.32.15 does.
+
+Runs a few-MB GGUF model with gemma2's architecture (tests/doubles/gguf_model.py) on the real
+llama.cpp built from the pinned sdist (tests/doubles/engine.py): load time, health wait, the
+command line Ollama uses, timings mapped into Ollama's fields, unload and reload, the errors a
+broken model file or a dying runner give.
+"""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.doubles import OllamaMirror, prepare_mirror
+from tests.doubles.conftest import Double, start_double, stop_double
+
+MODEL = "gemma2-shaped:tiny"
+BROKEN = "broken:notgguf"
+TRUNCATED = "broken:truncated"
+
+
+@pytest.fixture(scope="module")
+def engine_double(llama_engine: Any, tiny_gguf: Path,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Double]:
+    root = tmp_path_factory.mktemp("engine-mirror")
+    not_gguf = root / "not.gguf"
+    not_gguf.write_bytes(b"this is not a GGUF file\n" * 1000)
+    truncated = root / "truncated.gguf"
+    truncated.write_bytes(tiny_gguf.read_bytes()[: tiny_gguf.stat().st_size // 2])
+    release, _ = prepare_mirror(root, models={MODEL: tiny_gguf, BROKEN: not_gguf,
+                                              TRUNCATED: truncated},
+                                llama_server=llama_engine.server)
+    prefix = tmp_path_factory.mktemp("engine-usr-local")
+    subprocess.run(["tar", "--zstd", "-xf", str(release.tarball), "-C", str(prefix)], check=True)
+    with OllamaMirror(root) as mirror:
+        running = start_double(prefix, tmp_path_factory.mktemp("engine-models"), mirror.url)
+        try:
+            for name in (MODEL, BROKEN, TRUNCATED):
+                status, _ = running.json("POST", "/api/pull", {"model": name, "stream": False})
+                assert status == 200, name
+            yield running
+        finally:
+            stop_double(running)
+
+
+def generate(double: Double, **body: Any) -> dict[str, Any]:
+    status, reply = double.json("POST", "/api/generate", {"model": MODEL, "stream": False,
+                                                          **body})
+    assert status == 200, reply
+    return dict(reply)
+
+
+def runner_cmdline(double: Double) -> list[str]:
+    (runner,) = double.runner_pids()
+    return Path(f"/proc/{runner}/cmdline").read_bytes().decode().split("\0")[:-1]
+
+
+def test_the_runner_is_the_real_llama_server_started_as_ollama_starts_it(
+        engine_double: Double) -> None:
+    generate(engine_double, prompt="", options={})
+    argv = runner_cmdline(engine_double)
+    assert Path(argv[0]).name == "llama-server"
+    assert Path(argv[0]).read_bytes()[:4] == b"\x7fELF"
+    flags = dict(itertools.pairwise(argv))
+    assert flags["-c"] == "4096" and flags["-np"] == "1" and flags["--host"] == "127.0.0.1"
+    assert flags["--load-mode"] == "none"  # Ollama turns mmap off on CPU
+    assert "-t" not in argv and "--no-webui" in argv and "--offline" in argv
+
+
+def test_num_thread_passes_t_and_num_ctx_reloads_with_a_new_context(engine_double: Double) -> None:
+    generate(engine_double, prompt="", options={"num_thread": 1, "num_ctx": 1024})
+    argv = runner_cmdline(engine_double)
+    assert argv[argv.index("-t") + 1] == "1" and argv[argv.index("-c") + 1] == "1024"
+    first = engine_double.runner_pids()
+    reply = generate(engine_double, prompt="hi", options={"num_thread": 1, "num_ctx": 2048,
+                                                          "num_predict": 2})
+    assert engine_double.runner_pids() != first and reply["load_duration"] > 1_000_000
+    warm = generate(engine_double, prompt="hi", options={"num_thread": 1, "num_ctx": 2048,
+                                                         "num_predict": 2})
+    assert warm["load_duration"] < reply["load_duration"]
+
+
+def test_generate_maps_llama_servers_timings_into_ollamas_fields(engine_double: Double) -> None:
+    reply = generate(engine_double, prompt="Why is the sky blue?",
+                     options={"seed": 42, "temperature": 0, "num_predict": 12})
+    assert reply["done"] is True and reply["done_reason"] in ("length", "stop")
+    assert 0 < reply["eval_count"] <= 12 and reply["eval_duration"] > 0
+    if reply["done_reason"] == "length":
+        assert reply["eval_count"] == 12
+    # the chat template's tokens + the prompt's, counted by the real tokenizer
+    assert reply["prompt_eval_count"] > 8 and reply["prompt_eval_duration"] > 0
+    assert reply["total_duration"] >= reply["eval_duration"] + reply["prompt_eval_duration"]
+    assert isinstance(reply["context"], list) and len(reply["context"]) >= reply[
+        "prompt_eval_count"]
+
+
+def test_same_seed_at_temperature_zero_gives_the_same_text(engine_double: Double) -> None:
+    options = {"seed": 7, "temperature": 0, "num_predict": 10}
+    one = generate(engine_double, prompt="colour of the sea", options=options)
+    two = generate(engine_double, prompt="colour of the sea", options=options)
+    assert one["response"] == two["response"]
+
+
+def test_a_repeated_prompt_counts_cached_tokens_like_ollama(engine_double: Double) -> None:
+    options = {"seed": 1, "temperature": 0, "num_predict": 2}
+    generate(engine_double, prompt="the same long prompt " * 8, options=options)
+    again = generate(engine_double, prompt="the same long prompt " * 8, options=options)
+    # cache_n + prompt_n: the count includes the cached prefix, the duration covers only the rest
+    assert again["prompt_eval_count"] > 40
+
+
+def test_streaming_sends_tokens_then_the_final_metrics(engine_double: Double) -> None:
+    status, lines = engine_double.ndjson("/api/generate", {
+        "model": MODEL, "prompt": "count", "options": {"seed": 3, "num_predict": 6}})
+    assert status == 200 and lines[-1]["done"] is True
+    assert all(line["done"] is False for line in lines[:-1])
+    assert "eval_count" in lines[-1] and "prompt_eval_duration" in lines[-1]
+
+
+def test_ps_reports_the_buffers_llama_server_allocated(engine_double: Double,
+                                                       tiny_gguf: Path) -> None:
+    generate(engine_double, prompt="", options={})
+    status, ps = engine_double.json("GET", "/api/ps")
+    (entry,) = [m for m in ps["models"] if m["name"] == MODEL]
+    # weights + KV cache + compute buffers: more than the file alone
+    assert status == 200 and entry["size"] > tiny_gguf.stat().st_size
+    assert entry["size_vram"] == 0 and entry["context_length"] == 4096
+
+
+def test_keep_alive_zero_stops_the_runner(engine_double: Double) -> None:
+    generate(engine_double, prompt="", options={})
+    (runner,) = engine_double.runner_pids()
+    reply = generate(engine_double, prompt="", keep_alive=0)
+    assert reply["done_reason"] == "unload"
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{runner}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{runner}")
+
+
+@pytest.mark.parametrize("name", [BROKEN, TRUNCATED])
+def test_a_model_file_that_is_not_a_whole_gguf_fails_the_load_with_ollamas_500(
+        engine_double: Double, name: str) -> None:
+    status, reply = engine_double.json("POST", "/api/generate", {
+        "model": name, "prompt": "hi", "stream": False})
+    assert status == 500
+    assert reply["error"].startswith("llama-server process has terminated: exit status")
+
+
+def test_a_runner_killed_mid_stream_gives_ollamas_error_line(engine_double: Double) -> None:
+    generate(engine_double, prompt="", options={})
+    (runner,) = engine_double.runner_pids()
+    conn = http.client.HTTPConnection("127.0.0.1", engine_double.port, timeout=60)
+    conn.request("POST", "/api/generate", json.dumps({
+        "model": MODEL, "prompt": "tell a story",
+        "options": {"seed": 5, "num_predict": 100000, "temperature": 1}}))
+    response = conn.getresponse()
+    first = json.loads(response.readline())
+    os.kill(runner, signal.SIGKILL)  # what the OOM killer does
+    rest = [json.loads(line) for line in response.read().splitlines() if line.strip()]
+    conn.close()
+    assert response.status == 200 and first["done"] is False
+    assert rest[-1]["error"].startswith("an error was encountered while running the model")
+    reply = generate(engine_double, prompt="again", options={"num_predict": 1})
+    assert reply["load_duration"] > 1_000_000  # reloaded, like Ollama
