@@ -76,10 +76,10 @@ def sim() -> None:
 )
 @click.option(
     "--mem-scale",
-    default=0.125,
+    default=1.0,
     show_default=True,
     type=click.FloatRange(min=0.001),
-    help="guest memory limit = VM RAM x this (a 32G VM gets 4 GiB)",
+    help="guest memory limit = VM RAM x this (1: a 4G VM really gets 4 GiB)",
 )
 @click.option(
     "--agent-delay",

@@ -157,7 +157,8 @@ def lab(workdir: Path, model_bytes: int = MODEL_BYTES) -> Iterator[Lab]:
     known_hosts = workdir / "known_hosts"
     known_hosts.write_text("")
     release, models = prepare_mirror(workdir / "mirror", models={MODEL: model_bytes})
-    backend = ContainerBackend(workdir / "guests", bridge=BRIDGE, subnet=SUBNET, prefix=PREFIX)
+    backend = ContainerBackend(workdir / "guests", bridge=BRIDGE, subnet=SUBNET, prefix=PREFIX,
+                               mem_scale=0.125)
     try:
         mirror = OllamaMirror(workdir / "mirror", host=str(backend.leases.host_ip)).start()
         the_lab = Lab(backend, mirror, release, models, key, known_hosts, workdir / "state")

@@ -86,6 +86,9 @@ def _tar_bytes(version: str, llama_server: Path | None) -> bytes:
         ("lib/ollama/llama-server", runner, 0o755),
         ("lib/ollama/DOUBLE-NOT-OLLAMA.txt", note, 0o644),
     ]
+    # the shared libraries built beside it (libgomp), where Ollama's bundle keeps its libraries
+    for library in sorted(llama_server.parent.glob("*.so*")) if llama_server else []:
+        entries.append((f"lib/ollama/{library.name}", library.read_bytes(), 0o755))
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
         for name, data, mode in entries:

@@ -188,7 +188,8 @@ def _guest_backend(state: Path) -> Any:
     from provision.sim.guests.errors import GuestsUnavailable
 
     try:
-        return ContainerBackend(state, bridge=BRIDGE, subnet=SUBNET, prefix=PREFIX)
+        return ContainerBackend(state, bridge=BRIDGE, subnet=SUBNET, prefix=PREFIX,
+                                mem_scale=0.125)
     except GuestsUnavailable as error:
         pytest.skip(f"container guests unavailable here: {error}")
 

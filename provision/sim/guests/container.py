@@ -88,7 +88,7 @@ class ContainerBackend:
         subnet: str = "10.213.0.0/24",
         prefix: str = "lgsim",
         cpu_scale: float = 1.0,
-        mem_scale: float = 0.125,
+        mem_scale: float = 1.0,
         template_cache: str | os.PathLike[str] | None = None,
         lxcfs: bool = True,
         log: Log | None = None,

@@ -528,7 +528,7 @@ OOM_SUBSTRINGS = ("out of memory", "failed to allocate", "allocation failed", "n
                   "insufficient memory", "cannot allocate memory")
 RUNNER_STOPPED = ("model runner has unexpectedly stopped, this may be due to resource limitations"
                   " or an internal error, check ollama server logs for details")  # :1642-1644
-BUFFER_SIZE = re.compile(r"(\w+) (?:model |KV |compute |output )?buffer size\s*=\s*([\d.]+) MiB")
+BUFFER_SIZE = re.compile(r"buffer size\s*=\s*([\d.]+) MiB")
 HEALTH_POLL_S = 0.25  # llm/llama_server.go:1381 (time.Sleep 250 ms between health polls)
 LOAD_STALL_S = 300.0  # envconfig.LoadTimeout default, 5 minutes without load progress
 
@@ -609,12 +609,18 @@ class LlamaServerLoaded:
         self.expires_at = time.time() + KEEP_ALIVE_DEFAULT_S
         self.port = _free_port()
         self.last_error = ""
-        self.buffers: dict[str, float] = {}
+        self.buffers: list[float] = []  # MiB, one per "buffer size" line
         self.stop_words = _stop_words(model)
         command = llama_server_args(binary, model.model_blob, self.port, ctx, parallel, options)
         _log("llama_server.go:434", f"starting llama-server cmd={' '.join(command)}")
+        # llm/llama_server.go:445-520 (SetupLlamaServerCommandEnv, llamaServerLibraryPaths):
+        # the binary's own directory first on LD_LIBRARY_PATH, so its libraries are found
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            [str(binary.parent)] + [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep)
+                                    if p])
         self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT, env=env)
         self._reader = threading.Thread(target=self._read_output, daemon=True)
         self._reader.start()
         self._wait_until_running()
@@ -622,7 +628,7 @@ class LlamaServerLoaded:
     @property
     def size(self) -> int:
         """Ollama's memTotal: the buffer sizes llama-server logged while loading (MiB)."""
-        return int(sum(self.buffers.values()) * (1 << 20))
+        return int(sum(self.buffers) * (1 << 20))
 
     def _read_output(self) -> None:
         """Like llm/status.go StatusWriter: pass lines on, keep error lines, parse buffers."""
@@ -631,7 +637,7 @@ class LlamaServerLoaded:
             line = raw.decode(errors="replace").rstrip()
             sys.stderr.write(line + "\n")
             if match := BUFFER_SIZE.search(line):
-                self.buffers[line[: match.start(2)]] = float(match[2])
+                self.buffers.append(float(match[1]))
             lowered = line.lower()
             if line.startswith(ERROR_PREFIXES) or any(s in lowered for s in OOM_SUBSTRINGS):
                 self.last_error = (self.last_error + "\n" + line).strip()[-8192:]
