@@ -148,6 +148,10 @@ class ModelDoesNotFit(ProbeError):
 
     exit_code = ExitCode.MODEL_DOES_NOT_FIT
 
+    def __init__(self, message: str, *, hint: str | None = None, figure: str = "") -> None:
+        super().__init__(message, hint=hint)
+        self.figure = figure  # e.g. "OOM-killed while loading, 1.9 GiB RSS of 2.0 GiB"
+
 
 class SweepError(LabctlError):
     """A sweep could not run or produced no usable result."""

@@ -10,6 +10,7 @@ APT_PACKAGES=(
   openssh-client openssh-server       # ssh-keygen; sshd binary for tests
   systemd-container debootstrap debian-archive-keyring lxcfs util-linux # simulator guests
   iproute2 zstd ca-certificates curl  # guest networks; Ollama release archives
+  cmake ninja-build g++               # llama.cpp for the Ollama test double (tests/doubles/engine.py)
 )
 
 need_apt=()

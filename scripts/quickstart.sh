@@ -3,7 +3,10 @@
 #   simulator (real container guests) -> up (clone, boot, IP, pinned SSH key, Ansible deploy of
 #   Ollama + model) -> probe -> a small sweep -> report -> down.
 # On the simulator, guests install the Ollama *test double* from a local mirror (tests/doubles),
-# because the real Ollama cannot be downloaded here. Against a real Proxmox VE, use labctl directly.
+# because the real Ollama cannot be downloaded here. Its runner is the REAL llama.cpp llama-server
+# (built here once from PyPI's llama-cpp-python sdist) and the model a GGUF file with gemma2:2b's
+# architecture and size and random weights: speed and memory are real, the text is not.
+# Against a real Proxmox VE, use labctl directly.
 # Run as root on Debian 12 (the simulator's guests are systemd-nspawn containers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,11 +43,16 @@ grep -E "listening|TLS|backend" "$WORK/sim.log" >&2
 labctl sim lab-file --state "$WORK/sim" --port "$PORT" --out "$WORK/labctl.toml" \
   --ssh-key "$WORK/id_ed25519" --force
 
-say "serving the Ollama test double and a small gemma2:2b stand-in from http://$HOST_IP:$MIRROR_PORT"
+say "serving the Ollama test double (real llama-server) and gemma2:2b from http://$HOST_IP:$MIRROR_PORT"
+echo "model: random weights, gemma2:2b's architecture and size: speed and memory are real, the text is not" >&2
 python -m tests.doubles.serve_mirror --root "$WORK/mirror" --host "$HOST_IP" \
-  --port "$MIRROR_PORT" --model gemma2:2b=96M >"$WORK/mirror.url" 2>"$WORK/mirror.log" &
+  --port "$MIRROR_PORT" --model gemma2:2b=gemma2-2b >"$WORK/mirror.url" 2>"$WORK/mirror.log" &
 pids+=($!)
-for _ in $(seq 1 60); do [[ -s "$WORK/mirror.url" ]] && break; sleep 0.5; done
+for _ in $(seq 1 900); do  # the first run builds llama.cpp (~7 min on 2 cores) and the model
+  [[ -s "$WORK/mirror.url" ]] && break
+  kill -0 "${pids[1]}" 2>/dev/null || { cat "$WORK/mirror.log" >&2; exit 1; }
+  sleep 1
+done
 read -r MIRROR_URL OLLAMA_VERSION DOWNLOAD_BASE <"$WORK/mirror.url"
 cat >>"$WORK/labctl.toml" <<TOML
 
@@ -56,16 +64,16 @@ ollama_base_url = "$DOWNLOAD_BASE"
 extra_vars = { ollama_environment = { OLLAMA_DOUBLE_REGISTRY = "$MIRROR_URL" } }
 TOML
 
-say "labctl up $VM --cores 2 --ram 2G   (clone, boot, agent IP, pinned host key, SSH, Ansible)"
-labctl up "$VM" --cores 2 --ram 2G
+say "labctl up $VM --cores 2 --ram 3G   (clone, boot, agent IP, pinned host key, SSH, Ansible)"
+labctl up "$VM" --cores 2 --ram 3G
 labctl ls
 
 say "labctl probe $VM --runs 3"
 labctl probe "$VM" --runs 3 --warmup 1 --num-predict 32
 
-say "labctl sweep $VM --cores 1,2 --ram 1G,2G --min-tps 1"
+say "labctl sweep $VM --cores 1,2 --ram 2G,3G --min-tps 5"
 set +e
-labctl sweep "$VM" --cores 1,2 --ram 1G,2G --min-tps 1 --runs 1 --num-predict 16
+labctl sweep "$VM" --cores 1,2 --ram 2G,3G --min-tps 5 --runs 2 --num-predict 32
 sweep_rc=$?
 set -e
 [[ $sweep_rc -eq 0 || $sweep_rc -eq 8 ]] || exit $sweep_rc

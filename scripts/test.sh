@@ -10,6 +10,9 @@ echo "== ruff" >&2
 ruff check provision tests bench
 echo "== mypy" >&2
 mypy
+echo "== engine: llama.cpp (built once per machine, cached) and the gemma2:2b-shaped model" >&2
+python -m tests.doubles.engine
+python -m tests.doubles.gguf_model --spec gemma2-2b
 echo "== pytest" >&2
 set +e
 python -m pytest "$@"

@@ -310,11 +310,26 @@ def _raise_for_outcome(result: ProbeResult, vm: str) -> None:
             f"{vm} ({_gib(result.facts.mem_total_bytes if result.facts else None)} RAM); "
             f"{((oom.oom or {}).get('evidence') or [oom.error])[0]}",
             hint=f"give {vm} more RAM (`labctl resize {vm} --ram SIZE --reboot`) or probe a "
-                 "smaller model")
+                 "smaller model",
+            figure=oom_figure(oom, result.facts.mem_total_bytes if result.facts else None))
     measured = result.measured
     if result.complete and measured and not any(r.ok for r in measured):
         raise ProbeError(f"all {len(measured)} measured runs failed on {vm}: "
                          f"{measured[0].error}")
+
+
+def oom_figure(run: RunResult, mem_total: int | None) -> str:
+    """What the OOM kill looked like, in figures: when it struck and how much Ollama held.
+
+    With Ollama >= 0.30 on CPU the weights are read into RAM (mmap off), so a VM below the
+    model's size is killed while loading, before any token; a kill after tokens means the
+    KV cache or a second model pushed it over.
+    """
+    when = "while loading" if not run.stream_tokens else "while generating"
+    held = run.peaks.peak_rss
+    if held is None or not mem_total:
+        return f"OOM-killed {when}"
+    return f"OOM-killed {when}, Ollama held {_gib(held)} of {_gib(mem_total)}"
 
 
 def _drop_detail(text: str) -> str:

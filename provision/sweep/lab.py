@@ -77,7 +77,7 @@ class LabProber:
             except ModelDoesNotFit as error:
                 recorder.finish("oom", str(error))
                 return Measurement(shape, Status.OOM, mem_total_mib=None, error=str(error),
-                                   details=details)
+                                   details={**details, "oom_figure": error.figure})
             except (LabctlError, KeyboardInterrupt) as error:
                 recorder.finish("failed", str(error) or type(error).__name__)
                 raise

@@ -245,7 +245,7 @@ def _probe_parallel(workers: list[Worker], shapes: list[Shape],
 
 def _summary(m: Measurement) -> str:
     if m.status is Status.OOM:
-        return "does not fit (OOM)"
+        return f"does not fit ({m.details.get('oom_figure') or 'OOM'})"
     if m.status is Status.FAILED:
         return f"failed ({m.error})"
     parts = [f"{m.eval_tps:.1f} tok/s" if m.eval_tps is not None else "tok/s not reported"]

@@ -211,7 +211,9 @@ class Verdict:
 def evaluate(measurement: Measurement, targets: Targets) -> Verdict:
     """Judge one measurement against the targets."""
     if measurement.status is Status.OOM:
-        return Verdict(False, ("does not fit in RAM (OOM)",), memory_bound=True)
+        figure = measurement.details.get("oom_figure")
+        reason = f"does not fit in RAM ({figure})" if figure else "does not fit in RAM (OOM)"
+        return Verdict(False, (reason,), memory_bound=True)
     if measurement.status is Status.FAILED:
         return Verdict(False, (f"probe failed: {measurement.error or 'unknown reason'}",))
     reasons: list[str] = []

@@ -1,14 +1,14 @@
 """End-to-end fixtures: the real `labctl` CLI (a subprocess) against the PVE simulator whose VMs
-are real, shape-limited container guests running the Ollama TEST DOUBLE.
+are real, shape-limited container guests running the Ollama TEST DOUBLE with the REAL engine.
 
 One simulator, one mirror and one VM for the whole session (boots, deploys and model loads are
 the slow part on a 2-core machine). Network resources are this directory's own: bridge lebr70,
 subnet 10.213.70.0/24, guest prefix le70. Everything is torn down at the end, and the last test
 checks that nothing is left behind.
 
-Sizes: the simulator gives a guest RAM x 0.125 (a "2G" VM has 256 MiB, a "1G" VM 128 MiB). The
-double's runner holds the model's weights (96 MiB here) plus a KV buffer (~32 MiB at the default
-context) in RAM, so the model fits a 2G VM and is OOM-killed in a 1G one.
+The model: a GGUF file with gemma2:2b's exact architecture and size (1.63 GB, random weights,
+tests/doubles/gguf_model.py), run by the real llama.cpp llama-server (tests/doubles/engine.py)
+that the double starts as Ollama 0.32.15 does. Guests get their VM's real RAM (mem_scale 1).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from tests.integration.conftest import FAST, Lab
 
 BRIDGE, SUBNET, PREFIX = "lebr70", "10.213.70.0/24", "le70"
 MODEL = "gemma2:2b"
-MODEL_BYTES = 96 << 20  # fits 256 MiB (a "2G" VM) with the server; not 128 MiB (a "1G" VM)
+MODEL_BYTES = 1_629_000_000  # the gemma2:2b-shaped GGUF: within 0.1 % of the real blob
 VM = "e2e"
-ORIGINAL = ("2", "2G")  # the VM's shape between tests (cores, RAM)
+ORIGINAL = ("2", "4G")  # the VM's shape between tests (cores, RAM)
 
 
 @dataclass
@@ -61,7 +61,8 @@ def _backend(state: Path, bridge: str, subnet: str, prefix: str) -> Any:
     from provision.sim.guests.errors import GuestsUnavailable
 
     try:
-        return ContainerBackend(state, bridge=bridge, subnet=subnet, prefix=prefix)
+        return ContainerBackend(state, bridge=bridge, subnet=subnet, prefix=prefix,
+                                mem_scale=1.0)
     except GuestsUnavailable as error:
         pytest.skip(f"container guests unavailable here: {error}")
 
@@ -73,10 +74,13 @@ def guest_lab(work: Path, *, bridge: str, subnet: str, prefix: str, nodes: int =
     Ollama TEST DOUBLE from that mirror; `vms` still there at the end are brought down."""
     from provision.sim.server import SimServer
     from tests.doubles import OllamaMirror, prepare_mirror
+    from tests.doubles.engine import ensure_engine
+    from tests.doubles.gguf_model import GEMMA2_2B, ensure_model
 
     key = work / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    release, _ = prepare_mirror(work / "mirror", models={MODEL: MODEL_BYTES})
+    release, _ = prepare_mirror(work / "mirror", models={MODEL: ensure_model(GEMMA2_2B)},
+                                llama_server=ensure_engine().server)
     backend = _backend(work / "guests", bridge, subnet, prefix)
     try:
         mirror = OllamaMirror(work / "mirror", host=str(backend.leases.host_ip)).start()

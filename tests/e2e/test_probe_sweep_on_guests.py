@@ -3,9 +3,11 @@ up (deploy) -> probe -> results -> resize (2 cores vs 1) -> OOM -> sweep (SIGKIL
 smart vs grid) -> report -> sweep stopped by Ctrl-C -> down, nothing left behind.
 
 Real: the `labctl` process, HTTPS + proxmoxer to the simulator, a systemd-nspawn guest whose
-cgroups give it the VM's cores (capped at this host's CPUs) and RAM x 0.125, OpenSSH in the
-guest, Ansible installing the Ollama TEST DOUBLE from a local mirror, the double's runner really
-hashing its weights on the guest's CPUs and really being OOM-killed by the kernel, SQLite.
+cgroups give it the VM's cores (capped at this host's CPUs) and its real RAM, OpenSSH in the
+guest, Ansible installing the Ollama TEST DOUBLE from a local mirror, the double starting the
+REAL llama.cpp llama-server on a GGUF model with gemma2:2b's architecture and size (random
+weights: speed and memory are real, the text is not), the kernel OOM-killing it in a VM too
+small for it, SQLite.
 
 The tests share one VM (tests/e2e/conftest.py) and run in file order; each puts the VM in the
 shape it needs first. Figures that matter are printed (pytest -s) for digging.
@@ -38,14 +40,14 @@ from tests.integration.conftest import CliResult, Lab
 pytestmark = [pytest.mark.e2e, pytest.mark.guests, pytest.mark.slow]
 
 MIB = 1 << 20
-MEM_SCALE = 0.125  # the simulator's default: a "2G" VM gets 256 MiB
+MEM_SCALE = 1.0  # the VM's real RAM: llama-server needs ~2.0 GiB for this model
 HOST_CPUS = len(os.sched_getaffinity(0))
 # E2E_KEEP_OUTPUTS=FILE appends the probe table and the sweep output of the run (for the README)
 OUTPUTS = os.environ.get("E2E_KEEP_OUTPUTS", "")
-SPEEDUP = 1.3  # 2 cores vs 1 must beat this; the double's threads give ~2x on idle CPUs
+SPEEDUP = 1.3  # 2 cores vs 1 must beat this; llama.cpp gives ~1.7x eval tok/s on idle CPUs
 QUIET_CPUS = 0.3  # other jobs using less than this on average: the host counts as quiet
 PROBE = ("--warmup", "1", "--runs", "3", "--num-predict", "8")
-SWEEP = ("sweep", VM, "--cores", "1,2", "--ram", "1G,2G", "--min-tps", "0.5",
+SWEEP = ("sweep", VM, "--cores", "1,2", "--ram", "1G,2G,3G", "--min-tps", "3",
          "--runs", "1", "--warmup", "0", "--num-predict", "8")
 
 
@@ -92,7 +94,7 @@ def db(lab: Lab) -> Iterator[sqlite3.Connection]:
 @pytest.fixture(scope="session")
 def up(e2e: E2eLab) -> CliResult:
     """`labctl up` once for the session: clone, boot, agent IP, pinned key, SSH, deploy."""
-    result = e2e.cli.run("up", VM, "--cores", "2", "--ram", "2G", timeout=600)
+    result = e2e.cli.run("up", VM, "--cores", "2", "--ram", "3G", timeout=900)
     assert result.code == 0, result
     return result
 
@@ -114,10 +116,10 @@ def test_up_deploys_and_probe_measures_real_numbers_that_results_keeps(
     assert 0 < summary["ttft_s"]["median"] < 30
     facts = probe["facts"]
     assert facts["vcpus"] == min(2, HOST_CPUS)  # the VM's cores, capped at this host's CPUs
-    assert facts["mem_total_bytes"] == int(2048 * MIB * MEM_SCALE)  # lxcfs shows the limit
+    assert facts["mem_total_bytes"] == int(3072 * MIB * MEM_SCALE)  # lxcfs shows the limit
     assert facts["model"]["name"] == "gemma2:2b" and facts["model"]["size_bytes"] >= MODEL_BYTES
     assert facts["on_cpu"] is True and facts["ollama_version"]
-    # the runner holds the weights in RAM, and all of it fits the VM
+    # Ollama loads the weights into RAM on CPU (mmap off), plus KV cache: all of it fits
     assert MODEL_BYTES < summary["peak_rss"]["max"] < facts["mem_total_bytes"]
     assert summary["peak_rss"]["max"] <= summary["peak_mem_used"]["max"] < facts["mem_total_bytes"]
     measured = [r for r in probe["runs"] if not r["warmup"]]
@@ -137,7 +139,7 @@ def test_up_deploys_and_probe_measures_real_numbers_that_results_keeps(
     kept = [r for r in ok(lab, "results", "--vm", VM, "--json").json["runs"]
             if r["probe_id"] == probe["probe_id"]]
     assert [r["eval_tps"] for r in kept] == pytest.approx([r["eval_tps"] for r in measured])
-    assert {(r["cores"], r["memory_mib"], bool(r["ok"])) for r in kept} == {(2, 2048, True)}
+    assert {(r["cores"], r["memory_mib"], bool(r["ok"])) for r in kept} == {(2, 3072, True)}
     rows = list(csv.DictReader(io.StringIO(ok(lab, "results", "--csv").stdout)))
     assert rows and list(rows[0]) == list(RESULT_COLUMNS)
     mine = [r for r in rows if r["probe_id"] == str(probe["probe_id"])]
@@ -174,7 +176,7 @@ class NeighbourCpu:
 def _median_eval_tps(lab: Lab, cores: int, *, keep_table: bool = False) -> tuple[float, float]:
     """Resize (reboot) to `cores`, probe with 2 threads whatever the cores: (median eval tok/s,
     CPUs the neighbours used meanwhile)."""
-    put_in_shape(lab, cores, "2G")
+    put_in_shape(lab, cores, "3G")
     if not keep_table:
         with NeighbourCpu() as neighbours:
             probe = ok(lab, "probe", VM, *PROBE, "--num-thread", "2", "--json").json
@@ -189,7 +191,7 @@ def _median_eval_tps(lab: Lab, cores: int, *, keep_table: bool = False) -> tuple
     assert len(kept) == 3 and min(kept) > 0
     median = statistics.median(kept)
     assert re.search(rf"│ eval tok/s\s+│\s+{median:.2f} │", table), table  # table = database
-    assert f"e2e 2 vCPU / 2 GiB (cpu=host): {min(cores, HOST_CPUS)} vCPU" in table, table
+    assert f"e2e 2 vCPU / 3 GiB (cpu=host): {min(cores, HOST_CPUS)} vCPU" in table, table
     return median, neighbours.cpus
 
 
@@ -217,8 +219,8 @@ def test_a_two_core_vm_runs_the_model_measurably_faster_than_a_one_core_vm(lab: 
 
 def test_a_vm_too_small_for_the_model_has_its_runner_oom_killed_exit_9(
         e2e: E2eLab, lab: Lab) -> None:
-    # 128 MiB: the server fits, the runner's weights + KV do not. 4 cores: more than this host
-    # has, so the guest sees them capped.
+    # 1 GiB: the server fits, llama-server's 1.5 GiB of weights + KV do not. 4 cores: more than
+    # this host has, so the guest sees them capped.
     put_in_shape(lab, 4, "1G")
     vmid = lab.vm_named(VM)["vmid"]  # type: ignore[index]
     kills_before = e2e.backend.oom_kills(vmid)
@@ -229,11 +231,11 @@ def test_a_vm_too_small_for_the_model_has_its_runner_oom_killed_exit_9(
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith("error: model does not fit in RAM"), result.stderr
     assert "labctl resize e2e --ram" in error and "Traceback" not in result.stderr
-    assert f"probe: {min(4, HOST_CPUS)} vCPU, 0.1 GiB RAM" in result.stderr  # the guest's facts
+    assert f"probe: {min(4, HOST_CPUS)} vCPU, 1.0 GiB RAM" in result.stderr  # the guest's facts
     assert e2e.backend.oom_kills(vmid) > kills_before  # the kernel really killed it
     runs = ok(lab, "results", "--vm", VM, "--json").json["runs"]
     assert runs[-1]["memory_mib"] == 1024 and runs[-1]["oom"] and not runs[-1]["ok"]
-    put_in_shape(lab, 2, "2G")
+    put_in_shape(lab, 2, "3G")
 
 
 def _points(lab: Lab) -> int:
@@ -261,7 +263,7 @@ def _wait_for_first_point(lab: Lab, child: Any, timeout_s: float = 180) -> None:
 
 
 def test_sweep_finds_the_minimum_survives_sigkill_and_agrees_with_grid(lab: Lab) -> None:
-    put_in_shape(lab, 2, "2G")
+    put_in_shape(lab, 2, "3G")
     with db(lab) as conn:
         last_probe = conn.execute("SELECT COALESCE(MAX(id), 0) FROM probes").fetchone()[0]
 
@@ -287,13 +289,13 @@ def test_sweep_finds_the_minimum_survives_sigkill_and_agrees_with_grid(lab: Lab)
     for shape in killed:  # measured before the kill, never probed again
         assert [p[:2] for p in probed].count(shape) == 1, (shape, probed)
 
-    assert document["minimum"]["cores"] == 1 and document["minimum"]["memory_mib"] == 2048
-    assert document["recommendation"].startswith("Minimum: 1 vCPU / 2 GiB")
-    small = [p for p in document["points"] if p["memory_mib"] == 1024]
+    assert document["minimum"]["cores"] == 1 and document["minimum"]["memory_mib"] == 3072
+    assert document["recommendation"].startswith("Minimum: 1 vCPU / 3 GiB")
+    small = [p for p in document["points"] if p["memory_mib"] < 3072]
     assert small and not any(p["feasible"] for p in small)
     assert any(p["state"] == "oom" for p in small), small
-    assert ("1", "1024", "oom") in {tuple(map(str, p)) for p in probed}  # a real OOM, recorded
-    assert shape_of(lab) == (2, 2048)  # put back
+    assert ("1", "2048", "oom") in {tuple(map(str, p)) for p in probed}  # a real OOM, recorded
+    assert shape_of(lab) == (2, 3072)  # put back
     report = Path(document["report_files"][0])
     assert report.is_file() and "data:image/png;base64," in report.read_text()
 
@@ -301,28 +303,28 @@ def test_sweep_finds_the_minimum_survives_sigkill_and_agrees_with_grid(lab: Lab)
     assert again["minimum"] == document["minimum"] and again["points"] == document["points"]
     html = lab.state / "again.html"
     ok(lab, "report", sweep_id, "--html", "--out", str(html))
-    assert "Minimum: 1 vCPU / 2 GiB" in html.read_text()
+    assert "Minimum: 1 vCPU / 3 GiB" in html.read_text()
 
     grid = ok(lab, *SWEEP, "--strategy", "grid", "--fresh", timeout=600)  # the output people read
-    keep_output("labctl sweep e2e --cores 1,2 --ram 1G,2G --min-tps 0.5 --runs 1 --warmup 0 "
+    keep_output("labctl sweep e2e --cores 1,2 --ram 1G,2G,3G --min-tps 3 --runs 1 --warmup 0 "
                 "--num-predict 8 --strategy grid --fresh", grid.stdout + grid.stderr)
     grid_id = Path(grid.stderr.split("report: ")[1].split()[0]).parent.name
     assert grid_id != sweep_id
     grid_document = ok(lab, "report", grid_id, "--json").json
     assert grid_document["minimum"] == {**grid_document["minimum"], "cores": 1,
-                                        "memory_mib": 2048}
+                                        "memory_mib": 3072}
     smart_probes, grid_probes = document["stats"]["probes"], grid_document["stats"]["probes"]
     print("\nsmart sweep points: " + ", ".join(
         f"{p['cores']}c/{p['memory_mib']}M {p['state']}" for p in document["points"]))
     print(f"smart: {smart_probes} probes, grid: {grid_probes} probes; "
           f"smart {document['recommendation']}; grid {grid_document['recommendation']}")
-    assert grid_probes == 4 and smart_probes < grid_probes
-    assert shape_of(lab) == (2, 2048)
+    assert grid_probes == 6 and smart_probes < grid_probes
+    assert shape_of(lab) == (2, 3072)
 
 
 def test_ctrl_c_stops_a_sweep_and_puts_the_vm_back(lab: Lab) -> None:
-    put_in_shape(lab, 2, "2G")
-    other_target = ["0.6" if arg == "0.5" else arg for arg in SWEEP]  # another sweep
+    put_in_shape(lab, 2, "3G")
+    other_target = ["3.5" if arg == "3" else arg for arg in SWEEP]  # another sweep
     child = lab.start(*other_target)
     try:
         _wait_for_first_point(lab, child)
@@ -338,7 +340,7 @@ def test_ctrl_c_stops_a_sweep_and_puts_the_vm_back(lab: Lab) -> None:
     with db(lab) as conn:
         statuses = conn.execute("SELECT status FROM sweeps ORDER BY rowid").fetchall()
     assert statuses[-1] == ("interrupted",), statuses
-    assert shape_of(lab) == (2, 2048)  # put back on the way out
+    assert shape_of(lab) == (2, 3072)  # put back on the way out
 
 
 def guest_shell(lab: Lab, command: str) -> str:

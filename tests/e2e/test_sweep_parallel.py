@@ -8,7 +8,8 @@ to NAME. Then: every shape is recorded, by both VMs; the minimum is the one a se
 NAME is back in its shape; the clone is removed; nothing is left on the host.
 
 Own resources (not shared with tests/e2e/conftest.py): bridge lpbr80, 10.213.80.0/24, prefix lp80.
-Sizes as in tests/e2e/conftest.py: RAM x 0.125 in the guest, a 96 MiB model fits "2G", not "1G".
+Sizes as in tests/e2e/conftest.py: real RAM, the gemma2:2b-shaped model on the real llama-server
+fits "3G", not "2G" (llama-server allocates ~2.0 GiB with Ollama's CPU settings).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.guests, pytest.mark.slow]
 
 BRIDGE, SUBNET, PREFIX = "lpbr80", "10.213.80.0/24", "lp80"
 VM, CLONE = "pw", "pw-2"
-SWEEP = ("sweep", VM, "--cores", "1,2", "--ram", "1G,2G", "--min-tps", "0.5",
+SWEEP = ("sweep", VM, "--cores", "1,2", "--ram", "2G,3G", "--min-tps", "1",
          "--runs", "1", "--warmup", "0", "--num-predict", "8")
 
 
@@ -52,13 +53,13 @@ def vms(lab: Lab) -> dict[str, tuple[int, int]]:
 
 @pytest.fixture(scope="module")
 def lab(parallel_lab: E2eLab) -> Lab:
-    ok(parallel_lab.cli, "up", VM, "--cores", "2", "--ram", "2G", timeout=600)
+    ok(parallel_lab.cli, "up", VM, "--cores", "2", "--ram", "3G", timeout=900)
     return parallel_lab.cli
 
 
 def test_parallel_sweep_splits_shapes_over_a_clone_finds_the_serial_minimum_and_removes_it(
         lab: Lab) -> None:
-    result = ok(lab, *SWEEP, "--strategy", "grid", "--parallel", "2", "--json", timeout=600)
+    result = ok(lab, *SWEEP, "--strategy", "grid", "--parallel", "2", "--json", timeout=900)
     document = result.json
     print("\n" + result.stderr)
 
@@ -76,22 +77,22 @@ def test_parallel_sweep_splits_shapes_over_a_clone_finds_the_serial_minimum_and_
                                     (CLONE,)).fetchall()
     assert clone_probes and all(m == MODEL for m, _ in clone_probes), clone_probes
     print(points)
-    assert sorted((c, m) for c, m, _, _ in points) == [(1, 1024), (1, 2048), (2, 1024), (2, 2048)]
+    assert sorted((c, m) for c, m, _, _ in points) == [(1, 2048), (1, 3072), (2, 2048), (2, 3072)]
     assert {w for *_, w in points} == {VM, CLONE}  # both VMs pulled from the queue
-    assert {(c, m): s for c, m, s, _ in points}[(1, 2048)] == "ok"
-    assert all(s == "oom" for c, m, s, _ in points if m == 1024)  # real OOM kills, on either VM
+    assert {(c, m): s for c, m, s, _ in points}[(1, 3072)] == "ok"
+    assert all(s == "oom" for c, m, s, _ in points if m == 2048)  # real OOM kills, on either VM
     assert document["stats"]["probes"] == 4 and document["stats"]["failed"] == 0
-    assert document["minimum"]["cores"] == 1 and document["minimum"]["memory_mib"] == 2048
+    assert document["minimum"]["cores"] == 1 and document["minimum"]["memory_mib"] == 3072
 
     # The clone is gone (labctl made it for the sweep), the VM is back in its shape.
     assert f"clones removed: {CLONE}" in result.stderr
     assert document["clones"] == {"removed": [CLONE], "kept": [], "left": [], "user_vms": []}
-    assert lab.vm_named(CLONE) is None and vms(lab) == {VM: (2, 2048)}
+    assert lab.vm_named(CLONE) is None and vms(lab) == {VM: (2, 3072)}
 
-    serial = ok(lab, *SWEEP, "--json", "--fresh", timeout=600).json  # smart, one VM
+    serial = ok(lab, *SWEEP, "--json", "--fresh", timeout=900).json  # smart, one VM
     assert serial["sweep"]["id"] != document["sweep"]["id"]  # measured afresh, not replayed
-    assert (serial["minimum"]["cores"], serial["minimum"]["memory_mib"]) == (1, 2048)
-    assert vms(lab) == {VM: (2, 2048)}
+    assert (serial["minimum"]["cores"], serial["minimum"]["memory_mib"]) == (1, 3072)
+    assert vms(lab) == {VM: (2, 3072)}
 
 
 def test_down_leaves_nothing_behind(parallel_lab: E2eLab, lab: Lab) -> None:

@@ -23,7 +23,7 @@ from provision.shape import Shape
 from provision.sweep.db import SweepStore
 from provision.sweep.lab import LabProber
 from provision.sweep.loop import SweepLoop, SweepPlan, Worker
-from provision.sweep.model import Space, Status, Targets
+from provision.sweep.model import Space, Status, Targets, evaluate
 from tests.probe.conftest import DoubleOllama, LocalSshd
 
 G = 1024
@@ -84,7 +84,8 @@ def test_the_runner_killed_for_memory_becomes_an_oom_point(
     import provision.probe.run as probe_run
 
     def out_of_memory(*args: object, **kwargs: object) -> None:
-        raise ModelDoesNotFit("gemma2:2b does not fit in RAM on gemma (runner OOM-killed)")
+        raise ModelDoesNotFit("gemma2:2b does not fit in RAM on gemma (runner OOM-killed)",
+                              figure="OOM-killed while loading, Ollama held 0.9 GiB of 1.0 GiB")
 
     monkeypatch.setattr(probe_run, "probe", out_of_memory)
     vm = FakeVm(shape=Shape(2, 1 * G))
@@ -93,6 +94,8 @@ def test_the_runner_killed_for_memory_becomes_an_oom_point(
                        RecordingReporter(), {})
     measurement = prober.measure(Shape(2, 1 * G))
     assert measurement.status is Status.OOM
+    assert evaluate(measurement, Targets(min_tps=1)).why == (
+        "does not fit in RAM (OOM-killed while loading, Ollama held 0.9 GiB of 1.0 GiB)")
     status = store.connect(tmp_path).execute(
         "SELECT status FROM probes WHERE id = ?", (measurement.details["probe_id"],)).fetchone()
     assert status[0] == "oom"

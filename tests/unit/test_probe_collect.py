@@ -132,6 +132,18 @@ def test_oom_killed_runner_is_model_does_not_fit_after_keeping_the_run() -> None
     assert "Killed process 812 (llama-server)" in str(raised.value)
     assert keeper.runs[0].oom_likely
     assert keeper.runs[0].peaks.min_mem_available == int(0.1 * 2**30)
+    # no token came: the kill struck while the weights were being read into RAM
+    assert raised.value.figure == "OOM-killed while loading, Ollama held 3.8 GiB of 4.0 GiB"
+
+
+def test_an_oom_kill_after_tokens_says_while_generating() -> None:
+    oom = {"likely": True, "evidence": ["runner pid [9] vanished"]}
+    killed = {**run_event(0, ok=False, oom=oom), "stream_tokens": 5}
+    stream = lines(FACTS, {"event": "run_start", "run": 0}, sample(0, 0.1, 3.0), killed,
+                   {"event": "end", "runs": 1, "stopped": "oom"})
+    with pytest.raises(ModelDoesNotFit) as raised:
+        collect(stream, ProbeOptions(runs=1, warmup=0), RecordingReporter(), Keeper(), vm="x")
+    assert raised.value.figure.startswith("OOM-killed while generating, Ollama held 2.9 GiB")
 
 
 def test_when_every_measured_run_fails_the_probe_fails() -> None:

@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""Does `labctl probe` measure what llama.cpp's own benchmark measures? Ratios, in one guest.
+
+In one simulator guest (a systemd container limited to the VM's cores and RAM), for 1 and 2
+vCPUs: `labctl probe` through the Ollama API (the test double starting the REAL llama-server on a
+GGUF file with gemma2:2b's architecture and size), then `llama-bench` (the same llama.cpp build)
+on the same model file, with the same thread count, the same prompt length as the probe's
+prompt_eval_count and the same number of generated tokens. Printed: probe / llama-bench for eval
+tok/s (tg) and prompt tok/s (pp). Target: within +-5 %. A benchmark, not a test: nothing is
+asserted, the figures are printed.
+
+The probe's prompt is long (several hundred tokens) so that the few chat-template tokens that
+llama-server keeps cached between runs (Ollama counts them in prompt_eval_count but not in
+prompt_eval_duration) weigh little; the cached count is printed so the bias can be judged.
+
+    sudo python bench/probe_accuracy.py [--cores 1,2] [--runs 3] [--num-predict 32]
+
+Needs root (container guests), the Debian packages of scripts/bootstrap.sh, ~4 GiB of free RAM;
+the first run builds llama.cpp (~7 min) and writes the 1.6 GB model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.doubles.engine import ensure_engine  # noqa: E402
+from tests.doubles.gguf_model import GEMMA2_2B, ensure_model, model_digest  # noqa: E402
+from tests.e2e.conftest import guest_lab  # noqa: E402
+from tests.integration.conftest import Lab  # noqa: E402
+
+VM = "acc"
+BRIDGE, SUBNET, PREFIX = "lbbr91", "10.213.91.0/24", "lb91"
+MODELS_DIR = "/usr/share/ollama/.ollama/models"  # the role's ollama_models_dir
+PROMPT = " ".join(
+    f"Paragraph {i}: the sky is blue because sunlight scatters off the molecules of the air, "
+    "and short wavelengths scatter more than long ones, so the whole dome looks blue at noon."
+    for i in range(12))
+LIMIT_PCT = 5.0
+
+
+def ssh(lab: Lab, ip: str, command: str, stdin: bytes | None = None, timeout: float = 900
+        ) -> str:
+    done = subprocess.run(
+        ["ssh", "-i", str(lab.key), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+         "-o", "StrictHostKeyChecking=yes", "-o",
+         f"UserKnownHostsFile={lab.state / 'known_hosts'}", f"labctl@{ip}", command],
+        input=stdin, capture_output=True, timeout=timeout, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"ssh {command!r} failed: {done.stderr.decode(errors='replace')}")
+    return done.stdout.decode()
+
+
+def cli(lab: Lab, *args: str, timeout: float = 900) -> Any:
+    result = lab.run(*args, timeout=timeout)
+    if result.code != 0:
+        raise SystemExit(f"labctl {' '.join(args)} failed ({result.code}): {result.stderr}")
+    return result
+
+
+def copy_llama_bench(lab: Lab, ip: str) -> str:
+    """llama-bench and its libraries into the guest, beside nothing of Ollama's."""
+    engine = ensure_engine()
+    ssh(lab, ip, "mkdir -p /tmp/llama-bench")
+    for path in [engine.bench, *engine.libraries]:
+        ssh(lab, ip, f"cat > /tmp/llama-bench/{path.name} && chmod 755 /tmp/llama-bench/"
+                     f"{path.name}", stdin=path.read_bytes())
+    return "LD_LIBRARY_PATH=/tmp/llama-bench /tmp/llama-bench/llama-bench"
+
+
+def probe(lab: Lab, cores: int, runs: int, num_predict: int, prompt_file: Path
+          ) -> dict[str, Any]:
+    document = cli(lab, "probe", VM, "--runs", str(runs), "--warmup", "1", "--num-predict",
+                   str(num_predict), "--num-thread", str(cores), "--prompt-file",
+                   str(prompt_file), "--json").json
+    measured = [r for r in document["runs"] if not r["warmup"] and r["ok"]]
+    return {
+        "eval_tps": statistics.median(r["eval_tps"] for r in measured),
+        "prompt_tps": statistics.median(r["prompt_tps"] for r in measured),
+        "prompt_tokens": int(statistics.median(r["ollama"]["prompt_eval_count"]
+                                               for r in measured)),
+        "eval_tokens": int(statistics.median(r["ollama"]["eval_count"] for r in measured)),
+    }
+
+
+def llama_bench(lab: Lab, ip: str, command: str, blob: str, threads: int, prompt: int,
+                generate: int, runs: int) -> dict[str, float]:
+    # the same loading mode Ollama uses on CPU (no mmap), the same context as the probe's
+    output = ssh(lab, ip, f"sudo -u ollama env {command} -m {blob} -t {threads} -p {prompt} "
+                          f"-n {generate} -r {runs} --mmap 0 -o json")
+    rows = json.loads(output)
+    rates = {("pp" if row["n_prompt"] else "tg"): float(row["avg_ts"]) for row in rows}
+    return {"prompt_tps": rates["pp"], "eval_tps": rates["tg"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cores", default="1,2")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--num-predict", type=int, default=32)
+    args = parser.parse_args()
+    cores_list = [int(c) for c in args.cores.split(",")]
+    blob = f"{MODELS_DIR}/blobs/{model_digest(ensure_model(GEMMA2_2B)).replace(':', '-')}"
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="probe-accuracy-") as scratch, guest_lab(
+            Path(scratch), bridge=BRIDGE, subnet=SUBNET, prefix=PREFIX, vms=(VM,)) as lab:
+        prompt_file = Path(scratch) / "prompt.txt"
+        prompt_file.write_text(PROMPT)
+        cli(lab.cli, "up", VM, "--cores", str(max(cores_list)), "--ram", "4G")
+        for cores in cores_list:
+            cli(lab.cli, "resize", VM, "--cores", str(cores), "--ram", "4G", "--reboot")
+            ip = str(lab.cli.vm_named(VM)["ip"])  # type: ignore[index]
+            command = copy_llama_bench(lab.cli, ip)
+            measured = probe(lab.cli, cores, args.runs, args.num_predict, prompt_file)
+            ssh(lab.cli, ip, "sudo systemctl stop ollama")  # no runner competing for the CPUs
+            reference = llama_bench(lab.cli, ip, command, blob, cores, measured["prompt_tokens"],
+                                    measured["eval_tokens"], args.runs)
+            ssh(lab.cli, ip, "sudo systemctl start ollama")
+            rows.append((cores, measured, reference))
+            print(f"{cores} vCPU: probe eval {measured['eval_tps']:.2f} / prompt "
+                  f"{measured['prompt_tps']:.2f} tok/s ({measured['prompt_tokens']} prompt "
+                  f"tokens); llama-bench tg{measured['eval_tokens']} "
+                  f"{reference['eval_tps']:.2f} / pp{measured['prompt_tokens']} "
+                  f"{reference['prompt_tps']:.2f} tok/s", flush=True)
+    print(f"\nprobe / llama-bench, same guest, model file and threads (target within "
+          f"+-{LIMIT_PCT:g} %):")
+    print(f"{'vCPUs':>5}  {'eval (tg)':>10}  {'prompt (pp)':>11}")
+    for cores, measured, reference in rows:
+        eval_ratio = measured["eval_tps"] / reference["eval_tps"]
+        prompt_ratio = measured["prompt_tps"] / reference["prompt_tps"]
+        print(f"{cores:>5}  {eval_ratio:>10.3f}  {prompt_ratio:>11.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
