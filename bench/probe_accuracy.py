@@ -118,7 +118,7 @@ def main() -> int:
         cli(lab.cli, "up", VM, "--cores", str(max(cores_list)), "--ram", "4G")
         for cores in cores_list:
             cli(lab.cli, "resize", VM, "--cores", str(cores), "--ram", "4G", "--reboot")
-            ip = str(lab.cli.vm_named(VM)["ip"])  # type: ignore[index]
+            [ip] = [v["ip"] for v in cli(lab.cli, "--json", "ls").json["vms"] if v["name"] == VM]
             command = copy_llama_bench(lab.cli, ip)
             measured = probe(lab.cli, cores, args.runs, args.num_predict, prompt_file)
             ssh(lab.cli, ip, "sudo systemctl stop ollama")  # no runner competing for the CPUs

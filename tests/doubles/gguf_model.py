@@ -42,7 +42,7 @@ import numpy as np
 
 ARCH = "gemma2"
 # bump when the bytes written for a given spec change (layout, random stream, vocabulary, keys)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 REAL_GEMMA2_2B_BYTES = 1_629_509_152  # Ollama's gemma2:2b model blob
 
 # gemma2 constants shared by every spec
@@ -209,8 +209,61 @@ def _word(k: int) -> str:
     return "".join(reversed(out))
 
 
+# Common English words (and the words of labctl's prompts) as whole pieces, so that an English
+# prompt costs about as many tokens as with gemma2's real tokenizer ("Why is the sky blue?" with
+# the chat template: 15 there) instead of one per syllable: prompt processing time and TTFT
+# then match the real model's. Each word comes with "▁word", "▁Word" and the prefixes the SPM
+# merges pass through.
+_ENGLISH_TEXT = """the of and to a in is it you that he was for on are with as I his they be at one
+have this from or had by not word but what some we can out other were all there when up use
+your how said an each she which do their time if will way about many then them write would like
+so these her long make thing see him two has look more day could go come did number sound no most
+people my over know water than call first who may down side been now find any new work part take
+get place made live where after back little only round man year came show every good me give our
+under name very through just form sentence great think say help low line differ turn cause much
+mean before move right boy old too same tell does set three want air well also play small end put
+home read hand port large spell add even land here must big high such follow act why ask men change
+went light kind off need house picture try us again animal point mother world near build self earth
+father head stand own page should country found answer school grow study still learn plant cover
+food sun four between state keep eye never last let thought city tree cross farm hard start might
+story saw far sea draw left late run don while press close night real life few north open seem
+together next white children begin got walk example ease paper group always music those both mark
+often letter until mile river car feet care second book carry took science eat room friend began
+idea fish mountain stop once base hear horse cut sure watch color colour face wood main enough plain
+girl usual young ready above ever red list though feel talk bird soon body dog family direct pose
+leave song measure door product black short numeral class wind question happen complete ship area
+half rock order fire south problem piece told knew pass since top whole king space heard best hour
+better true during hundred five remember step early hold west ground interest reach fast verb sing
+listen six table travel less morning ten simple several vowel toward war lay against pattern slow
+center love person money serve appear road map rain rule govern pull cold notice voice unit power
+town fine certain fly fall lead cry dark machine note wait plan figure star box noun field rest
+correct able pound done beauty drive stood contain front teach week final gave green oh quick
+develop ocean warm free minute strong special mind behind clear tail produce fact street inch
+multiply nothing course stay wheel full force blue object decide surface deep moon island foot
+system busy test record boat common gold possible plane stead dry wonder laugh thousand ago ran
+check game shape equate hot miss brought heat snow tire bring yes distant fill east paint language
+among explain paragraph paragraphs sky sunset sunsets curious twelve scatter scatters scattering
+sunlight molecule molecules wavelength wavelengths dome noon because user model hello summarize
+summary answer reply story poem"""
+ENGLISH = tuple(_ENGLISH_TEXT.split())
+
+
+def _english_pieces() -> list[str]:
+    """English pieces in order of preference, each preceded by the prefixes its merges need."""
+    pieces: dict[str, None] = {}
+    for word in ENGLISH:
+        for form in (word, word.capitalize()):
+            spaced = "\u2581" + form
+            for end in range(2, len(spaced) + 1):
+                pieces.setdefault(spaced[:end], None)
+            for end in range(2, len(form) + 1):  # the word without a space before it
+                pieces.setdefault(form[:end], None)
+    return list(pieces)
+
+
 def vocabulary(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
-    """Tokens, scores and token types: gemma's control ids, byte tokens, then pseudo-words."""
+    """Tokens, scores and token types: gemma's control ids, byte tokens, English pieces, then
+    pseudo-words."""
     control = gguf.TokenType.CONTROL
     tokens = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
     types = [control, control, control, gguf.TokenType.UNKNOWN, control]
@@ -221,10 +274,23 @@ def vocabulary(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
     tokens += [f"<0x{b:02X}>" for b in range(256)]
     types += [gguf.TokenType.BYTE] * 256
     scores = [0.0] * len(tokens)
-    for j in range(n_vocab - len(tokens)):
+    seen = set(tokens)
+    english = _english_pieces()[: n_vocab - len(tokens)]
+    tokens += english
+    types += [gguf.TokenType.NORMAL] * len(english)
+    # longer pieces score higher, so the SPM merges end on whole words
+    scores += [float(len(piece)) for piece in english]
+    seen.update(english)
+    j = 0
+    while len(tokens) < n_vocab:
         # word starts ("▁" = a space before) and continuations alternate: two pieces per word
         word = _word(j // 2)
-        tokens.append("\u2581" + word if j % 2 == 0 else word)
+        piece = "\u2581" + word if j % 2 == 0 else word
+        j += 1
+        if piece in seen:
+            continue
+        seen.add(piece)
+        tokens.append(piece)
         types.append(gguf.TokenType.NORMAL)
         scores.append(float(-j))
     return tokens, scores, [int(t) for t in types]

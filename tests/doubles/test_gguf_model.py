@@ -232,6 +232,15 @@ def test_vocabulary_has_gemma_special_tokens_bytes_and_unique_pieces() -> None:
     assert vocabulary(GEMMA2_TINY.n_vocab)[0] == tokens[: GEMMA2_TINY.n_vocab]
 
 
+def test_english_words_are_whole_pieces_so_prompts_cost_real_token_counts() -> None:
+    tokens, scores, _ = vocabulary(GEMMA2_2B.n_vocab)
+    index = {piece: i for i, piece in enumerate(tokens)}
+    for word in ("\u2581the", "\u2581sky", "\u2581blue", "Why", "user", "model"):
+        assert word in index, word
+    # a whole word outscores the prefixes the merges pass through on the way to it
+    assert scores[index["\u2581blue"]] > scores[index["\u2581bl"]]
+
+
 def test_file_size_is_metadata_plus_block_sizes(tiny: Path) -> None:
     reader = gguf.GGUFReader(tiny)
     blocks = {Q.Q4_0: (32, 18), Q.Q6_K: (256, 210), Q.F32: (1, 4)}
