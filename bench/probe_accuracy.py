@@ -44,7 +44,7 @@ MODELS_DIR = "/usr/share/ollama/.ollama/models"  # the role's ollama_models_dir
 PROMPT = " ".join(
     f"Paragraph {i}: the sky is blue because sunlight scatters off the molecules of the air, "
     "and short wavelengths scatter more than long ones, so the whole dome looks blue at noon."
-    for i in range(12))
+    for i in range(6))
 LIMIT_PCT = 5.0
 
 
@@ -96,7 +96,7 @@ def llama_bench(lab: Lab, ip: str, command: str, blob: str, threads: int, prompt
                 generate: int, runs: int) -> dict[str, float]:
     # the same loading mode Ollama uses on CPU (no mmap), the same context as the probe's
     output = ssh(lab, ip, f"sudo -u ollama env {command} -m {blob} -t {threads} -p {prompt} "
-                          f"-n {generate} -r {runs} --mmap 0 -o json")
+                          f"-n {generate} -r {runs} -lm none -fa auto -o json")
     rows = json.loads(output)
     rates = {("pp" if row["n_prompt"] else "tg"): float(row["avg_ts"]) for row in rows}
     return {"prompt_tps": rates["pp"], "eval_tps": rates["tg"]}
