@@ -94,12 +94,13 @@ def probe(lab: Lab, cores: int, runs: int, num_predict: int, prompt_file: Path
 
 def llama_bench(lab: Lab, ip: str, command: str, blob: str, threads: int, prompt: int,
                 generate: int, runs: int) -> dict[str, float]:
-    # the same loading mode Ollama uses on CPU (no mmap), the same context as the probe's
-    output = ssh(lab, ip, f"sudo -u ollama env {command} -m {blob} -t {threads} -p {prompt} "
-                          f"-n {generate} -r {runs} -lm none -fa auto -o json")
-    rows = json.loads(output)
-    rates = {("pp" if row["n_prompt"] else "tg"): float(row["avg_ts"]) for row in rows}
-    return {"prompt_tps": rates["pp"], "eval_tps": rates["tg"]}
+    """pp at the probe's prompt length; tg after that many tokens are in the KV cache (-d), as
+    in the probe, where each generated token attends to the whole prompt."""
+    # the loading mode Ollama uses on CPU (no mmap) and its flash-attention setting
+    common = f"sudo -u ollama env {command} -m {blob} -t {threads} -r {runs} -lm none -fa auto"
+    pp = json.loads(ssh(lab, ip, f"{common} -p {prompt} -n 0 -o json"))
+    tg = json.loads(ssh(lab, ip, f"{common} -p 0 -n {generate} -d {prompt} -o json"))
+    return {"prompt_tps": float(pp[0]["avg_ts"]), "eval_tps": float(tg[0]["avg_ts"])}
 
 
 def main() -> int:
@@ -128,7 +129,7 @@ def main() -> int:
             rows.append((cores, measured, reference))
             print(f"{cores} vCPU: probe eval {measured['eval_tps']:.2f} / prompt "
                   f"{measured['prompt_tps']:.2f} tok/s ({measured['prompt_tokens']} prompt "
-                  f"tokens); llama-bench tg{measured['eval_tokens']} "
+                  f"tokens); llama-bench tg{measured['eval_tokens']}@d{measured['prompt_tokens']} "
                   f"{reference['eval_tps']:.2f} / pp{measured['prompt_tokens']} "
                   f"{reference['prompt_tps']:.2f} tok/s", flush=True)
     print(f"\nprobe / llama-bench, same guest, model file and threads (target within "
