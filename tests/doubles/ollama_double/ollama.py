@@ -14,20 +14,24 @@ What it does, like the real thing (shapes from the Ollama docs, see ollama-fixtu
   * Pull fetches a manifest and blobs over the Docker-registry API, verifies each blob's
     sha256 and stores them in the real on-disk layout
     ($OLLAMA_MODELS/manifests/registry.ollama.ai/library/<model>/<tag>, blobs/sha256-<hex>).
-  * Generation is REAL WORK done in a runner child process (like llama-server since v0.30):
-    loading reads the model blob into a RAM "weights" buffer (plus a KV buffer that grows
-    with num_ctx); each token is one pass over the weights split over num_thread threads
-    (hashlib releases the GIL), so tokens/s follows the CPU the guest has and a guest with
-    too little memory gets its runner OOM-killed.
+  * Generation runs in a runner child process, as Ollama >= 0.30 runs the upstream llama-server.
+    When the release ships the REAL llama.cpp `lib/ollama/llama-server` (an ELF binary; what
+    everything that measures uses), the double starts it with Ollama v0.32.15's command line,
+    waits for /health, streams /completion and maps llama-server's timings into Ollama's
+    fields (LlamaServerLoaded; each behaviour cites the Ollama source line it follows). For
+    fast unit tests that measure nothing, the release may instead ship this script as
+    llama-server: a hashing runner that reads the blob into RAM and hashes it once per token
+    over num_thread threads, so it still burns real CPU and memory.
 
 Deviations from real Ollama (on purpose):
   * Registry: this double NEVER contacts registry.ollama.ai. It pulls only from the registry
     named by the double-only variable OLLAMA_DOUBLE_REGISTRY (e.g. http://10.0.0.1:8080);
     without it a pull fails exactly like real Ollama without network.
-  * The text generated is deterministic filler from a small vocabulary, not language.
-  * The runner talks to the server over stdio pipes instead of HTTP on a local port; requests
-    to one model are served one at a time whatever OLLAMA_NUM_PARALLEL says (it only sizes
-    the KV buffer, as in the real server's memory estimate).
+  * The prompt is rendered with the model's template by string substitution, not Go's
+    text/template (only {{ .Prompt }} and an optional {{ if .System }} block are supported).
+  * Requests to one model are served one at a time whatever OLLAMA_NUM_PARALLEL says (it sizes
+    llama-server's slots and context, as Ollama passes it).
+  * The hashing runner (unit tests only) talks over stdio pipes and writes filler text.
 """
 
 from __future__ import annotations
