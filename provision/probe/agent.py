@@ -1,4 +1,5 @@
-"""labctl probe agent: runs INSIDE the guest with its own python3 (stdlib only, Python >= 3.7).
+"""labctl probe agent: runs INSIDE the guest with its own python3 (stdlib only, Python >= 3.10:
+zip(strict=...); labctl checks the version in the guest before sending this file).
 
 labctl sends this file over SSH (`python3 - <options>`); it talks to Ollama on the guest's
 loopback, so no SSH latency enters the timings, and writes one JSON object per line to

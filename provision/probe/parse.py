@@ -439,7 +439,7 @@ def fatal_error(event: Mapping[str, Any], vm: str) -> ProbeError:
         "no_python": (f"python3 is not installed on {target}; the probe agent needs it",
                       "install python3 on the guest (Ansible needs it too)"),
         "old_python": (f"python3 on {target} is too old for the probe agent: {message}",
-                       "install python3 >= 3.7 on the guest"),
+                       "install python3 >= 3.10 on the guest"),
         "broken_python": (f"python3 on {target} is on PATH but does not run",
                           "check `python3 -V` on the guest"),
         "ollama_not_installed": (f"Ollama is not installed on {target} ({message})", deploy),

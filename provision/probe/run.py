@@ -32,6 +32,7 @@ DEFAULT_PROMPT = ("Explain in a few short paragraphs why the sky is blue, and wh
                   "red, for a curious twelve-year-old.")
 MAX_PROMPT_BYTES = 64 * 1024  # the prompt travels as one command-line argument (128 KiB limit)
 NO_PYTHON_EXIT = 127
+AGENT_MIN_PYTHON = (3, 10)  # the agent uses zip(strict=...); Ubuntu 24.04 has 3.12, Debian 12 3.11
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,8 @@ def agent_command(options: ProbeOptions) -> str:
     def error_line(kind: str, message: str) -> str:
         return shlex.quote(json.dumps({"event": "error", "kind": kind, "message": message}))
 
-    check = "import sys; sys.exit(0 if sys.version_info >= (3, 7) else 3)"
+    check = f"import sys; sys.exit(0 if sys.version_info >= {AGENT_MIN_PYTHON} else 3)"
+    minimum = ".".join(map(str, AGENT_MIN_PYTHON))
     # Each refusal first reads the agent source we send on stdin: a shell that exits before
     # reading it makes our write fail, and the clear error line would be lost to a "dropped".
     fail = f"cat >/dev/null; exit {NO_PYTHON_EXIT}"
@@ -149,7 +151,7 @@ def agent_command(options: ProbeOptions) -> str:
         f"command -v python3 >/dev/null 2>&1 || "
         f"{{ echo {error_line('no_python', 'python3 is not installed')}; {fail}; }}; "
         f"python3 -c {shlex.quote(check)} </dev/null; rc=$?; "
-        f"if [ $rc -eq 3 ]; then echo {error_line('old_python', 'it is older than 3.7')}; "
+        f"if [ $rc -eq 3 ]; then echo {error_line('old_python', f'it is older than {minimum}')}; "
         f"{fail}; fi; "
         f"if [ $rc -ne 0 ]; then echo {error_line('broken_python', 'python3 does not run')}; "
         f"{fail}; fi; "
