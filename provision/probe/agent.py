@@ -43,8 +43,19 @@ PYTHONS = re.compile(r"^python[0-9.]*$")
 FLAGS_OF_INTEREST = ("avx", "avx2", "avx512f", "fma", "f16c", "avx_vnni", "avx512_vnni")
 OOM_LINE = re.compile(r"(out of memory|oom-kill|oom_reaper|killed process)", re.IGNORECASE)
 KILLED_PROCESS = re.compile(r"Killed process (\d+) \(([^)]*)\)")
-MEMORY_TEXT = re.compile(r"(out of memory|requires more system memory|oom|cannot allocate)",
-                         re.IGNORECASE)
+# Ollama's own words for a memory failure: 0.32.15's llm/status.go:81-92 (outOfMemorySubstrings,
+# llm/llama_server.go:1372 "llama-server reported out-of-memory during startup") and the older
+# "model requires more system memory" (<= 0.12). Strong evidence on their own.
+MEMORY_TEXT = re.compile(
+    r"(out of memory|out-of-memory|requires more system memory|failed to allocate|"
+    r"allocation failed|not enough memory|insufficient memory|cannot allocate|\boom\b)",
+    re.IGNORECASE)
+# Ollama 0.32.15's words for a runner that died (killed at load, or the stream broke: llm/
+# llama_server.go:1300-1325, 1642, 1766): the runner is gone, memory must be shown separately.
+RUNNER_DIED_TEXT = re.compile(
+    r"(signal: killed|model runner has unexpectedly stopped|an error was encountered while "
+    r"running the model|llama-server process has terminated|llama runner process has "
+    r"terminated)", re.IGNORECASE)
 SAMPLER_BUDGET = 0.005  # the sampler's own CPU, as a fraction of one core: half the 1 % limit
 MAX_INTERVAL_S = 0.2  # 5 Hz, the slowest sampling allowed
 AT_LIMIT_FRACTION = 0.10  # MemAvailable below 10 % of MemTotal = memory at the limit
@@ -641,14 +652,15 @@ def oom_verdict(error: str, sampler: Sampler, processes: OllamaProcesses,
     if text_says:
         evidence.append("ollama: " + error)
     vanished = sorted(p for p in sampler.runner_pids if not os.path.exists(f"/proc/{p}"))
-    killed = "signal: killed" in error or bool(vanished)
+    killed = bool(RUNNER_DIED_TEXT.search(error)) or bool(vanished)
     counts_after = oom_kill_counts()
     rose = {path: counts_after[path] - before for path, before in counts_before.items()
             if counts_after.get(path, before) > before}
     at_limit = sampler.memory_at_limit()
     evidence += ["kernel: " + line for line in (named or kernel)[-2:]]
     if killed:
-        what = f"runner pid {vanished} vanished" if vanished else "runner was SIGKILLed"
+        what = (f"runner pid {vanished} vanished" if vanished else "runner was SIGKILLed"
+                if "signal: killed" in error else "runner died")
         if rose:
             evidence.append(f"{what}; the kernel counted {max(rose.values())} OOM kill(s) "
                             f"in {', '.join(sorted(rose))}")

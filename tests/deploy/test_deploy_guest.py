@@ -244,7 +244,7 @@ def test_a_new_version_from_a_local_tarball_replaces_the_old_and_a_small_vm_gets
         status, text = api(lab, host, "/api/generate",
                            {"model": MODEL, "prompt": "hi", "stream": False})
         assert status == 500
-        assert json.loads(text) == {"error": "llama runner process has terminated: signal: killed"}
+        assert json.loads(text) == {"error": "llama-server process has terminated: signal: killed"}
         assert lab.backend.oom_kills(vmid) >= 1
     finally:
         lab.destroy(host)

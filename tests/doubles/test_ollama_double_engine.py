@@ -173,3 +173,22 @@ def test_a_runner_killed_mid_stream_gives_ollamas_error_line(engine_double: Doub
     assert rest[-1]["error"].startswith("an error was encountered while running the model")
     reply = generate(engine_double, prompt="again", options={"num_predict": 1})
     assert reply["load_duration"] > 1_000_000  # reloaded, like Ollama
+
+
+@pytest.mark.parametrize("name", [BROKEN, TRUNCATED])
+def test_probe_of_a_broken_model_file_fails_with_ollamas_message_exit_7(
+        engine_double: Double, name: str) -> None:
+    from provision.errors import ExitCode, ProbeError
+    from provision.probe.run import ProbeOptions, collect
+    from provision.progress import RecordingReporter
+    from tests.probe.conftest import run_agent
+
+    options = ProbeOptions(model=name, runs=1, warmup=0, num_predict=4,
+                           ollama_url=engine_double.url)
+    events, code = run_agent(options)
+    [run] = [e for e in events if e["event"] == "run"]
+    assert code == 0 and run["ok"] is False and run["oom"]["likely"] is False
+    with pytest.raises(ProbeError) as raised:
+        collect([json.dumps(e) for e in events], options, RecordingReporter(), vm="vm1")
+    assert raised.value.exit_code == ExitCode.PROBE == 7
+    assert "llama-server process has terminated: exit status" in str(raised.value)

@@ -483,9 +483,14 @@ class Loaded:
             self.proc.stdin.write(json.dumps(request) + "\n")
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError) as err:
-            raise RunnerDied(_exit_text(self.proc.wait())) from err
+            self.proc.wait()
+            raise RunnerDied(RUNNER_STOPPED) from err
         while True:
-            event = self._read()
+            try:
+                event = self._read()
+            except RunnerDied as err:  # died mid-stream: llm/llama_server.go:1758-1768
+                raise RunnerDied("an error was encountered while running the model: "
+                                 "unexpected EOF") from err
             yield event
             if "done" in event:
                 return
@@ -504,11 +509,11 @@ class Loaded:
 
 
 def _exit_text(code: int) -> str:
+    """A runner that died while loading: llm/llama_server.go:1300-1325 (WaitUntilRunning)."""
     if code < 0:
-        name = {9: "killed", 15: "terminated", 11: "segmentation fault", 6: "aborted"}.get(
-            -code, f"signal {-code}")
-        return f"llama runner process has terminated: signal: {name}"
-    return f"llama runner process has terminated: exit status {code}"
+        name = _SIGNAL_NAMES.get(-code, f"signal {-code}")
+        return f"llama-server process has terminated: signal: {name}"
+    return f"llama-server process has terminated: exit status {code}"
 
 
 def _runner_command() -> list[str]:
@@ -532,6 +537,7 @@ OOM_SUBSTRINGS = ("out of memory", "failed to allocate", "allocation failed", "n
                   "insufficient memory", "cannot allocate memory")
 RUNNER_STOPPED = ("model runner has unexpectedly stopped, this may be due to resource limitations"
                   " or an internal error, check ollama server logs for details")  # :1642-1644
+_SIGNAL_NAMES = {9: "killed", 15: "terminated", 11: "segmentation fault", 6: "aborted"}
 BUFFER_SIZE = re.compile(r"buffer size\s*=\s*([\d.]+) MiB")
 HEALTH_POLL_S = 0.25  # llm/llama_server.go:1381 (time.Sleep 250 ms between health polls)
 LOAD_STALL_S = 300.0  # envconfig.LoadTimeout default, 5 minutes without load progress
@@ -778,8 +784,6 @@ class LlamaServerLoaded:
                 self.proc.kill()
                 self.proc.wait()
 
-
-_SIGNAL_NAMES = {9: "killed", 15: "terminated", 11: "segmentation fault", 6: "aborted"}
 
 
 class Scheduler:
