@@ -530,7 +530,7 @@ def _runner_command() -> list[str]:
 # double's release ships the real binary there (tests/doubles/engine.py builds it), the double
 # starts it exactly as Ollama v0.32.15 does; what follows cites that tag's sources.
 
-# llm/status.go:62-79 (errorPrefixes) and :81-92 (outOfMemorySubstrings)
+# llm/status.go:67-83 (errorPrefixes) and :85-96 (outOfMemorySubstrings)
 ERROR_PREFIXES = ("panic:", "fatal error:", "error:", "Error:", '"ERR"', "error loading model",
                   "GGML_ASSERT", "llama_init_from_model:")
 OOM_SUBSTRINGS = ("out of memory", "failed to allocate", "allocation failed", "not enough memory",
@@ -539,7 +539,7 @@ RUNNER_STOPPED = ("model runner has unexpectedly stopped, this may be due to res
                   " or an internal error, check ollama server logs for details")  # :1642-1644
 _SIGNAL_NAMES = {9: "killed", 15: "terminated", 11: "segmentation fault", 6: "aborted"}
 BUFFER_SIZE = re.compile(r"buffer size\s*=\s*([\d.]+) MiB")
-HEALTH_POLL_S = 0.25  # llm/llama_server.go:1381 (time.Sleep 250 ms between health polls)
+HEALTH_POLL_S = 0.25  # llm/llama_server.go:1368-1381 (250 ms between health polls)
 LOAD_STALL_S = 300.0  # envconfig.LoadTimeout default, 5 minutes without load progress
 
 
@@ -581,7 +581,7 @@ def _stop_words(model: LocalModel) -> list[str]:
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:  # llm/llama_server.go:357-366: bind :0, close, pass it on
+    with socket.socket() as sock:  # llm/llama_server.go:355-366: bind :0, close, pass it on
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
@@ -592,7 +592,7 @@ def llama_server_args(binary: Path, model: Path, port: int, ctx: int, parallel: 
     args = [str(binary), "--model", str(model), "--port", str(port), "--host", "127.0.0.1",
             "--no-webui", "--offline", "-c", str(ctx * parallel), "-np", str(parallel),
             "--log-verbosity", "4", "--no-log-prefix", "--no-log-timestamps"]
-    # server/sched.go:1158-1161: on CPU Ollama turns mmap off unless the request sets use_mmap;
+    # server/sched.go:1138-1163: on CPU Ollama turns mmap off unless the request sets use_mmap;
     # llm/llama_server.go:634-636 then passes --load-mode none (weights read into RAM).
     if options.get("use_mmap") is not True:
         args += ["--load-mode", "none"]
@@ -622,7 +622,7 @@ class LlamaServerLoaded:
         self.buffers: list[float] = []  # MiB, one per "buffer size" line
         self.stop_words = _stop_words(model)
         command = llama_server_args(binary, model.model_blob, self.port, ctx, parallel, options)
-        _log("llama_server.go:434", f"starting llama-server cmd={' '.join(command)}")
+        _log("llama_server.go:433", f"starting llama-server cmd={' '.join(command)}")
         # llm/llama_server.go:445-520 (SetupLlamaServerCommandEnv, llamaServerLibraryPaths):
         # the binary's own directory first on LD_LIBRARY_PATH, so its libraries are found
         env = dict(os.environ)
@@ -683,17 +683,17 @@ class LlamaServerLoaded:
             except (OSError, ValueError):
                 status = None
             if status == "ok":
-                _log("llama_server.go:1356", "llama-server started")
+                _log("llama_server.go:1362", "llama-server started")
                 return
             time.sleep(HEALTH_POLL_S)
         self.stop()
         raise RunnerDied(f"timed out waiting for llama-server to start - {self.last_error}")
 
     def _completion_body(self, request: dict[str, Any]) -> dict[str, Any]:
-        """llm/llama_server.go:1591-1612: the /completion request Ollama sends."""
+        """llm/llama_server.go:1559-1580: the /completion request Ollama sends."""
         options = request.get("options") or {}
         num_predict = int(request["num_predict"])
-        limit = 10 * self.ctx  # boundedNumPredict (:112-123)
+        limit = 10 * self.ctx  # boundedNumPredict (:106-117)
         stop = [str(w) for w in (options.get("stop") or self.stop_words)]
         return {
             "prompt": request["prompt"], "stream": True, "cache_prompt": True,
@@ -753,11 +753,11 @@ class LlamaServerLoaded:
         timings = event.get("timings") or {}
         cached = timings.get("cache_n")
         prompt_n = int(timings.get("prompt_n", 0))
-        # llm/llama_server.go:1514-1519 promptEvalCount: cache_n + prompt_n, while the duration
+        # llm/llama_server.go:1511-1513 promptEvalCount: cache_n + prompt_n, while the duration
         # covers only prompt_n (the cached tokens cost nothing)
         yield {"prompt_eval_count": prompt_n + int(cached or 0),
                "prompt_eval_ns": int(float(timings.get("prompt_ms", 0.0)) * 1e6)}
-        reason = "length" if event.get("stop_type") == "limit" else "stop"  # :1720-1723
+        reason = "length" if event.get("stop_type") == "limit" else "stop"  # :1713-1717
         done: dict[str, Any] = {"done": reason, "eval_count": int(timings.get("predicted_n", 0)),
                                 "eval_ns": int(float(timings.get("predicted_ms", 0.0)) * 1e6)}
         context = self._tokenize(request["prompt"] + text)
