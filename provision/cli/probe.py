@@ -185,13 +185,16 @@ def _runs_table(result: ProbeResult) -> Table:
         table.add_column(name, justify="left" if name in ("run", "load", "result") else "right",
                          no_wrap=name == "run")
     for run in result.runs:
-        table.add_row(*_run_cells(run), style="dim" if run.warmup else None)
+        table.add_row(*_run_cells(run, result.options.num_predict),
+                      style="dim" if run.warmup else None)
     return table
 
 
-def _run_cells(run: RunResult) -> list[str]:
+def _run_cells(run: RunResult, num_predict: int) -> list[str]:
     label = f"{run.index + 1}" + (" (warm-up)" if run.warmup else "")
     outcome = "ok" if run.ok else ("OOM-killed" if run.oom_likely else f"failed: {run.error}")
+    if run.ended_early(num_predict):
+        outcome = f"ok, EOS at {run.metrics.eval_count}/{num_predict}"
     return [label, run.load_kind or "—", _num(run.eval_tps, 2), _num(run.prompt_tps, 1),
             _num(run.ttft_s, 3), _num(run.load_s, 3), _size(run.peaks.peak_mem_used),
             _size(run.peaks.peak_rss), _num(run.peaks.peak_load1, 2),

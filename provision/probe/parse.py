@@ -340,6 +340,13 @@ class RunResult:
     def oom_likely(self) -> bool:
         return bool(self.oom and self.oom.get("likely"))
 
+    def ended_early(self, num_predict: int) -> bool:
+        """The model emitted end-of-sequence before num_predict tokens (Ollama has no
+        ignore-EOS option): its eval tok/s covers fewer tokens than asked for."""
+        count = self.metrics.eval_count
+        return (self.ok and self.metrics.done_reason == "stop" and count is not None
+                and count < num_predict)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "run": self.index, "warmup": self.warmup, "ok": self.ok, "error": self.error,

@@ -238,6 +238,10 @@ class _Collector:
         if run.ok:
             self.reporter.step(f"run {run.index + 1}/{self.total}: {_fmt(run.eval_tps)} tok/s, "
                                f"TTFT {_fmt(run.ttft_s, 's')}")
+            if run.ended_early(self.result.options.num_predict):
+                self._warn(f"run {run.index + 1} ended early: the model stopped (end of "
+                           f"sequence) after {run.metrics.eval_count} of "
+                           f"{self.result.options.num_predict} tokens; its eval tok/s covers those")
         elif not run.oom_likely:
             self._warn(f"run {run.index + 1} failed: {run.error}")
 

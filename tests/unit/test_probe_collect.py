@@ -148,6 +148,24 @@ def test_an_oom_kill_after_tokens_says_while_generating() -> None:
     assert raised.value.figure.startswith("OOM-killed while generating, Ollama held 2.9 GiB")
 
 
+def test_a_run_the_model_ended_early_is_kept_and_said_so() -> None:
+    early = run_event(1)
+    early["ollama"] = {**early["ollama"], "eval_count": 12, "done_reason": "stop"}
+    stream = lines(FACTS, {"event": "run_start", "run": 0, "warmup": True},
+                   run_event(0, warmup=True), {"event": "run_start", "run": 1}, early,
+                   {"event": "run_start", "run": 2}, run_event(2), {"event": "end", "runs": 3})
+    reporter = RecordingReporter()
+    result = collect(stream, ProbeOptions(runs=2, warmup=1, num_predict=128), reporter,
+                     vm="gemma")
+
+    assert [r.ended_early(128) for r in result.runs] == [False, True, False]
+    assert result.warnings == [("run 2 ended early: the model stopped (end of sequence) after "
+                                "12 of 128 tokens; its eval tok/s covers those")]
+    from provision.cli.probe import render_probe
+
+    assert "ok, EOS" in render_probe(result)  # the result column (wrapped as it fits)
+
+
 def test_when_every_measured_run_fails_the_probe_fails() -> None:
     failing = {"likely": False, "evidence": []}
     stream = lines(FACTS, run_event(0, warmup=True), run_event(1, ok=False, oom=failing),
