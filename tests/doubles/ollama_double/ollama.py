@@ -453,8 +453,26 @@ class RunnerDied(Exception):
     pass
 
 
-class Loaded:
-    """One model loaded in a runner child process."""
+class RunnerProcess:
+    """A runner child process: alive while it runs, stopped with SIGTERM, then SIGKILL."""
+
+    proc: subprocess.Popen[Any]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Loaded(RunnerProcess):
+    """One model loaded in the hashing runner child process (unit tests only)."""
 
     def __init__(self, model: LocalModel, options: dict[str, Any], runner_key: tuple[Any, ...],
                  ctx: int, parallel: int) -> None:
@@ -494,18 +512,6 @@ class Loaded:
             yield event
             if "done" in event:
                 return
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def _exit_text(code: int) -> str:
@@ -606,7 +612,7 @@ def llama_server_args(binary: Path, model: Path, port: int, ctx: int, parallel: 
     return args
 
 
-class LlamaServerLoaded:
+class LlamaServerLoaded(RunnerProcess):
     """One model loaded in the real llama-server, driven over HTTP as Ollama drives it."""
 
     def __init__(self, model: LocalModel, options: dict[str, Any], runner_key: tuple[Any, ...],
@@ -771,18 +777,6 @@ class LlamaServerLoaded:
             return [int(t) for t in json.loads(response.read()).get("tokens", [])]
         except (OSError, ValueError):
             return None
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 
