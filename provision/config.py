@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from provision.errors import ConfigError, UsageError
-from provision.shape import DEFAULT_CPU_TYPE, Shape, parse_cores, parse_disk_gib, parse_ram
+from provision.shape import (
+    DEFAULT_CPU_TYPE,
+    DEFAULT_DISK_GIB,
+    Shape,
+    parse_cores,
+    parse_disk_gib,
+    parse_ram,
+)
 
 DEFAULT_CONFIG_NAME = "labctl.toml"
 
@@ -91,7 +98,9 @@ KEYS: tuple[Key, ...] = (
     Key("defaults", "cores", int, 4, "vCPUs of a VM when neither CLI nor [vm.NAME] say"),
     Key("defaults", "ram", str, "8G", "RAM of a VM when neither CLI nor [vm.NAME] say"),
     Key("defaults", "cpu_type", str, DEFAULT_CPU_TYPE, "Proxmox cpu type (host keeps AVX2)"),
-    Key("defaults", "disk", str, "", "grow the boot disk to this size (grow only)"),
+    Key("defaults", "disk", str, "",
+        f"grow the boot disk to this size (grow only); empty = {DEFAULT_DISK_GIB}G for new VMs, "
+        "a template disk already bigger stays"),
     Key("timeouts", "clone", int, 600, "seconds to wait for a clone task"),
     Key("timeouts", "task", int, 120, "seconds to wait for other tasks"),
     Key("timeouts", "agent", int, 300, "seconds to wait for the guest agent to report an IP"),

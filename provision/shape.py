@@ -13,6 +13,11 @@ from provision.errors import UsageError
 
 MIN_MEMORY_MIB = 512
 DEFAULT_CPU_TYPE = "host"  # x86-64-v2-AES and kvm64 hide AVX2, which llama.cpp needs (anchors.md)
+# A new VM's boot disk grows to at least this (GiB) unless a size is asked for. A stock Ubuntu
+# 24.04 cloud image is a 3.5 GiB disk; installing Ollama needs its release tarball (<= 2 GiB)
+# and the unpacked tree (~4.25 GiB, CUDA and Vulkan libraries included) at once, then gemma2:2b
+# adds 1.6 GB: ~9 GiB on top of the system. 32G leaves room for a few more models.
+DEFAULT_DISK_GIB = 32
 
 _UNIT_MIB = {"": 1, "m": 1, "mb": 1, "mib": 1, "g": 1024, "gb": 1024, "gib": 1024,
              "t": 1024 * 1024, "tb": 1024 * 1024, "tib": 1024 * 1024}

@@ -44,7 +44,7 @@ from provision.guest.types import GuestAddress
 from provision.progress import Reporter, Stopwatch
 from provision.pve.client import PveClient
 from provision.pve.tasks import wait_task
-from provision.shape import NodeCapacity, Shape, check_fits, format_mib
+from provision.shape import DEFAULT_DISK_GIB, NodeCapacity, Shape, check_fits, format_mib
 
 LABCTL_TAG = "labctl"
 # Written into the clone's description by the clone call itself, before the tag can be set:
@@ -238,6 +238,13 @@ def shape_of(config: Mapping[str, Any]) -> Shape:
         cores = int(config["vcpus"])
     return Shape(cores=cores, memory_mib=parse_memory_mib(config.get("memory")),
                  cpu_type=parse_cpu_type(config.get("cpu")))
+
+
+def grown_disk_gib(wanted: int | None, current: int) -> int | None:
+    """What a new VM's boot disk grows to (None: it stays): the size asked for, else
+    DEFAULT_DISK_GIB. Disks only grow, so a template disk already as big stays as it is."""
+    target = wanted if wanted is not None else DEFAULT_DISK_GIB
+    return target if target > current else None
 
 
 def boot_disk(config: Mapping[str, Any]) -> tuple[str, int] | None:
@@ -527,8 +534,8 @@ class Lab:
             target = template.node
             check_fits(shape, self.node_capacity(target), allow_overcommit=allow_overcommit)
             self._clone(ctx, template, target, full)
-        self._configure_new(ctx, shape, pubkey, net, template_disk)
-        return self._boot_and_reach(ctx, shape)
+        disk_gib = self._configure_new(ctx, shape, pubkey, net, template_disk)
+        return self._boot_and_reach(ctx, replace(shape, disk_gib=disk_gib))
 
     def _public_key(self) -> str:
         key = Path(str(self.config.get("ssh.key"))).expanduser()
@@ -612,7 +619,8 @@ class Lab:
                            "(other clients keep taking them)")
 
     def _configure_new(self, ctx: _UpContext, shape: Shape, pubkey: str, net: str,
-                       template_disk: tuple[str, int] | None) -> None:
+                       template_disk: tuple[str, int] | None) -> int | None:
+        """Shape, tag and cloud-init in one call, then grow the boot disk; returns its size."""
         self.reporter.stage("configure")
         path = f"nodes/{ctx.node}/qemu/{ctx.vmid}"
         current = self.client.get(f"{path}/config")
@@ -632,10 +640,13 @@ class Lab:
         ctx.tagged = True
         self.reporter.step(f"{shape.label}, tag {LABCTL_TAG}, agent on, cloud-init "
                            f"user {params['ciuser']}, {net}")
-        if shape.disk_gib is not None:
-            disk = boot_disk(current) or template_disk
-            if disk and shape.disk_gib > disk[1]:
-                self._grow_disk(ctx, disk[0], disk[1], shape.disk_gib)
+        disk = boot_disk(current) or template_disk
+        if disk is None:
+            return shape.disk_gib
+        grow_to = grown_disk_gib(shape.disk_gib, disk[1])
+        if grow_to is not None:
+            self._grow_disk(ctx, disk[0], disk[1], grow_to)
+        return grow_to or disk[1]
 
     def _shape_params(self, shape: Shape) -> dict[str, Any]:
         return {"cores": shape.cores, "sockets": 1, "memory": shape.memory_mib, "balloon": 0,
@@ -827,8 +838,7 @@ class Lab:
                     f"it (no '{LABCTL_TAG}' tag); choose another name")
             self.reporter.step(f"finishing VM {res.name} (vmid {res.vmid}) left by an "
                                "interrupted `up`")
-            shape = request.over(replace(self.config.default_shape(),
-                                         disk_gib=current_shape.disk_gib))
+            shape = request.over(self.config.default_shape())
         else:
             shape = request.over(current_shape)
             self.reporter.step(f"VM {res.name} exists (vmid {res.vmid} on {res.node}, "
@@ -845,7 +855,7 @@ class Lab:
             check_fits(shape, self.node_capacity(res.node), allow_overcommit=allow_overcommit,
                        already_reserved_mib=reserved)
         if adopting:
-            self._configure_new(ctx, shape, pubkey, net, None)
+            shape = replace(shape, disk_gib=self._configure_new(ctx, shape, pubkey, net, None))
         elif reshape:
             ctx.stage = "reshape"
             self.reporter.stage("reshape")
@@ -853,7 +863,7 @@ class Lab:
             self.reporter.step(f"{current_shape.label} -> {shape.label}")
             if res.status == "running" and self._pending_keys(res):
                 self._reboot(res)
-        if shape.disk_gib is not None and current_shape.disk_gib is not None \
+        if not adopting and shape.disk_gib is not None and current_shape.disk_gib is not None \
                 and shape.disk_gib > current_shape.disk_gib:
             disk = boot_disk(config)
             if disk:

@@ -7,6 +7,7 @@ local mirror's release tarball and pulls gemma2:2b (scaled weights) from the mir
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 from collections.abc import Iterator
@@ -246,5 +247,58 @@ def test_a_new_version_from_a_local_tarball_replaces_the_old_and_a_small_vm_gets
         assert status == 500
         assert json.loads(text) == {"error": "llama-server process has terminated: signal: killed"}
         assert lab.backend.oom_kills(vmid) >= 1
+    finally:
+        lab.destroy(host)
+
+
+def test_a_filesystem_too_small_for_the_release_fails_the_disk_check_before_any_download(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """The double's release with weight (a padding file, as the real bundle's GPU libraries),
+    and a real small filesystem at the install prefix (a tmpfs in the guest). Too small: one
+    line names the need and --disk, and nothing is downloaded. Big enough: it installs, the
+    tarball is removed, and a re-deploy is still the one state task."""
+    padded = build_release(lab.mirror.root, "0.33.1", padding_bytes=64 << 20)
+    tarball_bytes = padded.tarball.stat().st_size
+    assert tarball_bytes < 0.5 * padded.unpacked_bytes  # packs like the real bundle
+    sizes = {"ollama_disk_tarball_bytes": tarball_bytes,
+             "ollama_disk_unpacked_bytes": padded.unpacked_bytes,
+             "ollama_disk_margin_bytes": 8 << 20}
+    need_mib = math.ceil((padded.unpacked_bytes + (8 << 20)) / (1 << 20))
+    host = lab.boot()
+    try:
+        small = lab.ssh_run(host, "sudo mount -t tmpfs -o size=48m,mode=755 small /usr/local")
+        assert small.returncode == 0, small.stderr
+        with pytest.raises(DeployError) as failure:
+            run_deploy(lab, host, tmp_path, ollama_version=padded.version, role_vars=sizes)
+        assert failure.value.message == (
+            f'task "Check the free disk space." failed on {host.name}: not enough disk on '
+            f"/usr/local: 48 MiB free, Ollama 0.33.1 needs {need_mib} MiB there (unpacked "
+            f"{math.floor(padded.unpacked_bytes / (1 << 20) + 0.5)} + margin 8 MiB); give the VM "
+            f"a bigger disk: labctl up {host.name} --disk 32G, then reboot it if it runs "
+            "(cloud-init grows the filesystem at boot)")
+        assert str(failure.value.hint).startswith(f"artifacts: {lab.state_dir / 'runs'}")
+        assert failure.value.exit_code == 6
+        untouched = lab.ssh_run(host, "ls /var/cache/ollama-* /usr/local/bin/ollama")
+        assert untouched.returncode != 0 and untouched.stdout == "", untouched.stdout
+
+        bigger = lab.ssh_run(host, "sudo umount /usr/local && "
+                                   "sudo mount -t tmpfs -o size=96m,mode=755 bigger /usr/local")
+        assert bigger.returncode == 0, bigger.stderr
+        reporter = RecordingReporter()
+        first = run_deploy(lab, host, tmp_path, reporter, ollama_version=padded.version,
+                           role_vars=sizes)
+        assert any(re.fullmatch(rf"{host.name}: ok +Check the free disk space\. \[\d+\.\ds\]", m)
+                   for kind, m in reporter.events if kind == "step"), reporter.events
+        assert {"Unpack Ollama into the install prefix.",
+                "Remove the downloaded release."} <= {c.task for c in first.changes}
+        after = lab.ssh_run(host, "ls /var/cache; df -B1 --output=used /usr/local | tail -1; "
+                                  "ollama -v").stdout.split()
+        assert not [name for name in after if name.startswith("ollama-")]  # tarball removed
+        assert int(after[-5]) >= padded.unpacked_bytes  # the weight really is on the small fs
+        assert after[-4:] == ["ollama", "version", "is", "0.33.1"]
+        again = run_deploy(lab, host, tmp_path, ollama_version=padded.version, role_vars=sizes)
+        stats = again.stats[host.name]
+        assert (stats.ok, stats.changed, stats.failed) == (1, 0, 0)
     finally:
         lab.destroy(host)

@@ -59,6 +59,8 @@ def deploy_summary(stderr: str) -> tuple[int, int]:
 def test_up_deploys_then_up_again_changes_nothing(sim_lab: Any) -> None:
     first = sim_lab.run("up", "gemma", "--cores", "2", "--ram", "4G", timeout=600)
     assert first.code == 0, first
+    # the template's 3.5 GiB disk (a stock Ubuntu 24.04 cloud image's) is too small for Ollama
+    assert "scsi0 grown from 3G to 32G" in first.stderr
     assert deploy_summary(first.stderr)[1] > 0
     assert re.search(r"gemma: changed +Pull the missing models\.", first.stderr)
 

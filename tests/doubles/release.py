@@ -9,6 +9,9 @@ Layout written under a mirror root (what tests/doubles/mirror.py serves):
 
 The tarball has the shape of the real release (`.github/workflows/release.yaml`): entries
 `bin/ollama` and `lib/ollama/...`, owned by root, extracted by the role into /usr/local.
+The real amd64 bundle is big (CUDA and Vulkan libraries: up to 2 GiB packed, ~4.25 GiB
+unpacked); `build_release(padding_bytes=N)` gives the double's release that weight with one
+honestly named file of padding, so disk-space handling sees real bytes.
 """
 
 from __future__ import annotations
@@ -23,11 +26,17 @@ import subprocess
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 DOUBLE_SOURCE = Path(__file__).resolve().parent / "ollama_double" / "ollama.py"
 DEFAULT_VERSION = "0.32.15"  # the version the role pins (newest non-rc tag in ollama.md)
 DEFAULT_MODEL_BYTES = 128 << 20  # scaled-down gemma2:2b "weights" (real: 1,629,509,152 bytes)
 TARBALL_MTIME = 1_767_225_600  # fixed so two builds of one version are byte-identical
+# The padding's file, where the real bundle keeps its GPU libraries; nothing loads it.
+PADDING_NAME = "lib/ollama/PADDING-stands-in-for-the-gpu-libraries.bin"
+# Share of the padding that is incompressible (seeded random; the rest zeros): the tarball
+# comes out ~0.4 x the unpacked size, as the real bundle's (1.7 GB packed for ~4.25 GiB).
+PADDING_RANDOM_SHARE = 0.4
 MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 
 DOUBLE_NOTE = b"""This is the labctl Ollama TEST DOUBLE, not Ollama.
@@ -47,6 +56,7 @@ class Release:
     tarball: Path
     sha256: str
     checksum_file: Path
+    unpacked_bytes: int = 0  # what the files take once unpacked (sum of their sizes)
 
     def url(self, base_url: str) -> str:
         """The tarball URL under a mirror base such as http://10.213.30.1:8080/download."""
@@ -73,8 +83,33 @@ def double_script(version: str) -> bytes:
     return source.replace(marker, f'VERSION = "{version}"', 1).encode()
 
 
-def _tar_bytes(version: str, llama_server: Path | None) -> bytes:
-    """bin/ollama + lib/ollama/llama-server: the real binary when given, else the hashing one."""
+class _Padding(io.RawIOBase):
+    """padding_bytes of seeded random bytes, then zeros, read in chunks (never all in memory)."""
+
+    def __init__(self, size: int) -> None:
+        self._left, self._random = size, int(size * PADDING_RANDOM_SHARE)
+        self._rng = random.Random(f"padding:{size}")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        count = min(len(buffer), self._left, 1 << 20)
+        done = 0
+        if self._random > 0:
+            take = min(count, self._random)
+            buffer[:take] = self._rng.randbytes(take)
+            self._random -= take
+            done = take
+        buffer[done:count] = bytes(count - done)
+        self._left -= count
+        return count
+
+
+def _write_tar(out: IO[bytes], version: str, llama_server: Path | None,
+               padding_bytes: int = 0) -> int:
+    """bin/ollama + lib/ollama/llama-server (the real binary when given, else the hashing
+    one) + padding_bytes of padding, streamed to out; returns the files' total size."""
     script = double_script(version)
     runner = llama_server.read_bytes() if llama_server else script
     note = DOUBLE_NOTE + (REAL_ENGINE_NOTE if llama_server else b"")
@@ -89,37 +124,60 @@ def _tar_bytes(version: str, llama_server: Path | None) -> bytes:
     # the shared libraries built beside it (libgomp), where Ollama's bundle keeps its libraries
     for library in sorted(llama_server.parent.glob("*.so*")) if llama_server else []:
         entries.append((f"lib/ollama/{library.name}", library.read_bytes(), 0o755))
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
+    total = 0
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.GNU_FORMAT) as tar:
         for name, data, mode in entries:
-            info = tarfile.TarInfo(name)
-            info.mode, info.mtime, info.uid, info.gid = mode, TARBALL_MTIME, 0, 0
-            info.uname = info.gname = "root"
+            info = _tar_info(name, mode)
             if data is None:
                 info.type = tarfile.DIRTYPE
                 tar.addfile(info)
             else:
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+                total += info.size
+        if padding_bytes:
+            info = _tar_info(PADDING_NAME, 0o644)
+            info.size = padding_bytes
+            tar.addfile(info, io.BufferedReader(_Padding(padding_bytes)))
+            total += padding_bytes
+    return total
+
+
+def _tar_info(name: str, mode: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.mode, info.mtime, info.uid, info.gid = mode, TARBALL_MTIME, 0, 0
+    info.uname = info.gname = "root"
+    return info
 
 
 def build_release(root: Path, version: str = DEFAULT_VERSION, arch: str = "amd64",
-                  llama_server: Path | None = None) -> Release:
+                  llama_server: Path | None = None, padding_bytes: int = 0) -> Release:
     """Write the release tarball and its sha256sum.txt under <root>/download/v<version>/.
 
     llama_server: the real llama.cpp server binary to ship as lib/ollama/llama-server (what
     measures); None ships the double's hashing runner there (fast unit tests only).
+    padding_bytes: add a file of that size (PADDING_NAME) for the real bundle's weight:
+    4_563_402_752 is what the real amd64 bundle unpacks to; tests use scaled-down sizes.
     """
     release_dir = root / "download" / f"v{version}"
     release_dir.mkdir(parents=True, exist_ok=True)
     tarball = release_dir / f"ollama-linux-{arch}.tar.zst"
-    compressed = subprocess.run(
-        ["zstd", "-q", "-c", "-3"], input=_tar_bytes(version, llama_server),
-        capture_output=True, check=True,
-    ).stdout
-    tarball.write_bytes(compressed)
-    digest = hashlib.sha256(compressed).hexdigest()
+    partial = tarball.with_name(tarball.name + ".partial")
+    with partial.open("wb") as out:
+        zstd = subprocess.Popen(["zstd", "-q", "-c", "-3"], stdin=subprocess.PIPE, stdout=out)
+        assert zstd.stdin is not None
+        try:
+            unpacked = _write_tar(zstd.stdin, version, llama_server, padding_bytes)
+        finally:
+            zstd.stdin.close()
+        if zstd.wait() != 0:
+            raise subprocess.CalledProcessError(zstd.returncode, "zstd")
+    partial.replace(tarball)
+    hasher = hashlib.sha256()
+    with tarball.open("rb") as packed:
+        while chunk := packed.read(8 << 20):
+            hasher.update(chunk)
+    digest = hasher.hexdigest()
     checksum_file = release_dir / "sha256sum.txt"
     # The real file lists every asset with a "./" prefix (find . | xargs sha256sum).
     lines = [f"{digest}  ./{tarball.name}"]
@@ -127,7 +185,7 @@ def build_release(root: Path, version: str = DEFAULT_VERSION, arch: str = "amd64
               for p in sorted(release_dir.iterdir())
               if p.is_file() and p.name not in (tarball.name, checksum_file.name)]
     checksum_file.write_text("\n".join(lines) + "\n")
-    return Release(version, tarball, digest, checksum_file)
+    return Release(version, tarball, digest, checksum_file, unpacked)
 
 
 def _write_blob(blobs: Path, data: bytes) -> dict[str, object]:

@@ -9,6 +9,7 @@ from provision.pve.lifecycle import (
     ShapeRequest,
     boot_disk,
     changed_params,
+    grown_disk_gib,
     ipconfig,
     parse_cpu_type,
     parse_memory_mib,
@@ -16,7 +17,7 @@ from provision.pve.lifecycle import (
     pick_address,
     shape_of,
 )
-from provision.shape import Shape
+from provision.shape import DEFAULT_DISK_GIB, Shape
 
 
 @pytest.mark.parametrize(("value", "mib"), [(2048, 2048), ("2048", 2048),
@@ -49,6 +50,20 @@ def test_boot_disk_follows_boot_order_and_skips_cdroms() -> None:
     assert boot_disk(config) == ("virtio0", 3)
     assert boot_disk({"scsi0": "local-lvm:vm-1,size=10G"}) == ("scsi0", 10)
     assert boot_disk({"net0": "virtio=BC:24:11:00:00:01"}) is None
+
+
+@pytest.mark.parametrize(("asked", "template", "grown"), [
+    (None, 3, 32),  # a stock Ubuntu 24.04 cloud image (3.5 GiB): room for Ollama + gemma2:2b
+    (None, 32, None),
+    (None, 40, None),  # a template already bigger stays as it is
+    (10, 3, 10),  # --disk wins over the default, also when smaller than it
+    (40, 40, None),
+])
+def test_a_new_vms_disk_grows_to_what_was_asked_else_the_default(
+    asked: int | None, template: int, grown: int | None
+) -> None:
+    assert DEFAULT_DISK_GIB == 32
+    assert grown_disk_gib(asked, template) == grown
 
 
 def test_address_skips_loopback_and_link_local_and_prefers_ipv4() -> None:

@@ -4,9 +4,10 @@
 Each task of a play costs a round trip to the host (~0.3 s of SSH, worker fork and module
 start-up), and an up-to-date host needs none of the role's changes. This module reads the
 service account, the installed binary's version, the unit and drop-in (checksum, owner, mode),
-the service's systemd state, and the API's /api/version and /api/tags in one call, so the
-role can skip every block whose state already matches. It never changes anything (check mode
-included); any doubt reports "differs", and the role's ordinary tasks then decide.
+the service's systemd state, the API's /api/version and /api/tags, and the free space of the
+filesystems the role writes to (for its disk check) in one call, so the role can skip every
+block whose state already matches. It never changes anything (check mode included); any doubt
+reports "differs", and the role's ordinary tasks then decide.
 """
 
 from __future__ import annotations
@@ -92,6 +93,13 @@ options:
     description: Seconds to wait for each API answer.
     type: float
     default: 5
+  disk_paths:
+    description:
+      - Directories whose filesystem to report (mount point, size, free and used bytes). One
+        that does not exist yet counts as the filesystem of its nearest existing parent.
+    type: list
+    elements: str
+    default: []
 author:
   - labctl
 """
@@ -144,6 +152,12 @@ api_version:
 models:
   description: The model names /api/tags lists (null when the API does not answer).
   type: list
+  returned: always
+disk:
+  description: For each of disk_paths, its filesystem's C(mount) point, C(device) number,
+    C(size), C(free) (available to unprivileged users, as the service account) and C(used)
+    bytes.
+  type: dict
   returned: always
 """
 
@@ -252,6 +266,23 @@ def systemd_state(output: str) -> dict[str, str]:
     return props
 
 
+def filesystem_of(path: str) -> dict | None:
+    """Mount point, size, free and used bytes of the filesystem that holds (or would hold) path."""
+    here = os.path.abspath(path)
+    while not os.path.exists(here) and here != os.path.dirname(here):
+        here = os.path.dirname(here)
+    try:
+        fs = os.statvfs(here)
+        device = os.stat(here).st_dev
+        mount = here
+        while mount != os.path.dirname(mount) and os.stat(os.path.dirname(mount)).st_dev == device:
+            mount = os.path.dirname(mount)
+    except OSError:
+        return None
+    return {"mount": mount, "device": device, "size": fs.f_blocks * fs.f_frsize,
+            "free": fs.f_bavail * fs.f_frsize, "used": (fs.f_blocks - fs.f_bfree) * fs.f_frsize}
+
+
 def get_json(url: str, timeout: float) -> dict | None:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as reply:
@@ -279,6 +310,7 @@ def main() -> None:
             "enabled": {"type": "bool", "default": True},
             "api_url": {"type": "str", "required": True},
             "api_timeout": {"type": "float", "default": 5.0},
+            "disk_paths": {"type": "list", "elements": "str", "default": []},
         },
         supports_check_mode=True,
     )
@@ -317,6 +349,7 @@ def main() -> None:
         service=service,
         api_version=str((version_reply or {}).get("version") or ""),
         models=models,
+        disk={path: fs for path in params["disk_paths"] if (fs := filesystem_of(path))},
     )
 
 
