@@ -7,7 +7,8 @@ What it adds on top of proxmoxer's https backend:
   bare `requests.post`, outside its session, where no pin would apply.
 - Parameters: booleans sent as 1/0 (PVE refuses `True`), None dropped.
 - Errors: proxmoxer's ResourceException -> ProxmoxAPIError carrying PVE's message (the HTTP reason
-  phrase) and the per-parameter `errors`; TLS and connection failures -> one-line errors.
+  phrase) and the per-parameter `errors`; a 403 names who lacks which privilege on which ACL
+  path; TLS and connection failures -> one-line errors.
 - Retries: GETs on transient failures (5xx, 595/596, connection reset) with backoff; POST/PUT/DELETE
   only when the connection could not even be opened (nothing reached the server).
 - Counting: every HTTP request, task-status polls apart, for `bench/provision.py`.
@@ -43,6 +44,15 @@ log = logging.getLogger("labctl.pve")
 TRANSIENT_STATUS = frozenset({500, 502, 503, 504, 595, 596})
 RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0)
 _FINGERPRINT_RE = re.compile(r"^[0-9a-f]{64}$")
+# raise_perm_exc("$path, $priv") / ("$path, a|b") (pve-common src/PVE/Exception.pm:53-70,
+# pve-access-control src/PVE/RPCEnvironment.pm:300,325)
+_PERMISSION_RE = re.compile(r"^Permission check failed \((?P<path>/[^,]*), (?P<privs>.+)\)$")
+# PVE's ['or', ...] permission checks fail with a bare "Permission check failed": what they want.
+_UNNAMED_PRIVILEGE = {
+    # clone: VM.Allocate on /vms/{newid} or on /pool/{pool} (qemu-server Qemu.pm:4343-4346)
+    ("POST", "clone"): ("VM.Allocate", "/vms/{newid}"),
+}
+ROLE_HINT = 'labctl\'s role and ACL paths: README "A lab against a real Proxmox VE"'
 
 
 @dataclass
@@ -217,6 +227,7 @@ class PveClient:
         self.stats = RequestStats()
         self._sleep = sleep
         self._pin = normalize_fingerprint(settings.fingerprint) if settings.fingerprint else ""
+        self._who = settings.token_id or settings.user
         register_secrets(settings.secrets())
         self._api = self._connect()
 
@@ -308,7 +319,7 @@ class PveClient:
                     if delay is not None:
                         self._note_retry(method, path, f"HTTP {error.status_code}", delay)
                         continue
-                raise api_error(method, path, error) from error
+                raise api_error(method, path, error, params=values, who=self._who) from error
             except requests.exceptions.SSLError as error:
                 raise self._tls_error(error) from error
             except requests.exceptions.RequestException as error:
@@ -356,7 +367,8 @@ def encode_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return encoded
 
 
-def api_error(method: str, path: str, error: ResourceException) -> ProxmoxAPIError:
+def api_error(method: str, path: str, error: ResourceException, *,
+              params: Mapping[str, Any] | None = None, who: str = "") -> ProxmoxAPIError:
     """PVE puts its message in the HTTP reason phrase (proxmoxer's `content`)."""
     status = int(error.status_code)
     message = str(error.content or error.status_message or "").strip()
@@ -370,11 +382,31 @@ def api_error(method: str, path: str, error: ResourceException) -> ProxmoxAPIErr
         hint = "check proxmox.token_id and the token secret (or user/password)"
         message = f"authentication failed ({message or 'HTTP 401'})"
     elif status == 403:
-        hint = "the token/user lacks a privilege; PVE names it above"
+        hint = ROLE_HINT
+        message = _permission_message(method, path, message, params or {}, who)
     elif status == 501:
         hint = "this Proxmox VE version does not offer that endpoint"
     return ProxmoxAPIError(f"Proxmox: {message} [{where}, HTTP {status}]", status=status,
                            errors=errors, hint=hint)
+
+
+def _permission_message(method: str, path: str, message: str, params: Mapping[str, Any],
+                        who: str) -> str:
+    """`Permission check failed (/vms/101, VM.GuestAgent.FileRead|VM.GuestAgent.Unrestricted)`
+    -> `labctl@pve!labctl lacks VM.GuestAgent.FileRead (or VM.GuestAgent.Unrestricted) on
+    /vms/101`; PVE's text as it is when it is not a privilege check."""
+    who = who or "the API user"
+    match = _PERMISSION_RE.match(message)
+    if match:
+        first, *others = match.group("privs").split("|")
+        alternatives = f" (or {', '.join(others)})" if others else ""
+        return f"{who} lacks {first}{alternatives} on {match.group('path')}"
+    unnamed = _UNNAMED_PRIVILEGE.get((method, path.strip("/").rsplit("/", 1)[-1]))
+    if message == "Permission check failed" and unnamed:
+        privilege, acl_path = unnamed
+        acl_path = re.sub(r"\{(\w+)\}", lambda m: str(params.get(m.group(1), "?")), acl_path)
+        return f"{who} lacks {privilege} on {acl_path} (PVE: {message})"
+    return f"{who} was refused: {message or 'HTTP 403'}"
 
 
 def _nothing_sent(error: requests.exceptions.RequestException) -> bool:

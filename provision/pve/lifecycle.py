@@ -438,7 +438,9 @@ class Lab:
     def _agent_ip(self, res: _Resource) -> str | None:
         try:
             data = self.client.get(f"{res.path}/agent/network-get-interfaces", retry=False)
-        except LabctlError:
+        except LabctlError as error:
+            if isinstance(error, ProxmoxAPIError) and error.status == 403:
+                raise  # a missing privilege is not "no address yet"
             return None
         return pick_address((data or {}).get("result"))
 
@@ -559,7 +561,8 @@ class Lab:
                 r for r in resources if r.name == wanted]
         if not found:
             raise ProxmoxError(f"template {wanted!r} not found on the cluster",
-                               hint="set template.name to the template's name or VMID")
+                               hint="set template.name to the template's name or VMID; an API "
+                                    "token sees only the VMs it has VM.Audit on")
         if len(found) > 1:
             ids = ", ".join(str(r.vmid) for r in found)
             raise ProxmoxError(f"several VMs are named {wanted!r} (vmids {ids})",
@@ -783,6 +786,8 @@ class Lab:
         try:
             data = self.client.get(f"{res.path}/agent/file-read", file=HOST_KEY_PATH)
         except ProxmoxAPIError as error:
+            if error.status == 403:
+                raise  # Proxmox refused (a privilege), not the guest
             raise GuestError(
                 f"cannot read {HOST_KEY_PATH} of {res.name} through the guest agent: "
                 f"{error.message}",

@@ -1,11 +1,13 @@
-"""PVE authentication: root@pam password, tickets + CSRF tokens, and one API token.
+"""PVE authentication: root@pam password, tickets + CSRF tokens, and API tokens.
 
 Credentials are generated on first start into `<state>/credentials.json` (mode 600); clients and
 tests read that file. Tickets look like PVE's (`PVE:root@pam:6650F00D::<signature>`), are valid
-for 2 h and are signed with a key kept in the same file.
+for 2 h and are signed with a key kept in the same file. That file's token (`root@pam!labctl`)
+has root's rights; other users' tokens, with or without privilege separation, come from
+`access.py` (created through `POST /_sim/access`).
 
-Not simulated: other users and realms, TFA, ACLs and privilege separation (the token has
-root's rights), ticket key rotation.
+Not simulated: passwords and tickets of users other than root@pam, realms, TFA, ticket key
+rotation.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from provision.sim.access import Access
 
 CREDENTIALS_FILE = "credentials.json"
 TICKET_LIFETIME = 7200
@@ -68,8 +74,9 @@ def load_or_create(state_dir: Path) -> Credentials:
 class Authenticator:
     """Checks passwords, tickets, CSRF tokens and API tokens for one credentials set."""
 
-    def __init__(self, creds: Credentials) -> None:
+    def __init__(self, creds: Credentials, access: Access | None = None) -> None:
         self.creds = creds
+        self.access = access
         self._key = bytes.fromhex(creds.ticket_key)
 
     def _sign(self, text: str) -> str:
@@ -126,6 +133,8 @@ class Authenticator:
         ok = hmac.compare_digest(token_id, self.creds.token_id) and hmac.compare_digest(
             secret, self.creds.token_secret
         )
+        if not ok and self.access is not None:
+            ok = self.access.verify_token(token_id, secret)
         return token_id if ok else None
 
     @staticmethod

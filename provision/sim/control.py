@@ -5,8 +5,19 @@
     GET    /_sim/faults            injected faults
     POST   /_sim/faults            JSON fault spec (kinds: http, task, agent, ignore_shutdown)
     DELETE /_sim/faults            clear every fault
+    GET    /_sim/access            users, tokens, roles, ACL entries (no token secrets)
+    POST   /_sim/access            replace them all; answers with the token secrets
+    DELETE /_sim/access            remove them all (root@pam and its token stay)
 
-Same authentication as the API (API token, or ticket + CSRF token). Bodies are JSON.
+Same authentication as the API (API token, or ticket + CSRF token), and only for root@pam or
+its token without privilege separation. Bodies are JSON. The access document is what `pveum`
+would have made:
+
+    {"roles": {"LabctlRole": "VM.Audit VM.Clone ..."},          # pveum role add R -privs "..."
+     "users": ["labctl@pve"],                                   # pveum user add U
+     "tokens": {"labctl@pve!labctl": {"privsep": 1}},           # pveum user token add U T
+     "acl": [{"path": "/vms", "roles": "LabctlRole",            # pveum acl modify PATH ...
+              "users": "labctl@pve", "tokens": "labctl@pve!labctl", "propagate": 1}]}
 """
 
 from __future__ import annotations
@@ -44,6 +55,14 @@ def handle(cluster: Cluster, request: Request, path: str) -> Any:
             return cluster.faults.to_json()
         if method == "DELETE":
             cluster.faults.clear()
+            return None
+    if path == "/_sim/access":
+        if method == "GET":
+            return cluster.access.to_json()
+        if method == "POST":
+            return cluster.access.configure(_json_body(request))
+        if method == "DELETE":
+            cluster.access.clear()
             return None
     raise PveError.not_implemented(method, path)
 

@@ -8,14 +8,19 @@ Concurrency: one re-entrant lock guards all state; each task runs in its own thr
 per VM by an operation lock (PVE's config flock). Guest-backend calls happen outside the state
 lock because a real backend can take seconds.
 
-Not simulated (cluster-wide): HA (`hastart`/`hastop`), permissions/ACLs (every authenticated
-user is root@pam), pools, snapshots, backups, replication, migration, shared storage, RRD lag
-(usage numbers are current, not 10 s old), `TASK WARNINGS`, paused/suspended VMs.
+Privileges: `self.access` (access.py) holds the users, tokens, roles and ACLs; the checks PVE
+makes inside handlers (storages, bridges, config keys, task owners, filtered listings) are called
+from here, the per-endpoint ones by the server (permissions.py).
+
+Not simulated (cluster-wide): HA (`hastart`/`hastop`), groups and pools, snapshots, backups,
+replication, migration, shared storage, RRD lag (usage numbers are current, not 10 s old),
+`TASK WARNINGS`, paused/suspended VMs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -32,7 +37,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from provision.sim import vmconfig
+from provision.sim import permissions, vmconfig
+from provision.sim.access import ROOT, Access
 from provision.sim.errors import PveError, config_missing, vm_locked
 from provision.sim.guests.base import GuestBackend, GuestSpec
 from provision.sim.settings import Faults, Settings
@@ -177,6 +183,7 @@ class Cluster:
         self.lock = threading.RLock()
         self.faults = Faults()
         self.settings = settings or Settings()
+        self.access = Access(state_dir)
         self.nodes: dict[str, Node] = {}
         self.storages = default_storages()
         self.vms: dict[int, Vm] = {}
@@ -383,21 +390,28 @@ class Cluster:
             task.finish(error)
         self.save()
 
-    def task(self, node: str, upid: str) -> Task:
-        if not UPID_RE.match(upid):
+    def task(self, node: str, upid: str, user: str = ROOT) -> Task:
+        """One task, for its owner or a caller with Sys.Audit on the node (Tasks.pm:527-528)."""
+        match = UPID_RE.match(upid)
+        if not match:
             raise PveError.params({"upid": "unable to parse worker upid"})
+        permissions.task_access(self.access, user, node, match.group(8))
         with self.lock:
             task = self.tasks.get(upid)
         if task is None or task.node != node:
             raise PveError.params({"upid": "no such task"})
         return task
 
-    def task_list(self, node: str, params: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
-        """GET /nodes/{node}/tasks, newest first: filters vmid, typefilter, source, errors.
+    def task_list(
+        self, node: str, params: dict[str, Any], user: str = ROOT
+    ) -> tuple[list[dict[str, Any]], int]:
+        """GET /nodes/{node}/tasks, newest first: filters vmid, typefilter, source, errors; only
+        the caller's own tasks without Sys.Audit on the node (Tasks.pm:184-190).
 
         Not simulated: userfilter, statusfilter, since/until.
         """
         self.node(node)
+        auditor = permissions.sees(self.access, user, f"/nodes/{node}", ["Sys.Audit"])
         with self.lock:
             tasks = sorted(
                 (t for t in self.tasks.values() if t.node == node),
@@ -413,15 +427,16 @@ class Cluster:
             and (kind is None or t.type == kind)
             and (source == "all" or (t.status == "running") == (source == "active"))
             and (not _truthy(params.get("errors")) or t.exitstatus not in (None, "OK"))
+            and (auditor or permissions.owns_task(user, t.user))
         ]
         start, limit = int(params.get("start", 0)), int(params.get("limit", 50))
         return [t.list_json() for t in chosen[start : start + limit]], len(chosen)
 
     def task_log(
-        self, node: str, upid: str, start: int, limit: int
+        self, node: str, upid: str, start: int, limit: int, user: str = ROOT
     ) -> tuple[list[dict[str, Any]], int]:
         """`[{n, t}]` lines from `start` (0-based), at most `limit`, and the total line count."""
-        task = self.task(node, upid)
+        task = self.task(node, upid, user)
         with self.lock:
             lines = list(task.log)
         chosen = lines[start : start + limit] if limit > 0 else lines[start:]
@@ -442,19 +457,28 @@ class Cluster:
                     return str(candidate)
         raise PveError.internal(f"unable to get any free VMID in range [{lower}, {upper}]")
 
-    def resources(self, kind: str | None) -> list[dict[str, Any]]:
-        """GET /cluster/resources. Not simulated: pool/network/sdn entries, RRD lag, lxc."""
+    def resources(self, kind: str | None, user: str = ROOT) -> list[dict[str, Any]]:
+        """GET /cluster/resources: VMs only with VM.Audit (Cluster.pm:588), node usage only with
+        Sys.Audit (Cluster.pm:622), storages only with Datastore.Audit (Cluster.pm:647).
+
+        Not simulated: pool/network/sdn entries, RRD lag, lxc.
+        """
         with self.lock:
             vms = sorted(self.vms.values(), key=lambda v: v.vmid)
             nodes = list(self.nodes.values())
+        sees = functools.partial(permissions.sees, self.access, user)
         result: list[dict[str, Any]] = []
         if kind in (None, "vm"):
-            result += [self._vm_resource(vm) for vm in vms]
+            result += [self._vm_resource(vm) for vm in vms if sees(f"/vms/{vm.vmid}", ["VM.Audit"])]
         if kind in (None, "node"):
-            result += [self._node_resource(node) for node in nodes]
+            for node in nodes:
+                entry = self._node_resource(node)
+                result.append(entry if sees(f"/nodes/{node.name}", ["Sys.Audit"])
+                              else _without_stats(entry))
         if kind in (None, "storage"):
             for node in nodes:
-                result += [self._storage_json(node.name, s, resource=True) for s in self.storages]
+                result += [self._storage_json(node.name, s, resource=True) for s in self.storages
+                           if sees(f"/storage/{s.storage}", ["Datastore.Audit"])]
         return result
 
     def _vm_resource(self, vm: Vm) -> dict[str, Any]:
@@ -542,13 +566,15 @@ class Cluster:
             "used_fraction": used / storage.total,
         }
 
-    def nodes_list(self) -> list[dict[str, Any]]:
-        """GET /nodes."""
+    def nodes_list(self, user: str = ROOT) -> list[dict[str, Any]]:
+        """GET /nodes; usage numbers only with Sys.Audit on the node (Nodes.pm:2986-2987)."""
         from provision.sim.tls import current_fingerprint
 
         result = []
         for node in self.nodes.values():
             entry = self._node_resource(node)
+            if not permissions.sees(self.access, user, f"/nodes/{node.name}", ["Sys.Audit"]):
+                entry = _without_stats(entry)
             entry["ssl_fingerprint"] = current_fingerprint(self.state_dir)
             result.append(entry)
         return result
@@ -593,21 +619,28 @@ class Cluster:
             "pveversion": "pve-manager/9.2.0/simulated",
         }
 
-    def node_storages(self, name: str, content: str | None) -> list[dict[str, Any]]:
+    def node_storages(
+        self, name: str, content: str | None, user: str = ROOT
+    ) -> list[dict[str, Any]]:
+        """GET /nodes/{node}/storage: only storages with Datastore.Audit or .AllocateSpace
+        (pve-storage src/PVE/API2/Storage/Status.pm:244-245)."""
         self.node(name)
+        privs = ["Datastore.Audit", "Datastore.AllocateSpace"]
         return [
             self._storage_json(name, s, resource=False)
             for s in self.storages
-            if content is None or s.supports(content)
+            if (content is None or s.supports(content))
+            and permissions.sees(self.access, user, f"/storage/{s.storage}", privs, any_of=True)
         ]
 
     # --- VM read side ------------------------------------------------------------------------
 
-    def vm_list(self, node: str) -> list[dict[str, Any]]:
-        """GET /nodes/{node}/qemu."""
+    def vm_list(self, node: str, user: str = ROOT) -> list[dict[str, Any]]:
+        """GET /nodes/{node}/qemu: only VMs with VM.Audit (Qemu.pm:1113)."""
         self.node(node)
         with self.lock:
-            vms = [v for v in self.vms.values() if v.node == node]
+            vms = [v for v in self.vms.values() if v.node == node
+                   and permissions.sees(self.access, user, f"/vms/{v.vmid}", ["VM.Audit"])]
         result = []
         for vm in sorted(vms, key=lambda v: v.vmid):
             status = self._vm_status(vm)
@@ -760,6 +793,7 @@ class Cluster:
             if newid in self.vms:
                 raise PveError.internal(f"unable to create VM {newid}: config file already exists")
             linked = self._clone_mode(source, params)
+            permissions.clone_access(self.access, user, source.config, params.get("storage"))
             target = params.get("target")
             if target and target not in (node, "localhost"):
                 self.node(target)
@@ -851,7 +885,8 @@ class Cluster:
             with self._op_lock(vmid):
                 with self.lock:
                     vm = self.vm(node, vmid)
-                    change = self._check_update(vm, params)
+                    change = self._check_update(vm, params, user)
+                    permissions.update_access(self.access, user, vmid, vm.merged(), change.values)
                     errors, reshape = self._apply_update(vm, change)
                 self.save()
                 self._reshape(vm, reshape)
@@ -860,11 +895,15 @@ class Cluster:
             return None
         with self.lock:
             vm = self.vm(node, vmid)
-            change = self._check_update(vm, params)
+            change = self._check_update(vm, params, user)
 
         def work(task: Task) -> None:
             with self.lock:
                 current = self.vm(node, vmid)
+                # in PVE's $updatefn, so inside the task for a POST
+                permissions.update_access(
+                    self.access, user, vmid, current.merged(), change.values
+                )
                 task.say(
                     f"update VM {vmid}: " + " ".join(f"-{k} {v}" for k, v in change.values.items())
                 )
@@ -886,7 +925,7 @@ class Cluster:
             raise PveError.internal(f"failed to update VM {vmid}: {task.exitstatus}")
         return None
 
-    def _check_update(self, vm: Vm, params: dict[str, Any]) -> ConfigChange:
+    def _check_update(self, vm: Vm, params: dict[str, Any], user: str = ROOT) -> ConfigChange:
         """The early checks of `update_vm_api`, always synchronous."""
         from provision.sim.schema import load_schema
 
@@ -919,6 +958,9 @@ class Cluster:
         reverts = [r for r in re.split(r"[,; ]+", str(params.get("revert", ""))) if r]
         if not values and not deletes and not reverts:
             raise PveError.internal("no options specified")
+        # Qemu.pm:2196-2204: per-key privileges and bridges, before the config is loaded
+        permissions.config_key_access(self.access, user, vm.vmid, [*deletes, *values])
+        permissions.bridge_access(self.access, user, values)
         digest = params.get("digest")
         if digest and digest != vm.digest():
             raise PveError.internal("checksum mismatch (file change by other user?)")
@@ -1003,6 +1045,7 @@ class Cluster:
                     raise TaskError(f"disk '{disk}' does not exist")
                 if vmconfig.is_cdrom(value):
                     raise TaskError("you can't resize a cdrom")
+                permissions.resize_storage_access(self.access, user, value.split(",", 1)[0])
                 old = vmconfig.parse_size(vmconfig.drive_option(value, "size") or "0")
                 amount = vmconfig.parse_size(size)
                 new = old + amount if size.startswith("+") else amount
@@ -1277,6 +1320,12 @@ def _validate_ssh_keys(text: str) -> None:
         line = line.strip()
         if line and not line.startswith("#") and not SSH_KEY_LINE.match(line):
             raise PveError.internal("SSH public key validation error")
+
+
+def _without_stats(entry: dict[str, Any]) -> dict[str, Any]:
+    """A node entry as a caller without Sys.Audit sees it (pve-manager API2Tools.pm:38-79)."""
+    hidden = {"uptime", "cpu", "mem", "disk", "maxcpu", "maxmem", "maxdisk"}
+    return {k: v for k, v in entry.items() if k not in hidden}
 
 
 def _truthy(value: Any) -> bool:

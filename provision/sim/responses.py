@@ -52,7 +52,7 @@ def nextid(cluster: Cluster, call: Call) -> Any:
 
 
 def resources(cluster: Cluster, call: Call) -> Any:
-    return cluster.resources(call.get("type"))
+    return cluster.resources(call.get("type"), call.user)
 
 
 def cluster_status(cluster: Cluster, call: Call) -> Any:
@@ -83,7 +83,7 @@ def cluster_status(cluster: Cluster, call: Call) -> Any:
 
 
 def nodes(cluster: Cluster, call: Call) -> Any:
-    return cluster.nodes_list()
+    return cluster.nodes_list(call.user)
 
 
 def node_index(cluster: Cluster, call: Call) -> Any:
@@ -96,11 +96,11 @@ def node_status(cluster: Cluster, call: Call) -> Any:
 
 
 def node_storage(cluster: Cluster, call: Call) -> Any:
-    return cluster.node_storages(call.node, call.get("content"))
+    return cluster.node_storages(call.node, call.get("content"), call.user)
 
 
 def vm_list(cluster: Cluster, call: Call) -> Any:
-    return cluster.vm_list(call.node)
+    return cluster.vm_list(call.node, call.user)
 
 
 def vm_index(cluster: Cluster, call: Call) -> Any:
@@ -176,16 +176,20 @@ def agent_command(command: str) -> Any:
 
 
 def task_list(cluster: Cluster, call: Call) -> Any:
-    entries, total = cluster.task_list(call.node, call.params)
+    entries, total = cluster.task_list(call.node, call.params, call.user)
     return Envelope(entries, {"total": total})
 
 
 def task_status(cluster: Cluster, call: Call) -> Any:
-    return cluster.task(call.node, str(call.get("upid"))).status_json()
+    return cluster.task(call.node, str(call.get("upid")), call.user).status_json()
 
 
 def task_log(cluster: Cluster, call: Call) -> Any:
     lines, total = cluster.task_log(
-        call.node, str(call.get("upid")), int(call.get("start", 0)), int(call.get("limit", 50))
+        call.node,
+        str(call.get("upid")),
+        int(call.get("start", 0)),
+        int(call.get("limit", 50)),
+        call.user,
     )
     return Envelope(lines, {"total": total})

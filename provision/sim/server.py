@@ -2,8 +2,9 @@
 
 `SimServer` runs it in a background thread (tests, `labctl` integration); `serve()` runs it in the
 foreground until SIGINT/SIGTERM (`labctl sim serve`). The pipeline per request follows pveproxy:
-authenticate -> injected fault? -> find the handler (501) -> node known? (500) -> parse and
-merge parameters -> validate against the PVE 9.2 schema (400) -> handler (500 on `die`).
+authenticate -> injected fault? -> find the handler (501) -> parse and merge parameters ->
+privileges (403, permissions.py) -> node known? (500) -> validate against the PVE 9.2 schema
+(400) -> handler (500 on `die`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any, Self, TextIO
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
-from provision.sim import auth, control, tls
+from provision.sim import auth, control, permissions, tls
 from provision.sim.errors import AuthFailure, PveError
 from provision.sim.guests.base import GuestBackend
 from provision.sim.guests.null import NoGuestBackend
@@ -88,7 +89,9 @@ class SimApp:
     def dispatch(self, request: Request) -> Response:
         method, path = request.method, request.path
         if path.startswith("/_sim/"):
-            self.authenticate(request, path, allows_token=True)
+            caller = self.authenticate(request, path, allows_token=True)
+            if not self.cluster.access.is_root(caller):
+                raise PveError(403, "Permission check failed (the control API is root's)")
             return json_response({"data": control.handle(self.cluster, request, path)})
         if not path.startswith(API_PREFIX + "/"):
             raise PveError.not_implemented(method, path)
@@ -106,6 +109,11 @@ class SimApp:
         user = self.authenticate(request, api_path, endpoint.allows_token if endpoint else True)
         if endpoint is None:
             raise PveError.not_implemented(method, api_path)
+        # HTTPServer.pm:170-174: privileges before proxying to the node and before validation
+        permissions.check_endpoint(
+            self.cluster.access, user, method, endpoint.template,
+            merge_path_params(parse(request).params, endpoint.path_params),
+        )
         if "node" in endpoint.path_params:
             self.cluster.node(endpoint.path_params["node"])
         parsed = parse(request)
@@ -308,7 +316,8 @@ class SimServer:
         if self._settings:
             self.cluster.settings.update(self._settings)
             self.cluster.save()
-        app = SimApp(self.cluster, auth.Authenticator(self._creds), load_schema())
+        authenticator = auth.Authenticator(self._creds, self.cluster.access)
+        app = SimApp(self.cluster, authenticator, load_schema())
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(str(self.cert_path), str(self.key_path))
         handler = _VerboseRequestHandler if self._log_requests else _RequestHandler
