@@ -12,7 +12,6 @@ from __future__ import annotations
 import fcntl
 import importlib
 import ipaddress
-import queue
 import re
 import threading
 import time
@@ -27,6 +26,7 @@ from urllib.parse import quote
 from provision.config import LabConfig, validate_vm_name
 from provision.errors import (
     AgentTimeout,
+    CommandFailed,
     ConfigError,
     GuestError,
     HostKeyMismatch,
@@ -53,7 +53,16 @@ CLONE_MARK = "Created by labctl"
 HOST_KEY_PATH = "/etc/ssh/ssh_host_ed25519_key.pub"
 AGENT_NOT_UP = ("QEMU guest agent is not running", "guest agent is not running")
 NOTE_EVERY_S = 5.0
-AGENT_POLLS_IN_FLIGHT = 2
+# Every agent endpoint runs in pvedaemon (3 workers per node, pve-manager
+# PVE/Service/pvedaemon.pm:18) and holds its worker up to 3 s while no agent answers
+# (qemu-server src/PVE/QemuServer/Agent.pm:82-89). So: one agent call per VM at a time, at most
+# AGENT_CALLS_IN_FLIGHT per labctl process (a worker stays free for everything else), and a
+# growing pause between the polls of one VM.
+AGENT_CALLS_IN_FLIGHT = 2
+AGENT_BACKOFF_S = (0.25, 1.5, 2.0)  # first pause, growth factor, longest pause
+# The host key read through the agent: cloud-init may not have written it yet (file-read 500)
+# or may be about to replace it, so labctl pins it only once two reads this far apart agree.
+KEY_SETTLE_S = 0.5
 VMID_ATTEMPTS = 8
 _BOOT_DISK_RE = re.compile(r"^(scsi|virtio|sata|ide)\d+$")
 _SIZE_RE = re.compile(r"(?:^|,)size=(\d+(?:\.\d+)?)([KMGT]?)(?:,|$)")
@@ -344,6 +353,7 @@ class Lab:
         self._client = client
         self.known_hosts = state_dir / "known_hosts"
         self._locks = state_dir / "locks"
+        self._agent_calls = threading.BoundedSemaphore(AGENT_CALLS_IN_FLIGHT)
 
     @property
     def client(self) -> PveClient:
@@ -435,9 +445,14 @@ class Lab:
         later = replace(shape_of(wanted), disk_gib=now.disk_gib) if pending else None
         return now, later, current, wanted
 
+    def _agent_get(self, path: str, *, poll: bool = False, **params: Any) -> Any:
+        """One agent call, never retried here, and at most AGENT_CALLS_IN_FLIGHT at once."""
+        with self._agent_calls:
+            return self.client.get(path, poll=poll, retry=False, **params)
+
     def _agent_ip(self, res: _Resource) -> str | None:
         try:
-            data = self.client.get(f"{res.path}/agent/network-get-interfaces", retry=False)
+            data = self._agent_get(f"{res.path}/agent/network-get-interfaces")
         except LabctlError as error:
             if isinstance(error, ProxmoxAPIError) and error.status == 403:
                 raise  # a missing privilege is not "no address yet"
@@ -631,6 +646,9 @@ class Lab:
         params.update({
             "tags": LABCTL_TAG, "agent": "enabled=1", "ciuser": str(self.config.get("ssh.user")),
             "sshkeys": quote(pubkey + "\n", safe=""), "ipconfig0": net,
+            # PVE's default (1) has cloud-init upgrade every package at first boot, while labctl
+            # deploys and measures (qemu-server src/PVE/QemuServer/Cloudinit.pm:186)
+            "ciupgrade": bool(self.config.get("template.ciupgrade")),
             "digest": current.get("digest"),
         })
         nameserver = str(self.config.get("network.nameserver")).strip()
@@ -698,50 +716,36 @@ class Lab:
     def _wait_agent(self, ctx: _UpContext, res: _Resource) -> str:
         """Poll agent/network-get-interfaces until it reports a usable address.
 
-        PVE answers "QEMU guest agent is not running" only after its 3 s guest-ping timeout, so
-        one poll at a time would notice the agent up to 3 s late: two polls run staggered
-        instead (each holds one of pvedaemon's 3 workers while it waits, so never more).
+        One poll at a time, with a growing pause in between: while the agent is not up, PVE
+        answers "QEMU guest agent is not running" only after its 3 s guest-ping timeout, and
+        that poll holds one of pvedaemon's 3 workers meanwhile; two polls per VM (or a poll
+        right after the last) would leave nothing for the other API calls of a parallel sweep.
         """
         ctx.stage = "agent"
         self.reporter.stage("agent")
         timeout = float(self.config.get("timeouts.agent"))
         watch = Stopwatch()
         next_note = NOTE_EVERY_S
-        delay, next_submit = 0.2, 0.0
+        first, growth, longest = AGENT_BACKOFF_S
+        pause = first
         last = "no answer yet"
         v6_since: float | None = None
-        # Daemon threads, not an executor: a poll still blocked in PVE's 3 s agent check must
-        # not hold up the end of the command.
-        answers: queue.Queue[tuple[Any, ProxmoxAPIError | None, float]] = queue.Queue()
-        in_flight, poll_s = 0, 0.0
         path = f"{res.path}/agent/network-get-interfaces"
         while True:
-            now = watch.elapsed
-            if in_flight < AGENT_POLLS_IN_FLIGHT and now >= next_submit:
-                threading.Thread(target=self._agent_poll, args=(path, answers),
-                                 daemon=True).start()
-                in_flight += 1
-                # keep the polls evenly out of phase: a new one every (poll time / in flight)
-                next_submit = now + max(delay, poll_s / AGENT_POLLS_IN_FLIGHT)
-                delay = min(1.0, delay * 1.4)
             try:
-                data, failure, took = answers.get(
-                    timeout=max(0.01, min(next_submit - now, 0.25)))
-            except queue.Empty:
-                data, failure = None, None
+                data = self._agent_get(path, poll=True)
+            except ProxmoxAPIError as error:
+                last = self._agent_wait_error(ctx, error)
+            except LabctlError as error:  # connection trouble: a transient failure of this poll
+                last = error.message
             else:
-                in_flight -= 1
-                poll_s = max(poll_s, took)
-                if failure is not None:
-                    last = self._agent_wait_error(ctx, failure)
-                else:
-                    ip = pick_address((data or {}).get("result") or [])
-                    if ip and ":" in ip and v6_since is None:
-                        v6_since = watch.elapsed  # give DHCPv4 a moment before taking IPv6
-                    if ip and (":" not in ip or watch.elapsed - (v6_since or 0.0) > 10):
-                        self.reporter.step(f"address {ip} after {watch.elapsed:.1f}s")
-                        return ip
-                    last = "the agent answers but reports no usable address yet"
+                ip = pick_address((data or {}).get("result") or [])
+                if ip and ":" in ip and v6_since is None:
+                    v6_since = watch.elapsed  # give DHCPv4 a moment before taking IPv6
+                if ip and (":" not in ip or watch.elapsed - (v6_since or 0.0) > 10):
+                    self.reporter.step(f"address {ip} after {watch.elapsed:.1f}s")
+                    return ip
+                last = "the agent answers but reports no usable address yet"
             if watch.elapsed >= timeout:
                 raise AgentTimeout(
                     f"the guest agent of {ctx.name} (vmid {ctx.vmid}) gave no IP address "
@@ -754,18 +758,8 @@ class Lab:
                 self.reporter.step(f"waiting for the guest agent "
                                    f"({timeout - watch.elapsed:.0f}s left: {last})")
                 next_note += NOTE_EVERY_S
-
-    def _agent_poll(self, path: str,
-                    answers: queue.Queue[tuple[Any, ProxmoxAPIError | None, float]]) -> None:
-        started = time.monotonic()
-        try:
-            data = self.client.get(path, poll=True, retry=False)
-            answers.put((data, None, time.monotonic() - started))
-        except ProxmoxAPIError as error:
-            answers.put((None, error, time.monotonic() - started))
-        except LabctlError as error:  # connection trouble: a transient failure of this poll
-            answers.put((None, ProxmoxAPIError(error.message, status=599),
-                         time.monotonic() - started))
+            time.sleep(min(pause, max(0.0, timeout - watch.elapsed)))
+            pause = min(longest, pause * growth)
 
     def _agent_wait_error(self, ctx: _UpContext, error: ProxmoxAPIError) -> str:
         """Which agent errors mean 'keep waiting' (returned as text) and which end the wait."""
@@ -782,23 +776,51 @@ class Lab:
         raise error
 
     def _pin_key(self, res: _Resource, ip: str) -> str:
-        """Read the guest's ed25519 host key through the agent (not over SSH) and pin it."""
-        try:
-            data = self.client.get(f"{res.path}/agent/file-read", file=HOST_KEY_PATH)
-        except ProxmoxAPIError as error:
-            if error.status == 403:
-                raise  # Proxmox refused (a privilege), not the guest
-            raise GuestError(
-                f"cannot read {HOST_KEY_PATH} of {res.name} through the guest agent: "
-                f"{error.message}",
-                hint="labctl pins SSH host keys from the agent; the template needs an ed25519 "
-                     "host key and an agent that allows file-read",
-            ) from error
-        content = (data or {}).get("content")
-        if content is None and isinstance(data, dict):
-            content = (data.get("result") or {}).get("content")
-        line = _decode_key_content(str(content or ""))
-        return pin_host_key(self.known_hosts, ip, line, aliases=[res.name])
+        """Read the guest's ed25519 host key through the agent (not over SSH) and pin it.
+
+        The agent can report an address before cloud-init's ssh module has run: the key is not
+        there yet (file-read answers 500 "failed to open file ...") or is the image's, about to
+        be deleted and regenerated (canonical/cloud-init cloudinit/config/cc_ssh.py:99-104,
+        155-182). So the read is repeated until the key exists and two reads KEY_SETTLE_S apart
+        agree, within timeouts.agent.
+        """
+        timeout = float(self.config.get("timeouts.agent"))
+        watch = Stopwatch()
+        path = f"{res.path}/agent/file-read"
+        pause = KEY_SETTLE_S
+        previous: str | None = None
+        last = "no answer yet"
+        while True:
+            try:
+                content: str | None = _file_content(self._agent_get(path, file=HOST_KEY_PATH))
+            except ProxmoxAPIError as error:
+                if error.status == 403:
+                    raise  # Proxmox refused (a privilege), not the guest
+                if error.status < 500 or "No QEMU guest agent configured" in error.message \
+                        or re.search(r"VM \d+ is not running", error.message):
+                    raise self._key_error(res, error.message) from error  # reads cannot fix it
+                content, last = None, error.message
+            except LabctlError as error:  # connection trouble: try again
+                content, last = None, error.message
+            if content is not None and content == previous:
+                line = _decode_key_content(content)
+                return pin_host_key(self.known_hosts, ip, line, aliases=[res.name])
+            if content is not None:
+                last = "the key changed between two reads" if previous else last
+                pause = KEY_SETTLE_S
+            else:
+                pause = min(AGENT_BACKOFF_S[2], pause * AGENT_BACKOFF_S[1])
+            previous = content
+            if watch.elapsed >= timeout:
+                raise self._key_error(res, f"no stable key within {timeout:g}s ({last})")
+            time.sleep(min(pause, max(0.0, timeout - watch.elapsed)))
+
+    def _key_error(self, res: _Resource, why: str) -> GuestError:
+        return GuestError(
+            f"cannot read {HOST_KEY_PATH} of {res.name} through the guest agent: {why}",
+            hint="labctl pins SSH host keys from the agent; the template needs an ed25519 host "
+                 "key (cloud-init makes one) and an agent that allows file-read",
+        )
 
     def _reach(self, ctx: _UpContext, res: _Resource, ip: str) -> None:
         from provision.guest.ssh import wait_for_ssh
@@ -826,6 +848,31 @@ class Lab:
             raise GuestError(f"the SSH host key of {ctx.name} keeps changing",
                              hint="check the guest's /etc/ssh/ssh_host_ed25519_key")
         self.reporter.step(f"{address.user}@{ip} answers (key auth) after {watch.elapsed:.1f}s")
+        self._wait_cloud_init(ctx, address, timeout)
+
+    def _wait_cloud_init(self, ctx: _UpContext, address: GuestAddress, timeout: float) -> None:
+        """`cloud-init status --wait` before anything is deployed or measured: cloud-init's
+        final stage (a first-boot package upgrade, for one) runs after SSH answers."""
+        from provision.guest.cloudinit import wait_for_cloud_init
+
+        ctx.stage = "cloud-init"
+        self.reporter.stage("cloud-init")
+        try:
+            status = wait_for_cloud_init(address, timeout)
+        except CommandFailed as error:
+            raise GuestError(
+                f"cloud-init of {ctx.name} has not finished within {timeout:g}s",
+                hint="see `cloud-init status --long` and /var/log/cloud-init-output.log in the "
+                     "VM; timeouts.ssh sets the wait; template.ciupgrade = false (the "
+                     "default) skips the first-boot package upgrade",
+            ) from error
+        if status.state == "absent":
+            self.reporter.step("no cloud-init in the guest: nothing to wait for")
+        elif status.finished_cleanly:
+            self.reporter.step(f"cloud-init {status.state} after {status.waited_s:.1f}s")
+        else:
+            self.reporter.warn(f"cloud-init of {ctx.name} finished {status.state} "
+                               f"(exit {status.exit_code}): {status.detail}")
 
     # -- reconcile -----------------------------------------------------------------------
 
@@ -1035,6 +1082,14 @@ class Lab:
         with ThreadPoolExecutor(max_workers=min(8, max(1, len(chosen)))) as pool:
             infos = list(pool.map(lambda r: self._info(r, with_ip=r.managed), chosen))
         return sorted(infos, key=lambda i: (i.name, i.vmid))
+
+
+def _file_content(data: Any) -> str:
+    """agent/file-read's `content` (PVE returns it bare; `result.content` is accepted too)."""
+    content = (data or {}).get("content") if isinstance(data, dict) else None
+    if content is None and isinstance(data, dict):
+        content = (data.get("result") or {}).get("content")
+    return str(content or "")
 
 
 def _decode_key_content(content: str) -> str:

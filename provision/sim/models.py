@@ -1078,6 +1078,11 @@ class Cluster:
             sshkeys=tuple(k.strip() for k in keys.splitlines() if k.strip()),
             ipconfig0=config.get("ipconfig0"),
             macaddr=mac.group(1).lower() if mac else "bc:24:11:00:00:00",
+            # qemu-server src/PVE/QemuServer/Cloudinit.pm:186 writes `package_upgrade: true`
+            # unless ciupgrade is set and false; its schema default is 1 (QemuServer.pm:805-810)
+            package_upgrade=config.get("ciupgrade") is None or _truthy(config["ciupgrade"]),
+            ssh_keys_delay=self.settings.cloudinit_ssh_delay,
+            upgrade_seconds=self.settings.cloudinit_upgrade_seconds,
             extra={"node": vm.node, "tags": config.get("tags", "")},
         )
 

@@ -64,6 +64,11 @@ class Endpoint:
     def allows_token(self) -> bool:
         return bool(self.info.get("allowtoken", 1))
 
+    @property
+    def protected(self) -> bool:
+        """Runs in pvedaemon, not pveproxy (the method's `protected => 1`)."""
+        return bool(self.info.get("protected", 0))
+
 
 class Schema:
     """The captured API tree with PVE's handler lookup."""

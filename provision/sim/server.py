@@ -16,6 +16,7 @@ import ssl
 import sys
 import threading
 import time
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Self, TextIO
 
@@ -23,13 +24,14 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from provision.sim import auth, control, permissions, tls
+from provision.sim.daemon import DaemonPool
 from provision.sim.errors import AuthFailure, PveError
 from provision.sim.guests.base import GuestBackend
 from provision.sim.guests.null import NoGuestBackend
 from provision.sim.models import GIB, Cluster, node_names
 from provision.sim.parsing import parse
 from provision.sim.responses import Call, Envelope
-from provision.sim.schema import Schema, load_schema, merge_path_params, validate
+from provision.sim.schema import Endpoint, Schema, load_schema, merge_path_params, validate
 from provision.sim.settings import Settings
 from provision.sim.urls import ROUTES
 
@@ -71,6 +73,7 @@ class SimApp:
         self.cluster = cluster
         self.auth = authenticator
         self.schema = schema
+        self.daemon = DaemonPool(lambda: cluster.settings.daemon_workers)
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         request = Request(environ)
@@ -116,16 +119,25 @@ class SimApp:
         )
         if "node" in endpoint.path_params:
             self.cluster.node(endpoint.path_params["node"])
-        parsed = parse(request)
-        params = merge_path_params(parsed.params, endpoint.path_params)
-        params = validate(endpoint.parameters, params, parsed.from_json)
-        handler = ROUTES.get((method, endpoint.template))
-        if handler is None:
-            raise PveError.not_implemented(method, api_path)
-        result = handler(self.cluster, Call(params, user))
+        with self._worker(endpoint):
+            parsed = parse(request)
+            params = merge_path_params(parsed.params, endpoint.path_params)
+            params = validate(endpoint.parameters, params, parsed.from_json)
+            handler = ROUTES.get((method, endpoint.template))
+            if handler is None:
+                raise PveError.not_implemented(method, api_path)
+            result = handler(self.cluster, Call(params, user))
         if isinstance(result, Envelope):
             return json_response({"data": result.data, **result.extra})
         return json_response({"data": result})
+
+    def _worker(self, endpoint: Endpoint) -> AbstractContextManager[None]:
+        """A protected method runs in one of the node's pvedaemon workers (see daemon.py);
+        the others in pveproxy itself. Without a {node} it is the node the client talks to."""
+        if not endpoint.protected:
+            return nullcontext()
+        node = endpoint.path_params.get("node") or next(iter(self.cluster.nodes))
+        return self.daemon.worker(node)
 
     def _known(self, method: str, api_path: str) -> bool:
         try:
@@ -285,6 +297,7 @@ class SimServer:
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
         self.cluster: Cluster | None = None
+        self.app: SimApp | None = None
         self.cert_path, self.key_path = tls.ensure_certificate(self.state_dir, node_names(nodes))
         self.fingerprint = tls.fingerprint(self.cert_path)
         self._creds = auth.load_or_create(self.state_dir)
@@ -318,6 +331,7 @@ class SimServer:
             self.cluster.save()
         authenticator = auth.Authenticator(self._creds, self.cluster.access)
         app = SimApp(self.cluster, authenticator, load_schema())
+        self.app = app
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(str(self.cert_path), str(self.key_path))
         handler = _VerboseRequestHandler if self._log_requests else _RequestHandler

@@ -36,6 +36,16 @@ class Settings:
     auth_failure_delay: float = 3.0  # pveproxy delays every 401 by 3 s
     nextid_lower: int = 100
     nextid_upper: int = 1_000_000
+    # pvedaemon's worker count per node (pve-manager PVE/Service/pvedaemon.pm:18 `max_workers
+    # => 3`): pveproxy hands every `protected` API method to it (PVE/HTTPServer.pm:193-194),
+    # the agent endpoints included, so a call waits while all workers are busy.
+    daemon_workers: int = 3
+    # Guests (container backend): seconds from a new clone's first boot until cloud-init's ssh
+    # module has written fresh host keys (sshd starts only then; the agent answers before).
+    cloudinit_ssh_delay: float = 1.0
+    # Guests: how long the simulated `package_upgrade: true` work (PVE's ciupgrade, default 1)
+    # of a clone's first boot burns CPU and holds the dpkg lock.
+    cloudinit_upgrade_seconds: float = 6.0
 
     def duration(self, task_type: str) -> float:
         return float(self.task_durations.get(task_type, self.default_task_duration))
@@ -49,6 +59,10 @@ class Settings:
         for key, value in changes.items():
             if key == "task_durations":
                 self.task_durations.update({k: float(v) for k, v in dict(value).items()})
+            elif key == "daemon_workers":
+                if int(value) < 1:
+                    raise ValueError("daemon_workers must be at least 1")
+                self.daemon_workers = int(value)
             elif key in ("nextid_lower", "nextid_upper"):
                 setattr(self, key, int(value))
             else:

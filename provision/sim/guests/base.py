@@ -23,6 +23,14 @@ class GuestSpec:
     sshkeys: tuple[str, ...] = ()  # decoded public key lines (the VM config stores them urlencoded)
     ipconfig0: str | None = None  # raw PVE property string, e.g. "ip=dhcp"
     macaddr: str = "bc:24:11:00:00:00"
+    # cloud-init user-data's `package_upgrade: true`, which PVE writes unless ciupgrade=0
+    # (the simulator's models set it from the config; off here so tests of the backend alone
+    # do not pay for the simulated upgrade)
+    package_upgrade: bool = False
+    # seconds from a clone's first boot until cloud-init's ssh module has written host keys
+    ssh_keys_delay: float = 0.0
+    # seconds the simulated package upgrade works (CPU, dpkg lock) when package_upgrade is set
+    upgrade_seconds: float = 6.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -61,7 +69,8 @@ class GuestBackend(Protocol):
     def is_running(self, vmid: int) -> bool: ...
 
     def agent_ping(self, vmid: int) -> bool:
-        """True once the guest is up far enough that a qemu-guest-agent would answer."""
+        """True once the guest is up far enough that a qemu-guest-agent would answer (early in
+        boot: not necessarily with sshd up or cloud-init's host keys written yet)."""
         ...
 
     def network_interfaces(self, vmid: int) -> list[dict[str, Any]]:

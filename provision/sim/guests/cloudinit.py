@@ -1,8 +1,19 @@
-"""What cloud-init would do in a freshly cloned guest, applied to its root filesystem before boot.
+"""What cloud-init does in a freshly cloned guest: part before boot, part inside the guest.
 
-Per instance (the first boot of a clone): fresh SSH host keys and a fresh machine-id.
-Per boot: hostname, /etc/hosts, the `ciuser` (bash, sudo without password) and its authorized
-keys (merged like cloud-init: keys already there stay, missing ones are added).
+Before every boot (here, on the guest's root filesystem):
+* per instance (the first boot of a clone): a fresh machine-id;
+* the NoCloud seed PVE's cloud-init drive would carry (/var/lib/cloud/seed/nocloud: meta-data
+  with the instance-id, user-data rendered as qemu-server's `cloudinit_userdata` does,
+  src/PVE/QemuServer/Cloudinit.pm:145-188, `package_upgrade: true` included unless ciupgrade
+  is off) and the simulator's timings (labctl-sim.json);
+* hostname, /etc/hosts, the `ciuser` (bash, sudo without password) and its authorized keys
+  (merged like cloud-init: keys already there stay, missing ones are added);
+* the `cloud-init` stand-in (guest_cloud_init.py as /usr/bin/cloud-init) and its two units.
+
+Inside the guest, the stand-in then does what cloud-init does while the VM boots: the SSH host
+keys of a new instance appear a moment after boot (sshd waits for them; the guest agent does
+not), a requested package upgrade keeps a CPU and the dpkg lock busy after SSH answers, and
+`cloud-init status --wait` tells when all that is over. See guest_cloud_init.py.
 
 Deviation from a real PVE guest, on purpose: PVE derives cloud-init's instance-id from the
 cloud-init config, so changing `sshkeys` there regenerates host keys on the next boot; here the
@@ -11,6 +22,7 @@ instance is the clone, so host keys stay stable for the life of the VM (labctl p
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from pathlib import Path
@@ -22,6 +34,44 @@ from provision.sim.guests.hostcmd import run
 INSTANCE_MARKER = "var/lib/labctl-sim/instance-id"
 DEFAULT_USER = "debian"  # the default user of Debian's cloud images, used when ciuser is unset
 SUDOERS_FILE = "etc/sudoers.d/90-cloud-init-users"
+SEED_DIR = "var/lib/cloud/seed/nocloud"
+STANDIN = Path(__file__).with_name("guest_cloud_init.py")
+STANDIN_PATH = "usr/bin/cloud-init"
+# Once-per-instance modules of the stand-in; their semaphores mark them done for an instance.
+PER_INSTANCE_MODULES = ("ssh", "package_update_upgrade_install")
+
+# The stand-in's units, ordered like cloud-init's own (canonical/cloud-init
+# systemd/cloud-init-network.service.tmpl:32 Before=sshd.service, systemd/cloud-final.service:5
+# After=multi-user.target).
+UNITS = {
+    "cloud-init.service": """[Unit]
+Description=Cloud-init: Network Stage (PVE simulator stand-in)
+Before=ssh.service systemd-user-sessions.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/cloud-init init
+RemainAfterExit=yes
+TimeoutSec=0
+
+[Install]
+WantedBy=multi-user.target
+""",
+    "cloud-final.service": """[Unit]
+Description=Cloud-init: Final Stage (PVE simulator stand-in)
+After=multi-user.target cloud-init.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/cloud-init modules --mode=final
+RemainAfterExit=yes
+TimeoutSec=0
+TasksMax=infinity
+
+[Install]
+WantedBy=multi-user.target
+""",
+}
 
 
 def guest_path(root: Path, rel: str) -> Path:
@@ -35,26 +85,78 @@ def guest_path(root: Path, rel: str) -> Path:
 
 
 def apply(root: Path, spec: GuestSpec, instance_id: str) -> None:
-    _per_instance(root, instance_id, spec.name)
+    # A clone first booted by an older simulator got its host keys here, before boot, and never
+    # had a seed: mark its once-per-instance modules done so its keys stay.
+    legacy = _booted(root, instance_id) and not guest_path(root, "var/lib/cloud").exists()
+    _per_instance(root, instance_id)
+    _seed(root, spec, instance_id)
+    if legacy:
+        for module in PER_INSTANCE_MODULES:
+            sem = guest_path(root, f"var/lib/cloud/instances/{instance_id}/sem/config_{module}")
+            sem.parent.mkdir(parents=True, exist_ok=True)
+            sem.write_text("done before boot by an older simulator\n")
+    _install_standin(root)
     _hostname(root, spec.name)
     if spec.ciuser or spec.sshkeys:
         _user(root, spec.ciuser or DEFAULT_USER, spec.sshkeys)
 
 
-def _per_instance(root: Path, instance_id: str, name: str) -> None:
+def _booted(root: Path, instance_id: str) -> bool:
     marker = guest_path(root, INSTANCE_MARKER)
-    if marker.is_file() and marker.read_text().strip() == instance_id:
+    return marker.is_file() and marker.read_text().strip() == instance_id
+
+
+def _per_instance(root: Path, instance_id: str) -> None:
+    if _booted(root, instance_id):
         return
-    ssh_dir = guest_path(root, "etc/ssh")
-    for key in ssh_dir.glob("ssh_host_*"):
-        key.unlink()
-    run(["ssh-keygen", "-q", "-A", "-f", str(root)])
-    for pub in ssh_dir.glob("ssh_host_*.pub"):  # ssh-keygen -A names the *host's* hostname
-        kind, blob = pub.read_text().split()[:2]
-        pub.write_text(f"{kind} {blob} root@{name}\n")
     guest_path(root, "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
+    marker = guest_path(root, INSTANCE_MARKER)
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(instance_id + "\n")
+
+
+def user_data(spec: GuestSpec) -> str:
+    """The #cloud-config PVE renders for the VM (qemu-server Cloudinit.pm:145-188; no password:
+    the simulator's VMs get none from labctl)."""
+    lines = ["#cloud-config", f"hostname: {spec.name}", "manage_etc_hosts: true",
+             f"fqdn: {spec.name}"]
+    if spec.ciuser:
+        lines.append(f"user: {spec.ciuser}")
+        if spec.ciuser == "root":
+            lines.append("disable_root: False")
+    if spec.sshkeys:
+        lines.append("ssh_authorized_keys:")
+        lines.extend(f"  - {key}" for key in spec.sshkeys)
+    lines += ["chpasswd:", "  expire: False"]
+    if spec.ciuser != "root":
+        lines += ["users:", "  - default"]
+    if spec.package_upgrade:  # Cloudinit.pm:186, unless ciupgrade=0
+        lines.append("package_upgrade: true")
+    return "\n".join(lines) + "\n"
+
+
+def _seed(root: Path, spec: GuestSpec, instance_id: str) -> None:
+    seed = guest_path(root, SEED_DIR)
+    seed.mkdir(parents=True, exist_ok=True)
+    guest_path(root, f"{SEED_DIR}/meta-data").write_text(
+        f"instance-id: {instance_id}\nlocal-hostname: {spec.name}\n")
+    guest_path(root, f"{SEED_DIR}/user-data").write_text(user_data(spec))
+    timings = {"ssh_delay": spec.ssh_keys_delay, "upgrade_seconds": spec.upgrade_seconds}
+    guest_path(root, f"{SEED_DIR}/labctl-sim.json").write_text(json.dumps(timings) + "\n")
+
+
+def _install_standin(root: Path) -> None:
+    command = guest_path(root, STANDIN_PATH)
+    command.write_text("#!/usr/bin/python3\n" + STANDIN.read_text())
+    command.chmod(0o755)
+    for unit, text in UNITS.items():
+        guest_path(root, f"etc/systemd/system/{unit}").write_text(text)
+        wants = guest_path(root, "etc/systemd/system/multi-user.target.wants")
+        wants.mkdir(parents=True, exist_ok=True)
+        link = wants / unit  # `systemctl enable`: a link into the guest's own tree
+        if not link.is_symlink():
+            link.unlink(missing_ok=True)
+            link.symlink_to(f"/etc/systemd/system/{unit}")
 
 
 def _hostname(root: Path, name: str) -> None:

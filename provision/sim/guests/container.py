@@ -213,10 +213,10 @@ class ContainerBackend:
         return guest is not None and not guest.stopped.is_set()
 
     def agent_ping(self, vmid: int) -> bool:
+        """The guest's PID 1 runs (and lxcfs is bound): qemu-guest-agent starts that early in a
+        VM's boot, before cloud-init has written host keys and before sshd (see cloudinit.py)."""
         guest = self._guests.get(vmid)
-        if guest is None or not guest.ready or guest.stopped.is_set():
-            return False
-        return ssh_banner(guest.ip, timeout_s=0.5) is not None
+        return guest is not None and guest.ready and not guest.stopped.is_set()
 
     def network_interfaces(self, vmid: int) -> list[dict[str, Any]]:
         self._running(vmid)
@@ -303,15 +303,20 @@ class ContainerBackend:
         return guest.boots if guest else 0
 
     def wait_ready(self, vmid: int, timeout_s: float = 60.0) -> float:
-        """Block until agent_ping is true; returns seconds waited (GuestBackendError on timeout)."""
+        """Block until sshd answers with its banner (so cloud-init's host keys are written);
+        returns seconds waited (GuestBackendError on timeout)."""
         started = time.monotonic()
-        while not self.agent_ping(vmid):
+        while not (self.agent_ping(vmid) and self._banner(vmid)):
             if not self.is_running(vmid):
                 raise GuestBackendError(f"VM {vmid} stopped while booting ({self._console(vmid)})")
             if time.monotonic() - started > timeout_s:
                 raise GuestBackendError(f"VM {vmid}: no SSH banner after {timeout_s:.0f} s")
             time.sleep(0.05)
         return time.monotonic() - started
+
+    def _banner(self, vmid: int) -> bool:
+        guest = self._guests.get(vmid)
+        return guest is not None and ssh_banner(guest.ip, timeout_s=0.5) is not None
 
     # -- shapes ------------------------------------------------------------------------------------
     def cpu_limits(self, vmid: int, cores: int) -> tuple[list[int], int]:
