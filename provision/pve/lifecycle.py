@@ -787,7 +787,6 @@ class Lab:
         timeout = float(self.config.get("timeouts.agent"))
         watch = Stopwatch()
         path = f"{res.path}/agent/file-read"
-        pause = KEY_SETTLE_S
         previous: str | None = None
         last = "no answer yet"
         while True:
@@ -805,15 +804,13 @@ class Lab:
             if content is not None and content == previous:
                 line = _decode_key_content(content)
                 return pin_host_key(self.known_hosts, ip, line, aliases=[res.name])
-            if content is not None:
-                last = "the key changed between two reads" if previous else last
-                pause = KEY_SETTLE_S
-            else:
-                pause = min(AGENT_BACKOFF_S[2], pause * AGENT_BACKOFF_S[1])
+            if content is not None and previous is not None:
+                last = "the key changed between two reads"
             previous = content
             if watch.elapsed >= timeout:
                 raise self._key_error(res, f"no stable key within {timeout:g}s ({last})")
-            time.sleep(min(pause, max(0.0, timeout - watch.elapsed)))
+            # one call at a time: a missing file answers at once, a silent agent after 3 s
+            time.sleep(min(KEY_SETTLE_S, max(0.0, timeout - watch.elapsed)))
 
     def _key_error(self, res: _Resource, why: str) -> GuestError:
         return GuestError(
