@@ -202,6 +202,7 @@ class _UpContext:
     node: str = ""
     created: bool = False
     tagged: bool = False
+    clone_sent: bool = False  # a clone request left: the VM may exist before its answer came
     stage: str = "check"
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -602,6 +603,7 @@ class Lab:
         return disk
 
     def _clone(self, ctx: _UpContext, template: _Resource, target: str, full: bool) -> None:
+        ctx.stage = "clone"
         self.reporter.stage("clone")
         watch = Stopwatch()
         params: dict[str, Any] = {"name": ctx.name, "description": f"{CLONE_MARK} (labctl up)",
@@ -613,6 +615,7 @@ class Lab:
         for _attempt in range(VMID_ATTEMPTS):
             with self._lock("nextid"):
                 vmid = int(self.client.get("cluster/nextid"))
+                ctx.clone_sent = True
                 try:
                     upid = self.client.post(f"{template.path}/clone", newid=vmid, **params)
                 except ProxmoxAPIError as error:
@@ -639,6 +642,7 @@ class Lab:
     def _configure_new(self, ctx: _UpContext, shape: Shape, pubkey: str, net: str,
                        template_disk: tuple[str, int] | None) -> int | None:
         """Shape, tag and cloud-init in one call, then grow the boot disk; returns its size."""
+        ctx.stage = "configure"
         self.reporter.stage("configure")
         path = f"nodes/{ctx.node}/qemu/{ctx.vmid}"
         current = self.client.get(f"{path}/config")
@@ -957,6 +961,8 @@ class Lab:
 
     def _after_failure(self, ctx: _UpContext, error: LabctlError, rollback: bool) -> LabctlError:
         """Say what was left behind, or remove it with --rollback."""
+        if ctx.clone_sent and not ctx.created:
+            self._find_unanswered_clone(ctx)
         if not ctx.created or ctx.vmid is None:
             if isinstance(error, Interrupted):
                 error.hint = "nothing was created"
@@ -979,6 +985,16 @@ class Lab:
                     f"finishes it (then `labctl down {ctx.name}` can remove it)")
         error.hint = "; ".join(h for h in (error.hint, note) if h)
         return error
+
+    def _find_unanswered_clone(self, ctx: _UpContext) -> None:
+        """Interrupted while the clone request was in flight: PVE may have made the VM before
+        its answer arrived; if a VM by that name exists now, it is ours to report."""
+        try:
+            found = self._named(self._resources(), ctx.name)
+        except (LabctlError, KeyboardInterrupt):
+            return
+        if found is not None:
+            ctx.vmid, ctx.node, ctx.created = found.vmid, found.node, True
 
     # -- resize --------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
     GET    /_sim/settings          current timing settings
     POST   /_sim/settings          JSON partial update, e.g. {"agent_delay": 0.5}
     GET    /_sim/faults            injected faults
-    POST   /_sim/faults            JSON fault spec (kinds: http, task, agent, ignore_shutdown)
+    POST   /_sim/faults            JSON fault spec (kinds: http, slow, task, agent, ignore_shutdown)
     DELETE /_sim/faults            clear every fault
     GET    /_sim/access            users, tokens, roles, ACL entries (no token secrets)
     POST   /_sim/access            replace them all; answers with the token secrets

@@ -127,6 +127,9 @@ class SimApp:
             if handler is None:
                 raise PveError.not_implemented(method, api_path)
             result = handler(self.cluster, Call(params, user))
+        late = self.cluster.faults.take_slow(method, api_path)
+        if late:
+            time.sleep(late)
         if isinstance(result, Envelope):
             return json_response({"data": result.data, **result.extra})
         return json_response({"data": result})

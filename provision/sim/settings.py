@@ -89,6 +89,22 @@ class HttpFault:
 
 
 @dataclass
+class SlowReply:
+    """Hold the answer to the next `times` matching calls `seconds` after the work is done:
+    what a slow link or proxy does (the call took effect; the client learns it late)."""
+
+    seconds: float
+    times: int = 1
+    method: str | None = None  # regex on the HTTP method
+    path: str | None = None  # regex searched in the path below /api2/json
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.method and not re.fullmatch(self.method, method, re.IGNORECASE):
+            return False
+        return not (self.path and not re.search(self.path, path))
+
+
+@dataclass
 class TaskFault:
     """The next `times` tasks of `task_type` end with `TASK ERROR: <message>` (0: forever)."""
 
@@ -102,6 +118,7 @@ class Faults:
     """Everything a test can break on purpose. Thread-safe; consuming a fault counts it down."""
 
     http: list[HttpFault] = field(default_factory=list)
+    slow: list[SlowReply] = field(default_factory=list)
     tasks: list[TaskFault] = field(default_factory=list)
     agent_down: list[int] = field(default_factory=list)  # VMIDs whose agent never answers
     agent_down_all: bool = False
@@ -117,6 +134,17 @@ class Faults:
                         self.http.remove(fault)
                     return fault
         return None
+
+    def take_slow(self, method: str, path: str) -> float:
+        """Seconds to hold this call's answer (0 when no slow-reply fault matches)."""
+        with self._lock:
+            for fault in self.slow:
+                if fault.matches(method, path):
+                    fault.times -= 1
+                    if fault.times <= 0:
+                        self.slow.remove(fault)
+                    return fault.seconds
+        return 0.0
 
     def take_task(self, task_type: str) -> str | None:
         with self._lock:
@@ -146,6 +174,15 @@ class Faults:
                         path=spec.get("path"),
                     )
                 )
+            elif kind == "slow":
+                self.slow.append(
+                    SlowReply(
+                        seconds=float(spec["seconds"]),
+                        times=int(spec.get("times", 1)),
+                        method=spec.get("method"),
+                        path=spec.get("path"),
+                    )
+                )
             elif kind == "task":
                 self.tasks.append(
                     TaskFault(str(spec["type"]), str(spec["message"]), int(spec.get("times", 1)))
@@ -159,12 +196,13 @@ class Faults:
                 self.ignore_shutdown.append(int(spec["vmid"]))
             else:
                 raise ValueError(
-                    f"unknown fault kind {kind!r} (http, task, agent, ignore_shutdown)"
+                    f"unknown fault kind {kind!r} (http, slow, task, agent, ignore_shutdown)"
                 )
 
     def clear(self) -> None:
         with self._lock:
             self.http.clear()
+            self.slow.clear()
             self.tasks.clear()
             self.agent_down.clear()
             self.agent_down_all = False
@@ -174,6 +212,7 @@ class Faults:
         with self._lock:
             return {
                 "http": [asdict(f) for f in self.http],
+                "slow": [asdict(f) for f in self.slow],
                 "tasks": [asdict(f) for f in self.tasks],
                 "agent_down": list(self.agent_down),
                 "agent_down_all": self.agent_down_all,

@@ -132,6 +132,34 @@ def test_up_without_name_brings_every_declared_vm_to_its_shape(guest_lab: Lab) -
     assert guest_lab.vms() == []
 
 
+def test_ctrl_c_while_the_clone_request_is_unanswered_still_names_the_vm_it_made(
+        guest_lab: Lab) -> None:
+    # PVE made the VM, but its answer to the clone request is late: Ctrl-C lands while labctl
+    # still waits for it, so labctl cannot know the VMID from the answer. It must not say
+    # "nothing was created".
+    guest_lab.api("POST", "/_sim/faults", json={"kind": "slow", "seconds": 3.0,
+                                                "method": "POST", "path": "/clone$"})
+    try:
+        proc = guest_lab.start("up", "unanswered", "--no-deploy")
+        deadline = time.monotonic() + 30
+        while guest_lab.vm_named("unanswered") is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        guest_lab.api("DELETE", "/_sim/faults")
+    assert proc.returncode == 130, err
+    vm = guest_lab.vm_named("unanswered")
+    assert vm is not None
+    assert "error: interrupted during clone" in err
+    assert f"VM unanswered (vmid {vm['vmid']}) was left in place" in err
+    assert "nothing was created" not in err
+    finished = guest_lab.run("down", "unanswered", "--yes")
+    assert finished.code != 0  # untagged: labctl never destroys what it cannot prove is its own
+    assert guest_lab.run("up", "unanswered", "--no-deploy").code == 0
+    assert guest_lab.run("down", "unanswered", "--yes").code == 0
+
+
 def test_ctrl_c_during_the_clone_leaves_a_vm_the_next_up_finishes(guest_lab: Lab) -> None:
     guest_lab.api("POST", "/_sim/settings", json={"task_durations": {"qmclone": 4.0}})
     try:
