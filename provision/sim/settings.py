@@ -72,8 +72,20 @@ class Settings:
         return asdict(self)
 
 
+class _MatchesCall:
+    """A fault aimed at some API calls: regexes on the HTTP method and the path."""
+
+    method: str | None
+    path: str | None
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.method and not re.fullmatch(self.method, method, re.IGNORECASE):
+            return False
+        return not (self.path and not re.search(self.path, path))
+
+
 @dataclass
-class HttpFault:
+class HttpFault(_MatchesCall):
     """Answer the next `times` matching API calls with `status` (500, 596, ...) and `message`."""
 
     status: int
@@ -82,14 +94,9 @@ class HttpFault:
     method: str | None = None  # regex on the HTTP method
     path: str | None = None  # regex searched in the path below /api2/json
 
-    def matches(self, method: str, path: str) -> bool:
-        if self.method and not re.fullmatch(self.method, method, re.IGNORECASE):
-            return False
-        return not (self.path and not re.search(self.path, path))
-
 
 @dataclass
-class SlowReply:
+class SlowReply(_MatchesCall):
     """Hold the answer to the next `times` matching calls `seconds` after the work is done:
     what a slow link or proxy does (the call took effect; the client learns it late)."""
 
@@ -97,11 +104,6 @@ class SlowReply:
     times: int = 1
     method: str | None = None  # regex on the HTTP method
     path: str | None = None  # regex searched in the path below /api2/json
-
-    def matches(self, method: str, path: str) -> bool:
-        if self.method and not re.fullmatch(self.method, method, re.IGNORECASE):
-            return False
-        return not (self.path and not re.search(self.path, path))
 
 
 @dataclass
