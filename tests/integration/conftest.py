@@ -136,6 +136,16 @@ class Lab:
     def clear_faults(self) -> None:
         self.api("DELETE", "/_sim/faults")
 
+    def empty(self) -> None:
+        """Leave the simulator as a module's next test expects it: no faults, no VMs."""
+        self.clear_faults()
+        for vm in self.vms():
+            path = f"/nodes/{vm['node']}/qemu/{vm['vmid']}"
+            if vm.get("status") == "running":
+                self.api("POST", path + "/status/stop")
+                _wait_stopped(self, path)
+            self.api("DELETE", path)
+
     def vms(self) -> list[dict[str, Any]]:
         return [r for r in self.api("GET", "/cluster/resources", params={"type": "vm"})
                 if not r.get("template")]
@@ -163,13 +173,7 @@ def api_lab(api_sim: SimServer, tmp_path: Path, ssh_key: Path) -> Iterator[Lab]:
     lab = Lab(api_sim, tmp_path, ssh_key)
     lab.write()
     yield lab
-    lab.clear_faults()
-    for vm in lab.vms():  # leave the module's simulator empty for the next test
-        path = f"/nodes/{vm['node']}/qemu/{vm['vmid']}"
-        if vm.get("status") == "running":
-            lab.api("POST", path + "/status/stop")
-            _wait_stopped(lab, path)
-        lab.api("DELETE", path)
+    lab.empty()
 
 
 def _wait_stopped(lab: Lab, path: str) -> None:

@@ -132,6 +132,17 @@ def test_up_without_name_brings_every_declared_vm_to_its_shape(guest_lab: Lab) -
     assert guest_lab.vms() == []
 
 
+def interrupt_up_once_the_vm_appears(lab: Lab, name: str) -> tuple[int, str]:
+    """Start `labctl up NAME`, send Ctrl-C's SIGINT as soon as PVE lists the VM: (exit, stderr)."""
+    proc = lab.start("up", name, "--no-deploy")
+    deadline = time.monotonic() + 30
+    while lab.vm_named(name) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
 def test_ctrl_c_while_the_clone_request_is_unanswered_still_names_the_vm_it_made(
         guest_lab: Lab) -> None:
     # PVE made the VM, but its answer to the clone request is late: Ctrl-C lands while labctl
@@ -140,15 +151,10 @@ def test_ctrl_c_while_the_clone_request_is_unanswered_still_names_the_vm_it_made
     guest_lab.api("POST", "/_sim/faults", json={"kind": "slow", "seconds": 3.0,
                                                 "method": "POST", "path": "/clone$"})
     try:
-        proc = guest_lab.start("up", "unanswered", "--no-deploy")
-        deadline = time.monotonic() + 30
-        while guest_lab.vm_named("unanswered") is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        code, err = interrupt_up_once_the_vm_appears(guest_lab, "unanswered")
     finally:
         guest_lab.api("DELETE", "/_sim/faults")
-    assert proc.returncode == 130, err
+    assert code == 130, err
     vm = guest_lab.vm_named("unanswered")
     assert vm is not None
     assert "error: interrupted during clone" in err
@@ -163,15 +169,10 @@ def test_ctrl_c_while_the_clone_request_is_unanswered_still_names_the_vm_it_made
 def test_ctrl_c_during_the_clone_leaves_a_vm_the_next_up_finishes(guest_lab: Lab) -> None:
     guest_lab.api("POST", "/_sim/settings", json={"task_durations": {"qmclone": 4.0}})
     try:
-        proc = guest_lab.start("up", "interrupted", "--no-deploy")
-        deadline = time.monotonic() + 30
-        while guest_lab.vm_named("interrupted") is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        code, err = interrupt_up_once_the_vm_appears(guest_lab, "interrupted")
     finally:
         guest_lab.api("POST", "/_sim/settings", json={"task_durations": {"qmclone": 0.4}})
-    assert proc.returncode == 130, err
+    assert code == 130, err
     assert "`labctl up interrupted` finishes it" in err
     vm = guest_lab.vm_named("interrupted")
     assert vm is not None and "labctl" not in (vm.get("tags") or "")  # cloned, not yet tagged

@@ -49,12 +49,7 @@ def lab(key_sim: SimServer, tmp_path: Path, ssh_key: Path) -> Iterator[Lab]:
     lab.write()
     yield lab
     lab.api("DELETE", "/_sim/access")
-    lab.clear_faults()
-    for vm in lab.vms():  # with root's token: leave the simulator empty for the next test
-        path = f"/nodes/{vm['node']}/qemu/{vm['vmid']}"
-        if vm.get("status") == "running":
-            lab.api("POST", path + "/status/stop")
-        lab.api("DELETE", path)
+    lab.empty()  # with root's token
 
 
 def use_readme_token(lab: Lab, without: str | None = None, **sections: dict[str, Any]) -> str:
