@@ -219,12 +219,12 @@ def start_probe(conn: sqlite3.Connection, vm: VmRecord, model: str,
 def record_facts(conn: sqlite3.Connection, probe_id: int, facts: GuestFacts) -> None:
     conn.execute(
         "UPDATE probes SET vcpus=?, cpu_model=?, avx2=?, kernel=?, mem_total_bytes=?,"
-        " ollama_version=?, model_digest=?, model_size_bytes=?, on_cpu=?, facts_json=?"
-        " WHERE id=?",
+        " ollama_version=?, model_digest=?, model_size_bytes=?, on_cpu=?, facts_json=?,"
+        " cache_bust=COALESCE(?, cache_bust) WHERE id=?",
         (facts.vcpus, facts.cpu_model, facts.has_flag("avx2"), facts.kernel,
          facts.mem_total_bytes, facts.ollama_version, facts.model.digest,
          facts.model.size_bytes, facts.ps.on_cpu if facts.ps else None,
-         json.dumps(facts.to_json(), sort_keys=True), probe_id))
+         json.dumps(facts.to_json(), sort_keys=True), facts.prompt_cache_bust, probe_id))
 
 
 def record_run(conn: sqlite3.Connection, probe_id: int, run: RunResult) -> int:

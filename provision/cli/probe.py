@@ -154,6 +154,19 @@ def _text(console: Console) -> str:
     return str(console.file.getvalue()).rstrip("\n")  # type: ignore[attr-defined]
 
 
+CACHE_BUST_TEXT = {
+    "nonce-first": "a per-run nonce before the chat template's first token (no cached prefix)",
+    "nonce-in-prompt": "a per-run nonce leading the prompt (the template's first tokens may "
+                       "be cached and counted)",
+    "unload+nonce-first": "model unloaded before each run + a per-run nonce before the chat "
+                          "template",
+    "unload+nonce-in-prompt": "model unloaded before each run + a per-run nonce leading the "
+                              "prompt",
+    "nonce": "a new first prompt line per run",
+    "unload+nonce": "model unloaded before each run + a new first prompt line per run",
+}
+
+
 def render_probe(result: ProbeResult, *, shape: str = "") -> str:
     console = _console()
     facts = result.facts
@@ -168,8 +181,7 @@ def render_probe(result: ProbeResult, *, shape: str = "") -> str:
             f"{(facts.model.digest or '')[:12]} ({_size(facts.model.size_bytes)}), {processor}"))
     console.print(_runs_table(result))
     console.print(_summary_table(result))
-    cache = ("model unloaded before each run + a new first prompt line per run"
-             if result.options.cold else "a new first prompt line per run")
+    cache = CACHE_BUST_TEXT.get(result.cache_bust, result.cache_bust)
     overhead = result.sampler_overhead()
     console.print(Text(
         f"prompt cache defeated by: {cache}; sampler: >= {_num(overhead['min_sample_hz'])} Hz, "

@@ -495,6 +495,42 @@ def unload(api: Ollama, model: str) -> None:
         time.sleep(0.1)
 
 
+def chat_template(api: Ollama, model: str) -> str | None:
+    """The model's Go template from /api/show, or None when the nonce cannot go in front.
+
+    Models rendered by a built-in renderer (show's `renderer`) bypass it when a request carries
+    a template (server/routes.go:556 in v0.32.15), so they keep the nonce inside the prompt.
+    """
+    try:
+        status, body = api.post("/api/show", {"model": model})
+    except OSError:
+        return None
+    if status != 200 or not isinstance(body, dict) or body.get("renderer"):
+        return None
+    template = body.get("template")
+    return template if isinstance(template, str) and "{{" in template else None
+
+
+def nonce_prompt(options: dict[str, Any], nonce: str) -> dict[str, Any]:
+    """The prompt fields of one run, with a per-run nonce that no cached prefix can match.
+
+    Ollama 0.32 sends cache_prompt and reports prompt_eval_count = cache_n + prompt_n while
+    prompt_eval_duration covers prompt_n only (llm/llama_server.go:1504-1513, 1562), so any
+    reused prefix inflates prompt tok/s. The nonce goes before the template's first token
+    (only the BOS the tokenizer adds is shared); without a template it leads the prompt.
+    """
+    template = options.get("chat_template")
+    if template:
+        return {"prompt": options["prompt"], "template": f"{nonce}\n{template}"}
+    return {"prompt": "[run {}]\n{}".format(nonce, options["prompt"])}
+
+
+def cache_bust(options: dict[str, Any]) -> str:
+    """How the run kept cached tokens out of prompt tok/s, as reported with each run."""
+    where = "nonce-first" if options.get("chat_template") else "nonce-in-prompt"
+    return f"unload+{where}" if options.get("cold") else where
+
+
 # --------------------------------------------------------------------------- one run
 
 
@@ -683,9 +719,7 @@ def one_run(api: Ollama, options: dict[str, Any], index: int, warmup: bool,
     nonce = uuid.uuid4().hex[:12]
     request = {
         "model": model,
-        # A new first line per run: Ollama reuses the KV cache of a matching prompt prefix,
-        # which would shrink prompt_eval_count/duration and fake the prefill rate.
-        "prompt": "[run {}]\n{}".format(nonce, options["prompt"]),
+        **nonce_prompt(options, nonce),
         "stream": True,
         "keep_alive": options.get("keep_alive", "10m"),
         "options": runner_options(options),
@@ -712,7 +746,7 @@ def one_run(api: Ollama, options: dict[str, Any], index: int, warmup: bool,
         "stream_decode_s": _round(outcome.last_token_at - outcome.first_token_at)
         if outcome.first_token_at is not None and outcome.last_token_at is not None else None,
         "load_kind": "warm" if loaded_before and not new_runner else "cold",
-        "nonce": nonce, "cache_bust": "unload+nonce" if options.get("cold") else "nonce",
+        "nonce": nonce, "cache_bust": cache_bust(options),
         "started_at": started_epoch,
         "sampler": {"samples": sampler.samples, "interval_s": round(sampler.interval_s, 4),
                     "cpu_s": round(sampler.cpu_s, 6), "wall_s": round(sampler.wall_s, 4),
@@ -750,6 +784,8 @@ def probe(options: dict[str, Any]) -> int:
     version = check_ollama(api)
     facts["ollama_version"] = version.get("version")
     facts["tags_entry"] = find_tags_entry(api, options["model"])
+    options["chat_template"] = chat_template(api, options["model"])
+    facts["prompt_cache_bust"] = cache_bust(options)
     processes = OllamaProcesses(api.port)
     facts["ollama_pids"] = sorted(processes.current())
     emit("facts", **facts)

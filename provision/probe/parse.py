@@ -181,6 +181,8 @@ class GuestFacts:
     ollama_version: str | None
     model: ModelFacts
     ps: PsFacts | None = None
+    # how cached prompt tokens were kept out of prompt tok/s (agent.py cache_bust)
+    prompt_cache_bust: str | None = None
 
     @classmethod
     def from_event(cls, event: Mapping[str, Any]) -> GuestFacts:
@@ -195,6 +197,7 @@ class GuestFacts:
             python=event.get("python") or None,
             ollama_version=event.get("ollama_version") or None,
             model=ModelFacts.from_tags_entry(event.get("tags_entry") or {}),
+            prompt_cache_bust=event.get("prompt_cache_bust") or None,
         )
 
     def has_flag(self, flag: str) -> bool | None:

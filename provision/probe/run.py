@@ -104,6 +104,9 @@ class ProbeResult:
 
     @property
     def cache_bust(self) -> str:
+        """What the agent did to keep cached prompt tokens out of prompt tok/s."""
+        if self.facts and self.facts.prompt_cache_bust:
+            return self.facts.prompt_cache_bust
         return "unload+nonce" if self.options.cold else "nonce"
 
     def sampler_overhead(self) -> dict[str, float | None]:

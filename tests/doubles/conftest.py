@@ -67,6 +67,7 @@ class Double:
     models_dir: Path
     env: dict[str, str]
     binary: Path
+    log: Path | None = None  # its stderr, when start_double was given a file
 
     @property
     def url(self) -> str:
@@ -102,15 +103,16 @@ class Double:
 
 
 def start_double(installed: Path, models_dir: Path, registry: str | None,
-                 **extra_env: str) -> Double:
+                 log: Path | None = None, **extra_env: str) -> Double:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA_")}
     env.update(OLLAMA_HOST=f"127.0.0.1:{port}", OLLAMA_MODELS=str(models_dir), **extra_env)
     if registry:
         env["OLLAMA_DOUBLE_REGISTRY"] = registry
     binary = installed / "bin" / "ollama"
-    proc = subprocess.Popen([str(binary), "serve"], env=env, stderr=subprocess.DEVNULL)
-    double = Double(proc, port, models_dir, env, binary)
+    with log.open("ab") if log else open(os.devnull, "wb") as stderr:
+        proc = subprocess.Popen([str(binary), "serve"], env=env, stderr=stderr)
+    double = Double(proc, port, models_dir, env, binary, log)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:

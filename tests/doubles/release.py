@@ -230,6 +230,11 @@ def _link_weights(blobs: Path, gguf: Path) -> dict[str, object]:
     return {"digest": digest, "size": gguf.stat().st_size}
 
 
+# gemma2:2b's template layer (358 B in the real manifest, ollama.md)
+GEMMA2_TEMPLATE = ("<start_of_turn>user\n{{ if .System }}{{ .System }} {{ end }}{{ .Prompt }}"
+                   "<end_of_turn>\n<start_of_turn>model\n{{ .Response }}<end_of_turn>\n")
+
+
 def publish_model(
     root: Path,
     name: str = "gemma2:2b",
@@ -239,6 +244,7 @@ def publish_model(
     family: str = "gemma2",
     parameter_size: str = "2.6B",
     quantization: str = "Q4_0",
+    chat_template: str = GEMMA2_TEMPLATE,
 ) -> PublishedModel:
     """Put a model into the mirror's registry with the real gemma2 layer set.
 
@@ -256,9 +262,7 @@ def publish_model(
         model_bytes = int(weights["size"])  # type: ignore[call-overload]
     else:
         weights = _write_weights(blobs, model_bytes, f"{namespace}/{model}:{tag}:{model_bytes}")
-    template = _write_blob(blobs, b"<start_of_turn>user\n{{ if .System }}{{ .System }} "
-                           b"{{ end }}{{ .Prompt }}<end_of_turn>\n<start_of_turn>model\n"
-                           b"{{ .Response }}<end_of_turn>\n")
+    template = _write_blob(blobs, chat_template.encode())
     license_ = _write_blob(blobs, b"Gemma Terms of Use (placeholder text for the test double)\n")
     params = _write_blob(blobs, json.dumps({"stop": ["<start_of_turn>", "<end_of_turn>"]},
                                            separators=(",", ":")).encode())

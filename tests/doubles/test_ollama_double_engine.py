@@ -8,10 +8,12 @@ broken model file or a dying runner give.
 
 from __future__ import annotations
 
+import ast
 import http.client
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -21,12 +23,19 @@ from typing import Any
 
 import pytest
 
-from tests.doubles import OllamaMirror, prepare_mirror
+from provision.probe.run import ProbeOptions
+from tests.doubles import OllamaMirror, prepare_mirror, publish_model
 from tests.doubles.conftest import Double, start_double, stop_double
+from tests.probe.conftest import of_kind, run_agent
 
 MODEL = "gemma2-shaped:tiny"
 BROKEN = "broken:notgguf"
 TRUNCATED = "broken:truncated"
+# A template with a fixed instruction block before the prompt, as many Modelfiles carry: the
+# longest prefix every run shares, so the first thing a warm run could take from the cache.
+PREAMBLE = "preamble:tiny"
+PREAMBLE_TEMPLATE = ("<start_of_turn>user\n" + "Answer in one short and clear paragraph. " * 8
+                     + "{{ .Prompt }}<end_of_turn>\n<start_of_turn>model\n{{ .Response }}")
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +49,15 @@ def engine_double(llama_engine: Any, tiny_gguf: Path,
     release, _ = prepare_mirror(root, models={MODEL: tiny_gguf, BROKEN: not_gguf,
                                               TRUNCATED: truncated},
                                 llama_server=llama_engine.server)
+    publish_model(root, PREAMBLE, gguf=tiny_gguf, chat_template=PREAMBLE_TEMPLATE)
     prefix = tmp_path_factory.mktemp("engine-usr-local")
     subprocess.run(["tar", "--zstd", "-xf", str(release.tarball), "-C", str(prefix)], check=True)
     with OllamaMirror(root) as mirror:
-        running = start_double(prefix, tmp_path_factory.mktemp("engine-models"), mirror.url)
+        log = tmp_path_factory.mktemp("engine-log") / "ollama.log"
+        running = start_double(prefix, tmp_path_factory.mktemp("engine-models"), mirror.url,
+                               log=log)
         try:
-            for name in (MODEL, BROKEN, TRUNCATED):
+            for name in (MODEL, BROKEN, TRUNCATED, PREAMBLE):
                 status, _ = running.json("POST", "/api/pull", {"model": name, "stream": False})
                 assert status == 200, name
             yield running
@@ -192,3 +204,64 @@ def test_probe_of_a_broken_model_file_fails_with_ollamas_message_exit_7(
         collect([json.dumps(e) for e in events], options, RecordingReporter(), vm="vm1")
     assert raised.value.exit_code == ExitCode.PROBE == 7
     assert "llama-server process has terminated: exit status" in str(raised.value)
+
+
+def completions_logged(double: Double) -> list[tuple[int, int]]:
+    """(cache_n, prompt_n) of each completion the double's llama-server ran, from its log."""
+    assert double.log is not None
+    found = re.findall(r"llama-server completion cache_n=(\d+) prompt_n=(\d+)",
+                       double.log.read_text())
+    return [(int(cached), int(new)) for cached, new in found]
+
+
+def test_a_request_template_replaces_the_models_and_raw_refuses_one(engine_double: Double) -> None:
+    status, show = engine_double.json("POST", "/api/show", {"model": PREAMBLE})
+    assert status == 200 and show["template"] == PREAMBLE_TEMPLATE
+    own = generate(engine_double, prompt="Why is the sky blue?", options={"num_predict": 1})
+    swapped = generate(engine_double, prompt="Why is the sky blue?", options={"num_predict": 1},
+                       template="{{ .Prompt }}")
+    assert swapped["prompt_eval_count"] < own["prompt_eval_count"]
+    status, reply = engine_double.json("POST", "/api/generate", {
+        "model": MODEL, "prompt": "x", "raw": True, "template": "{{ .Prompt }}",
+        "stream": False})
+    assert (status, reply) == (400, {"error": "raw mode does not support template, system, "
+                                              "or context"})
+
+
+def prompt_heads_logged(double: Double) -> list[str]:
+    assert double.log is not None
+    return [ast.literal_eval(head) for head in
+            re.findall(r"llama-server completion request prompt_len=\d+ prompt_head=(.*?)\"?$",
+                       double.log.read_text(), flags=re.MULTILINE)]
+
+
+def test_the_runner_sees_each_runs_nonce_before_the_chat_templates_first_token(
+        engine_double: Double) -> None:
+    before = len(prompt_heads_logged(engine_double))
+    events, code = run_agent(ProbeOptions(model=PREAMBLE, runs=2, warmup=0, num_predict=2,
+                                          ollama_url=engine_double.url))
+
+    assert code == 0, events[-1]
+    nonces = [e["nonce"] for e in of_kind(events, "run_start")]
+    heads = prompt_heads_logged(engine_double)[before:]
+    # so no model's cache can hold a prefix of a run: only the BOS llama-server adds is shared
+    assert [head.split("\n")[0] for head in heads] == nonces
+
+
+def test_warm_runs_share_no_cached_prefix_so_prompt_rate_counts_only_evaluated_tokens(
+        engine_double: Double) -> None:
+    before = len(completions_logged(engine_double))
+    events, code = run_agent(ProbeOptions(model=PREAMBLE, runs=3, warmup=1, num_predict=4,
+                                          ollama_url=engine_double.url))
+
+    assert code == 0, events[-1]
+    facts = of_kind(events, "facts")[0]
+    assert facts["prompt_cache_bust"] == "nonce-first"
+    runs = of_kind(events, "run")
+    assert [r["cache_bust"] for r in runs] == ["nonce-first"] * 4
+    logged = completions_logged(engine_double)[before:]
+    assert len(logged) == 4
+    # Ollama counts cache_n + prompt_n but times prompt_n only: nothing but the BOS may be reused
+    assert all(cached <= 1 for cached, _ in logged), logged
+    counts = {r["ollama"]["prompt_eval_count"] for r in runs}
+    assert counts == {cached + new for cached, new in logged}

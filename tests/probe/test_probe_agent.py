@@ -48,7 +48,7 @@ def test_agent_reports_facts_runs_and_samples_from_the_double(
         assert final["eval_duration"] > 0 and final["prompt_eval_count"] > 0
         assert 0 < run["ttft_s"] < run["wall_s"]
         assert run["stream_tokens"] == 24
-        assert run["cache_bust"] == "nonce"
+        assert run["cache_bust"] == "nonce-first"
     assert of_kind(events, "ps")[0]["entry"]["size_vram"] == 0
 
 
@@ -84,7 +84,7 @@ def test_cold_unloads_before_each_measured_run_so_each_load_is_a_real_load(
 
     runs = of_kind(events, "run")
     assert [r["load_kind"] for r in runs] == ["cold", "cold"]
-    assert all(r["cache_bust"] == "unload+nonce" for r in runs)
+    assert all(r["cache_bust"] == "unload+nonce-first" for r in runs)
     assert all(not s["loaded_before"] for s in of_kind(events, "run_start"))
     # a warm run after them reuses the loaded runner
     warm, _ = run_agent(options(ollama_double.url, runs=1, warmup=0))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,13 @@ def test_a_failed_run_is_kept_with_its_reason_and_no_invented_numbers(tmp_path: 
     assert rows[1]["eval_tps"] is None and rows[1]["eval_count"] is None
     status = conn.execute("SELECT status, error FROM probes").fetchone()
     assert tuple(status) == ("failed", "SSH connection to gemma lost during run 2/2")
+
+
+def test_the_agents_cache_bust_method_replaces_the_hosts_guess_when_facts_arrive(
+        tmp_path: Path) -> None:
+    conn = store.connect(tmp_path)
+    recorder = store.ProbeRecorder(conn, VM, "gemma2:2b", {}, "nonce")
+    recorder.on_facts(replace(FACTS, prompt_cache_bust="nonce-first"))
+    recorder.on_run(a_run(0))
+
+    assert store.list_runs(conn)[0]["cache_bust"] == "nonce-first"

@@ -560,15 +560,19 @@ def _real_llama_server() -> Path | None:
         return None
 
 
-def render_prompt(model: LocalModel, prompt: str) -> str:
-    """The model's Go template rendered for one user prompt (no system message)."""
-    template = ""
+def model_template(model: LocalModel) -> str:
+    """The model's Go template layer, as /api/show returns it (empty when it has none)."""
     for layer in model.manifest.get("layers", []):
         if layer.get("mediaType") == "application/vnd.ollama.image.template":
             try:
-                template = blob_path(model.root, layer["digest"]).read_text()
+                return blob_path(model.root, layer["digest"]).read_text()
             except OSError:
-                template = ""
+                return ""
+    return ""
+
+
+def render_prompt(template: str, prompt: str) -> str:
+    """A Go template rendered for one user prompt (no system message)."""
     if "{{ .Prompt }}" not in template:
         return prompt
     template = re.sub(r"\{\{ if \.System \}\}.*?\{\{ end \}\}", "", template, flags=re.DOTALL)
@@ -718,6 +722,9 @@ class LlamaServerLoaded(RunnerProcess):
 
     def generate(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """Stream one completion; events shaped like the hashing runner's."""
+        # llm/llama_server.go:1529 logs the request at debug; the double also logs its head
+        _log("llama_server.go:1529", "llama-server completion request "
+             f"prompt_len={len(request['prompt'])} prompt_head={request['prompt'][:40]!r}")
         try:
             response = self._http("POST", "/completion", self._completion_body(request))
         except OSError as err:
@@ -761,6 +768,7 @@ class LlamaServerLoaded(RunnerProcess):
         prompt_n = int(timings.get("prompt_n", 0))
         # llm/llama_server.go:1511-1513 promptEvalCount: cache_n + prompt_n, while the duration
         # covers only prompt_n (the cached tokens cost nothing)
+        _log("double", f"llama-server completion cache_n={int(cached or 0)} prompt_n={prompt_n}")
         yield {"prompt_eval_count": prompt_n + int(cached or 0),
                "prompt_eval_ns": int(float(timings.get("prompt_ms", 0.0)) * 1e6)}
         reason = "length" if event.get("stop_type") == "limit" else "stop"  # :1713-1717
@@ -962,6 +970,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if model is None:
             raise ApiError(404, f"model '{body.get('model') or body.get('name')}' not found")
         self._send_json(200, {"details": model.details, "capabilities": ["completion"],
+                              "template": model_template(model),
                               "modified_at": local_rfc3339(model.modified),
                               "model_info": {"general.architecture": model.details["family"]}})
 
@@ -1021,6 +1030,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         keep_alive = (parse_duration(body["keep_alive"], self.scheduler.keep_alive_s)
                       if "keep_alive" in body else self.scheduler.keep_alive_s)
         stream = body.get("stream", True) is not False
+        if body.get("raw") and (body.get("template") or body.get("system") or body.get("context")):
+            raise ApiError(400, "raw mode does not support template, system, or context")  # :422
         name = model.name.display
         base = {"model": name}
         if not prompt and keep_alive == 0:
@@ -1038,6 +1049,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
                                        "done_reason": "load"})
             return
         self._run(loaded, body, prompt, options, chat, stream, t_start, load_ns, keep_alive)
+
+    @staticmethod
+    def _rendered(model: LocalModel, body: dict[str, Any], prompt: str) -> str:
+        # server/routes.go:330-331 and 500-505 (v0.32.15): raw sends the prompt as it is; a
+        # request's own template replaces the model's
+        if body.get("raw"):
+            return prompt
+        return render_prompt(str(body.get("template") or model_template(model)), prompt)
 
     def _load(self, model: LocalModel, options: dict[str, Any]) -> tuple[Loaded, int]:
         try:
@@ -1067,7 +1086,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         tokens = prompt_tokens(prompt)
         request = {"tokens": tokens, "seed": int(seed),
                    "num_predict": int(options.get("num_predict", -1)),
-                   "prompt": render_prompt(loaded.model, prompt), "options": options}
+                   "prompt": self._rendered(loaded.model, body, prompt), "options": options}
         name = loaded.model.name.display
         pieces: list[str] = []
         ids: list[int] = []
