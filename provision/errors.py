@@ -109,6 +109,10 @@ class VmNotFound(ProxmoxError):
     """No VM with that name exists on the cluster."""
 
 
+class LeaseHeld(ProxmoxError):
+    """Another labctl command (on this or another machine) holds the VM's lease."""
+
+
 class GuestError(LabctlError):
     """The VM's guest (agent, IP, SSH) could not be reached or used."""
 
