@@ -29,6 +29,10 @@ if ((${#need_apt[@]})); then
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
+if [[ $(id -u) -eq 0 ]]; then
+  ./scripts/sim-host-setup.sh >/dev/null  # packages are in place; this raises the inotify limits
+fi
+
 PYTHON=${PYTHON:-python3}
 if [[ ! -x .venv/bin/python ]]; then
   echo "bootstrap: creating .venv" >&2

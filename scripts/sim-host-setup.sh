@@ -34,6 +34,23 @@ else
     echo "sim-host-setup: all packages present ($PACKAGES)"
 fi
 
+# Each guest's systemd, journald and dbus hold several inotify instances. The kernel's default of
+# 128 per user (all guests run as root on the host) lets only ~20 guests boot; the next one's
+# systemd dies with "Failed to create control group inotify object: Too many open files".
+# Raise the limits (only ever upward) for labs of 40+ guests, now and at every boot.
+raise_sysctl() {
+    current=$(sysctl -n "$1" 2>/dev/null || echo 0)
+    if [ "$current" -lt "$2" ]; then
+        if sysctl -q -w "$1=$2" >/dev/null 2>&1; then
+            echo "$1 = $2" >> /etc/sysctl.d/60-labctl-sim.conf
+        else
+            echo "WARNING: cannot raise $1 to $2 (now $current); fewer guests can run at once" >&2
+        fi
+    fi
+}
+raise_sysctl fs.inotify.max_user_instances 1024
+raise_sysctl fs.inotify.max_user_watches 524288
+
 # What the backend checks at start, reported here too so a CI log says it up front.
 grep -qw overlay /proc/filesystems || echo "sim-host-setup: WARNING: kernel has no overlayfs" >&2
 for h in cpu cpuacct cpuset memory pids systemd; do
