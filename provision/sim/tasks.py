@@ -1,7 +1,7 @@
 """Worker tasks as PVE reports them: UPID, status, exit status and log.
 
 A task is `running` until its simulated duration has passed *and* its work is done; the
-`Cluster` runs the work (models.py). Not simulated: `TASK WARNINGS`, task stop requests.
+`Cluster` runs the work (models/tasks.py). Not simulated: `TASK WARNINGS`, task stop requests.
 """
 
 from __future__ import annotations
