@@ -19,7 +19,7 @@ _EPILOG = "Exit codes: " + "; ".join(f"{int(c)} {h}" for c, h in EXIT_CODE_HELP.
 # Modules are imported only when their command runs, so `labctl --help` stays fast: importing
 # them all (rich, proxmoxer, the probe) would triple its start-up time.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "init": ("lifecycle", "Write labctl.toml, then check the connection and the template."),
+    "init": ("init", "Write labctl.toml, then check the connection and the template."),
     "up": ("lifecycle", "Create or reconcile a VM at a shape, until SSH answers; then deploy."),
     "ls": ("lifecycle", "List labctl's VMs: name, vmid, node, status, shape, IP, uptime."),
     "resize": ("lifecycle", "Change the cores / RAM / cpu type of a VM."),
