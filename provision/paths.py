@@ -9,7 +9,7 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def state_dir(override: str | os.PathLike[str] | None = None) -> Path:
-    """labctl's own state: known_hosts, runs/, labctl.sqlite.
+    """labctl's own state: known_hosts, runs/, labctl.sqlite, crash/.
 
     --state-dir beats LABCTL_STATE_DIR beats $XDG_STATE_HOME/labctl (~/.local/state/labctl).
     """

@@ -64,16 +64,18 @@ class LazyGroup(click.Group):
 def cli(ctx: click.Context, config_path: str | None, json_output: bool, verbosity: int,
         quiet: bool, state_dir: str | None) -> None:
     """Find the smallest Proxmox VE VM that runs a small language model on CPU."""
-    ctx.obj = AppContext(config_path=config_path, json_output=json_output,
-                         verbosity=verbosity, quiet=quiet, state_dir_override=state_dir)
+    app = ctx.ensure_object(AppContext)  # main() made it, to find the state dir after a crash
+    app.config_path, app.json_output, app.verbosity = config_path, json_output, verbosity
+    app.quiet, app.state_dir_override = quiet, state_dir
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run the CLI and map every outcome to an exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     verbosity = sum(a.count("v") for a in args if a.startswith("-v") and set(a[1:]) == {"v"})
+    app = AppContext()
     try:
-        cli.main(args=args, prog_name="labctl", standalone_mode=False)
+        cli.main(args=args, prog_name="labctl", standalone_mode=False, obj=app)
     except click.exceptions.Exit as done:
         return int(done.exit_code)
     except click.Abort:
@@ -83,5 +85,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         error.show()
         return click_exit_code(error)
     except (Exception, KeyboardInterrupt) as error:  # noqa: BLE001 - the one mapping point
-        return report_error(error, verbosity=verbosity)
+        return report_error(error, verbosity=verbosity, crash_dir=lambda: app.state_dir / "crash")
     return 0
