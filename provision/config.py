@@ -1,9 +1,9 @@
 """The lab file (labctl.toml): one declaration per key, env overrides, secrets.
 
-Every key is declared once in KEYS with its type, default and help; `labctl config keys`
-and the README's reference table are generated from it. Environment variables override the
-file: LABCTL_<SECTION>_<KEY> (e.g. LABCTL_PROXMOX_TOKEN_SECRET). VMs are declared as
-[vm.NAME] tables whose keys are declared in provision/config_vms.py.
+Every key is declared once in KEYS with its type, default and help; the README's reference
+table is generated from it (tests/unit/test_config.py keeps the two in sync). Environment
+variables override the file: LABCTL_<SECTION>_<KEY> (e.g. LABCTL_PROXMOX_TOKEN_SECRET). VMs
+are declared as [vm.NAME] tables whose keys are declared in provision/config_vms.py.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from typing import Any
 
 from provision.config_values import check_value
 from provision.config_vms import (
-    VM_KEYS,
     VmSpec,
     parse_vms,
     validate_vm_name,  # noqa: F401 - callers import it from here
@@ -291,25 +290,3 @@ def _run_secret_command(command: str, key: str) -> str:
     if not secret:
         raise ConfigError(f"{key}: command printed nothing")
     return secret
-
-
-def reference_markdown() -> str:
-    """The lab-file reference table for the README (a test keeps the README in sync)."""
-    rows = ["| key | type | default | env | what |", "|---|---|---|---|---|"]
-    for key in KEYS:
-        default = "" if key.secret else json_default(key.default)
-        rows.append(f"| `{key.path}` | {key.type.__name__} | {default} | `{key.env}` | "
-                    f"{key.help.replace('|', '/')} |")
-    rows.append("")
-    rows.append("`[vm.NAME]` tables declare the lab's VMs; their keys:")
-    rows.append("")
-    rows.extend(f"- `{key.name}` ({key.type.__name__}"
-                + (f", default `{key.default_from}`" if key.default_from else "")
-                + f"): {key.help}" for key in VM_KEYS)
-    return "\n".join(rows)
-
-
-def json_default(value: Any) -> str:
-    import json
-
-    return f"`{json.dumps(value)}`" if value not in ("", [], {}) else ""

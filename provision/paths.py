@@ -43,9 +43,5 @@ def data_dir() -> Path:
     raise FileNotFoundError("labctl's playbooks/ and templates/ are missing from this install")
 
 
-def playbooks_dir() -> Path:
-    return data_dir() / "playbooks"
-
-
 def templates_dir() -> Path:
     return data_dir() / "templates"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import platform
 import sys
@@ -15,9 +14,6 @@ import click
 
 from provision import __version__
 from provision.errors import ExitCode, LabctlError, exit_code_for
-
-log = logging.getLogger("labctl")
-
 
 CRASH_LOGS_KEPT = 20  # older crash logs are removed, so a crash loop cannot fill the disk
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from provision.config import KEYS, Secret, load_config
+from provision.config_vms import VM_KEYS
 from provision.errors import ConfigError
 
 LAB = """
@@ -191,8 +194,25 @@ def test_secret_is_falsy_when_empty() -> None:
     assert not Secret("")
 
 
+def reference_markdown() -> str:
+    """The lab-file reference of the README, as KEYS and VM_KEYS declare it."""
+    rows = ["| key | type | default | env | what |", "|---|---|---|---|---|"]
+    for key in KEYS:
+        default = "" if key.secret else shown_default(key.default)
+        rows.append(f"| `{key.path}` | {key.type.__name__} | {default} | `{key.env}` | "
+                    f"{key.help.replace('|', '/')} |")
+    rows += ["", "`[vm.NAME]` tables declare the lab's VMs; their keys:", ""]
+    for vm_key in VM_KEYS:
+        default = f", default `{vm_key.default_from}`" if vm_key.default_from else ""
+        rows.append(f"- `{vm_key.name}` ({vm_key.type.__name__}{default}): {vm_key.help}")
+    return "\n".join(rows)
+
+
+def shown_default(value: Any) -> str:
+    return f"`{json.dumps(value)}`" if value not in ("", [], {}) else ""
+
+
 def test_readme_documents_every_key_and_exit_code() -> None:
-    from provision.config import reference_markdown
     from provision.errors import EXIT_CODE_HELP
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
