@@ -27,8 +27,8 @@ from sweep_tables import MATRIX, gemma_table, random_monotone_table  # noqa: E40
 
 from provision.shape import Shape  # noqa: E402
 from provision.sweep.model import FreeMemTarget, Measurement, Space, Targets  # noqa: E402
-from provision.sweep.replay import Replay  # noqa: E402
-from provision.sweep.strategy import one_at_a_time, search  # noqa: E402
+from provision.sweep.strategy import search  # noqa: E402
+from tests.support.replay import Replay, one_at_a_time  # noqa: E402
 
 G = 1024
 CASES: list[tuple[str, Space, Targets]] = [

@@ -1,9 +1,9 @@
 """The lab file (labctl.toml): one declaration per key, env overrides, secrets.
 
-Every key is declared once in KEYS with its type, default and help; `labctl config keys`
-and the README's reference table are generated from it. Environment variables override the
-file: LABCTL_<SECTION>_<KEY> (e.g. LABCTL_PROXMOX_TOKEN_SECRET). VMs are declared as
-[vm.NAME] tables whose keys are the VM_KEYS below.
+Every key is declared once in KEYS with its type, default and help; the README's reference
+table is generated from it (tests/unit/test_config.py keeps the two in sync). Environment
+variables override the file: LABCTL_<SECTION>_<KEY> (e.g. LABCTL_PROXMOX_TOKEN_SECRET). VMs
+are declared as [vm.NAME] tables whose keys are declared in provision/config_vms.py.
 """
 
 from __future__ import annotations
@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provision.errors import ConfigError, UsageError
+from provision.config_values import check_value
+from provision.config_vms import (
+    VmSpec,
+    parse_vms,
+    validate_vm_name,  # noqa: F401 - callers import it from here
+)
+from provision.errors import ConfigError
 from provision.shape import (
     DEFAULT_CPU_TYPE,
     DEFAULT_DISK_GIB,
@@ -122,32 +128,7 @@ KEYS: tuple[Key, ...] = (
     Key("probe", "prompt", str, "", "prompt text; empty = labctl's default prompt"),
 )
 
-VM_KEYS: dict[str, str] = {
-    "cores": "vCPUs",
-    "ram": "RAM, e.g. 16G",
-    "cpu_type": "Proxmox cpu type",
-    "disk": "boot disk size (grow only)",
-    "node": "node to place the VM on",
-    "full": "full clone instead of linked",
-    "ip": "ipconfig0 address override (dhcp or CIDR)",
-    "gateway": "gateway override",
-    "models": "models for this VM",
-}
-
 _SECTIONS = {k.section for k in KEYS}
-
-
-@dataclass(frozen=True)
-class VmSpec:
-    """One VM of the lab: its name and wanted shape, where to place it and how to clone it."""
-
-    name: str
-    shape: Shape
-    node: str = ""
-    full: bool = False
-    ip: str = "dhcp"
-    gateway: str = ""
-    models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -200,7 +181,7 @@ def load_config(explicit_path: str | None = None, *, required: bool = True) -> L
             hint="run `labctl init` or pass --config",
         )
     values = _merge(raw, path)
-    vms = _parse_vms(raw.get("vm", {}), values)
+    vms = parse_vms(raw.get("vm", {}), values, _where(path))
     config = LabConfig(values=values, vms=vms, path=path)
     _resolve_secrets(config, path)
     return config
@@ -218,8 +199,13 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read {path}: {error.strerror}") from None
 
 
+def _where(path: Path | None) -> str:
+    """How errors name the lab file (no file: only defaults and the environment)."""
+    return str(path) if path else "config"
+
+
 def _merge(raw: dict[str, Any], path: Path | None) -> dict[str, Any]:
-    where = str(path) if path else "config"
+    where = _where(path)
     for section, table in raw.items():
         if section == "vm":
             continue
@@ -262,59 +248,8 @@ def _from_env(key: Key, text: str) -> Any:
 
 
 def _check_type(key: Key, value: Any, where: str) -> Any:
-    if key.type is int and isinstance(value, bool):
-        raise ConfigError(f"{where}: {key.path} must be a whole number, got {value!r}")
-    if not isinstance(value, key.type):
-        raise ConfigError(
-            f"{where}: {key.path} must be {key.type.__name__}, got {type(value).__name__}"
-        )
-    return Secret(str(value)) if key.secret else value
-
-
-def _parse_vms(tables: Any, values: Mapping[str, Any]) -> dict[str, VmSpec]:
-    if not isinstance(tables, dict):
-        raise ConfigError("[vm] must hold [vm.NAME] tables")
-    return {name: _parse_vm(name, table, values) for name, table in tables.items()}
-
-
-def _parse_vm(name: str, table: Any, values: Mapping[str, Any]) -> VmSpec:
-    if not isinstance(table, dict):
-        raise ConfigError(f"vm.{name} must be a table")
-    unknown = set(table) - set(VM_KEYS)
-    if unknown:
-        raise ConfigError(f"vm.{name}: unknown key {min(unknown)}")
-    try:
-        validate_vm_name(name)
-        disk = table.get("disk", values["defaults.disk"])
-        shape = Shape(
-            cores=parse_cores(table.get("cores", values["defaults.cores"])),
-            memory_mib=parse_ram(table.get("ram", values["defaults.ram"])),
-            cpu_type=str(table.get("cpu_type", values["defaults.cpu_type"])),
-            disk_gib=parse_disk_gib(disk) if disk else None,
-        )
-    except UsageError as error:
-        raise ConfigError(f"vm.{name}: {error}") from None
-    models = table.get("models", values["deploy.models"])
-    return VmSpec(
-        name=name,
-        shape=shape,
-        node=str(table.get("node", "")),
-        full=bool(table.get("full", False)),
-        ip=str(table.get("ip", values["network.ip"])),
-        gateway=str(table.get("gateway", values["network.gateway"])),
-        models=tuple(models),
-    )
-
-
-def validate_vm_name(name: str) -> None:
-    """PVE VM names are DNS names: letters, digits, '-' and '.', no '_' (pve-api.md)."""
-    import re
-
-    if not re.fullmatch(r"[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?", name):
-        raise UsageError(
-            f"invalid VM name {name!r}: use letters, digits and '-', start and end with a "
-            "letter or digit (it becomes the hostname)"
-        )
+    checked = check_value(where, key.path, key.type, value, secret=key.secret)
+    return Secret(str(checked)) if key.secret else checked
 
 
 def _resolve_secrets(config: LabConfig, path: Path | None) -> None:
@@ -355,23 +290,3 @@ def _run_secret_command(command: str, key: str) -> str:
     if not secret:
         raise ConfigError(f"{key}: command printed nothing")
     return secret
-
-
-def reference_markdown() -> str:
-    """The lab-file reference table for the README (a test keeps the README in sync)."""
-    rows = ["| key | type | default | env | what |", "|---|---|---|---|---|"]
-    for key in KEYS:
-        default = "" if key.secret else json_default(key.default)
-        rows.append(f"| `{key.path}` | {key.type.__name__} | {default} | `{key.env}` | "
-                    f"{key.help.replace('|', '/')} |")
-    rows.append("")
-    rows.append("`[vm.NAME]` tables declare the lab's VMs; their keys:")
-    rows.append("")
-    rows.extend(f"- `{name}`: {help_text}" for name, help_text in VM_KEYS.items())
-    return "\n".join(rows)
-
-
-def json_default(value: Any) -> str:
-    import json
-
-    return f"`{json.dumps(value)}`" if value not in ("", [], {}) else ""

@@ -12,7 +12,7 @@ from enum import IntEnum
 
 class ExitCode(IntEnum):
     OK = 0
-    ERROR = 1  # unexpected failure (a bug): traceback goes to the debug log only
+    ERROR = 1  # unexpected failure (a bug): the traceback goes to a crash log in the state dir
     USAGE = 2  # bad command-line input (also Click's own usage errors)
     CONFIG = 3  # lab file / environment / secrets problem
     PROXMOX = 4  # the Proxmox API refused, a task failed or timed out, TLS pin mismatch
@@ -26,7 +26,7 @@ class ExitCode(IntEnum):
 
 EXIT_CODE_HELP: dict[ExitCode, str] = {
     ExitCode.OK: "success",
-    ExitCode.ERROR: "unexpected error (a bug; details in the debug log)",
+    ExitCode.ERROR: "unexpected error (a bug; its traceback is in a crash log in the state dir)",
     ExitCode.USAGE: "bad command-line input",
     ExitCode.CONFIG: "bad lab file, environment override or secret",
     ExitCode.PROXMOX: "Proxmox API error, failed/timed-out task, TLS mismatch, refused VM",

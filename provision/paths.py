@@ -9,7 +9,7 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def state_dir(override: str | os.PathLike[str] | None = None) -> Path:
-    """labctl's own state: known_hosts, runs/, labctl.sqlite.
+    """labctl's own state: known_hosts, runs/, labctl.sqlite, crash/.
 
     --state-dir beats LABCTL_STATE_DIR beats $XDG_STATE_HOME/labctl (~/.local/state/labctl).
     """
@@ -41,10 +41,6 @@ def data_dir() -> Path:
     if (packaged / "playbooks").is_dir():
         return packaged
     raise FileNotFoundError("labctl's playbooks/ and templates/ are missing from this install")
-
-
-def playbooks_dir() -> Path:
-    return data_dir() / "playbooks"
 
 
 def templates_dir() -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -32,22 +31,6 @@ class NullReporter:
 
     def warn(self, message: str) -> None:
         pass
-
-
-@dataclass
-class RecordingReporter:
-    """Keeps every event; used by tests to check what a user would have seen."""
-
-    events: list[tuple[str, str]] = field(default_factory=list)
-
-    def stage(self, name: str) -> None:
-        self.events.append(("stage", name))
-
-    def step(self, message: str) -> None:
-        self.events.append(("step", message))
-
-    def warn(self, message: str) -> None:
-        self.events.append(("warn", message))
 
 
 class Stopwatch:

@@ -106,10 +106,6 @@ def parse_ram_list(text: str) -> list[int]:
     return sorted({parse_ram(part) for part in _split_list(text, "RAM list")})
 
 
-def parse_name_list(text: str, what: str) -> list[str]:
-    return list(dict.fromkeys(_split_list(text, what)))
-
-
 def _split_list(text: str, what: str) -> list[str]:
     parts = [p.strip() for p in text.split(",")]
     if not text.strip() or any(not p for p in parts):

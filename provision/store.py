@@ -334,11 +334,3 @@ def _plain(key: str, value: Any) -> Any:
     if key in ("ok", "oom", "avx2") and value is not None:
         return bool(value)
     return value
-
-
-def samples_of(conn: sqlite3.Connection, probe_id: int, run_index: int) -> list[dict[str, Any]]:
-    rows = conn.execute(
-        "SELECT s.* FROM probe_samples s JOIN probe_runs r ON r.id = s.run_id"
-        " WHERE r.probe_id = ? AND r.run_index = ? ORDER BY s.t", (probe_id, run_index))
-    return [{k: v for k, v in zip(row.keys(), row, strict=True) if k != "run_id"} for row in rows]
-

@@ -19,7 +19,7 @@ _EPILOG = "Exit codes: " + "; ".join(f"{int(c)} {h}" for c, h in EXIT_CODE_HELP.
 # Modules are imported only when their command runs, so `labctl --help` stays fast: importing
 # them all (rich, proxmoxer, the probe) would triple its start-up time.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "init": ("lifecycle", "Write labctl.toml, then check the connection and the template."),
+    "init": ("init", "Write labctl.toml, then check the connection and the template."),
     "up": ("lifecycle", "Create or reconcile a VM at a shape, until SSH answers; then deploy."),
     "ls": ("lifecycle", "List labctl's VMs: name, vmid, node, status, shape, IP, uptime."),
     "resize": ("lifecycle", "Change the cores / RAM / cpu type of a VM."),
@@ -64,16 +64,18 @@ class LazyGroup(click.Group):
 def cli(ctx: click.Context, config_path: str | None, json_output: bool, verbosity: int,
         quiet: bool, state_dir: str | None) -> None:
     """Find the smallest Proxmox VE VM that runs a small language model on CPU."""
-    ctx.obj = AppContext(config_path=config_path, json_output=json_output,
-                         verbosity=verbosity, quiet=quiet, state_dir_override=state_dir)
+    app = ctx.ensure_object(AppContext)  # main() made it, to find the state dir after a crash
+    app.config_path, app.json_output, app.verbosity = config_path, json_output, verbosity
+    app.quiet, app.state_dir_override = quiet, state_dir
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run the CLI and map every outcome to an exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     verbosity = sum(a.count("v") for a in args if a.startswith("-v") and set(a[1:]) == {"v"})
+    app = AppContext()
     try:
-        cli.main(args=args, prog_name="labctl", standalone_mode=False)
+        cli.main(args=args, prog_name="labctl", standalone_mode=False, obj=app)
     except click.exceptions.Exit as done:
         return int(done.exit_code)
     except click.Abort:
@@ -83,5 +85,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         error.show()
         return click_exit_code(error)
     except (Exception, KeyboardInterrupt) as error:  # noqa: BLE001 - the one mapping point
-        return report_error(error, verbosity=verbosity)
+        return report_error(error, verbosity=verbosity, crash_dir=lambda: app.state_dir / "crash")
     return 0

@@ -1,4 +1,4 @@
-"""`labctl init / up / ls / resize / down`: parsing and rendering; the work is in provision.pve.
+"""`labctl up / ls / resize / down`: parsing and rendering; the work is in provision.pve.
 
 Heavy imports (proxmoxer, requests, paramiko) happen inside the commands, so `labctl --help`
 stays about as fast as starting Python.
@@ -7,7 +7,6 @@ stays about as fast as starting Python.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ import click
 
 from provision.cli import cli
 from provision.cli.app import AppContext, pass_app
-from provision.errors import ConfigError, LabctlError, UsageError
+from provision.errors import LabctlError, UsageError
 
 if TYPE_CHECKING:
     from provision.pve.lifecycle import Lab, ResizeResult, ShapeRequest, VmInfo
@@ -91,147 +90,6 @@ def _table(rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
                      for row in rows)
-
-
-# -- init --------------------------------------------------------------------------------------
-
-_INIT_TEMPLATE = """\
-# labctl lab file. Every key: `labctl --help` and the README's config reference.
-# Environment variables override keys: LABCTL_<SECTION>_<KEY>, e.g. LABCTL_PROXMOX_TOKEN_SECRET.
-
-[proxmox]
-host = {host}
-port = {port}
-{node_line}
-# API token (Datacenter > Permissions > API Tokens), as USER@REALM!TOKENNAME.
-token_id = {token_id}
-{secret_line}
-# TLS: pin the SHA-256 of the node's certificate (`pvenode cert info` on the host shows it),
-# the safe answer to Proxmox's self-signed certificates. Or verify = true (+ ca_bundle).
-{tls_lines}
-
-[template]
-name = {template}          # template VM to clone: name or VMID
-storage = {storage}      # where full clones (--full) go
-bridge = {bridge}            # bridge of the VM's first NIC
-
-[ssh]
-user = {ssh_user}              # cloud-init user labctl creates and logs in as
-key = {ssh_key}   # private key; its .pub goes to cloud-init
-
-[network]
-ip = "dhcp"                  # or a CIDR like "192.168.1.50/24" (then set gateway)
-# gateway = "192.168.1.1"
-# nameserver = "192.168.1.1"
-
-[defaults]
-cores = 4
-ram = "8G"
-cpu_type = "host"            # keeps AVX2 visible to llama.cpp (x86-64-v2-AES hides it)
-
-# VMs of this lab: `labctl up` with no name brings each to its shape.
-# [vm.gemma]
-# cores = 8
-# ram = "16G"
-"""
-
-
-def _toml_str(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-@cli.command()
-@click.option("--host", prompt="Proxmox host", help="PVE API host name or address")
-@click.option("--port", default=8006, show_default=True, type=int)
-@click.option("--token-id", prompt="API token id (USER@REALM!NAME)",
-              help="API token id, e.g. root@pam!labctl")
-@click.option("--token-secret", default=None,
-              help="store the token secret in the file (mode 600); otherwise set "
-                   "LABCTL_PROXMOX_TOKEN_SECRET")
-@click.option("--fingerprint", default=None, help="SHA-256 of the server certificate to pin")
-@click.option("--verify/--no-verify", default=None,
-              help="verify the certificate against CAs instead of pinning")
-@click.option("--template", default="ubuntu-2404-cloud", show_default=True,
-              help="template VM: name or VMID")
-@click.option("--node", default="", help="node for new VMs (default: most free RAM)")
-@click.option("--storage", default="local-lvm", show_default=True)
-@click.option("--bridge", default="vmbr0", show_default=True)
-@click.option("--ssh-user", default="ubuntu", show_default=True)
-@click.option("--ssh-key", default="~/.ssh/id_ed25519", show_default=True)
-@click.option("--force", is_flag=True, help="overwrite an existing lab file")
-@click.option("--no-check", is_flag=True, help="only write the file")
-@pass_app
-def init(app: AppContext, host: str, port: int, token_id: str, token_secret: str | None,
-         fingerprint: str | None, verify: bool | None, template: str, node: str, storage: str,
-         bridge: str, ssh_user: str, ssh_key: str, force: bool, no_check: bool) -> None:
-    """Write labctl.toml, then check the connection and that the template exists."""
-    path = Path(app.config_path or "labctl.toml")
-    if path.exists() and not force:
-        raise UsageError(f"{path} exists; use --force to overwrite it")
-    if fingerprint:
-        from provision.pve.client import format_fingerprint, normalize_fingerprint
-
-        fingerprint = format_fingerprint(normalize_fingerprint(fingerprint))
-    if fingerprint:
-        tls = f"fingerprint = {_toml_str(fingerprint)}"
-    elif verify is False:
-        raise UsageError("--no-verify without --fingerprint would trust any server; "
-                         "pin the certificate with --fingerprint")
-    else:
-        tls = "verify = true\n# ca_bundle = \"/etc/ssl/certs/pve-root-ca.pem\"\n" \
-              "# fingerprint = \"AB:CD:...\""
-    secret_line = (f"token_secret = {_toml_str(token_secret)}" if token_secret else
-                   "# token_secret: prefer LABCTL_PROXMOX_TOKEN_SECRET or token_secret_cmd\n"
-                   "# token_secret_cmd = \"pass show pve/labctl\"")
-    text = _INIT_TEMPLATE.format(
-        host=_toml_str(host), port=port,
-        node_line=f"node = {_toml_str(node)}" if node else
-        "# node = \"pve\"             # default: the online node with most free RAM",
-        token_id=_toml_str(token_id), secret_line=secret_line, tls_lines=tls,
-        template=_toml_str(template), storage=_toml_str(storage), bridge=_toml_str(bridge),
-        ssh_user=_toml_str(ssh_user), ssh_key=_toml_str(ssh_key),
-    )
-    _write_private(path, text, secret=bool(token_secret))
-    app.say(f"wrote {path}" + (" (mode 600: it holds the token secret)" if token_secret else ""))
-    result: dict[str, Any] = {"path": str(path), "checked": False}
-    if not no_check:
-        result.update(_check_connection(app, path))
-    app.emit(result, None)
-
-
-def _write_private(path: Path, text: str, *, secret: bool) -> None:
-    mode = 0o600 if secret else 0o644
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-
-
-def _check_connection(app: AppContext, path: Path) -> dict[str, Any]:
-    from provision.config import load_config
-    from provision.pve.client import PveClient
-
-    app.config_path = str(path)
-    config = load_config(str(path))
-    client = PveClient.from_config(config)
-    version = client.get("version") or {}
-    resources = client.get("cluster/resources", type="vm") or []
-    wanted = str(config.get("template.name"))
-    found = [r for r in resources
-             if (wanted.isdigit() and int(r.get("vmid", 0)) == int(wanted))
-             or r.get("name") == wanted]
-    app.say(f"connected: Proxmox VE {version.get('version', '?')}")
-    if not found:
-        raise ConfigError(f"connected, but template {wanted!r} was not found on the cluster",
-                          hint=f"edit template.name in {path}")
-    entry = found[0]
-    kind = "template" if int(entry.get("template", 0) or 0) else "VM (not a template)"
-    app.say(f"template {wanted}: {kind} {entry.get('vmid')} on {entry.get('node')}")
-    return {"checked": True, "pve_version": version.get("version"),
-            "template": {"vmid": entry.get("vmid"), "node": entry.get("node"),
-                         "is_template": bool(int(entry.get("template", 0) or 0))}}
 
 
 # -- up ----------------------------------------------------------------------------------------

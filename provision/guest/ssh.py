@@ -6,7 +6,6 @@ first connection) with RejectPolicy: an unknown or different key is refused, nev
 
 from __future__ import annotations
 
-import shlex
 import socket
 import time
 from collections.abc import Iterator
@@ -154,13 +153,6 @@ class SshSession:
                 f"SSH connection to {self.address.label} dropped while running "
                 f"`{short_command(command)}`")
         self.last_exit_code = code
-
-    def put_file(self, data: bytes, remote_path: str, mode: int = 0o644) -> None:
-        """Write bytes to a file on the guest (through `cat`: works without an SFTP server)."""
-        target = shlex.quote(remote_path)
-        command = (f"umask 077 && cat > {target}.labctl-tmp && chmod {mode:o} {target}.labctl-tmp"
-                   f" && mv -f {target}.labctl-tmp {target}")
-        self.run(f"sh -c {shlex.quote(command)}", stdin=data, check=True, timeout=120)
 
 
 def _client_for(address: GuestAddress) -> paramiko.SSHClient:

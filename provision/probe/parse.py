@@ -75,25 +75,6 @@ class OllamaMetrics:
     def load_s(self) -> float | None:
         return _seconds(self.load_duration_ns)
 
-    @property
-    def total_s(self) -> float | None:
-        return _seconds(self.total_duration_ns)
-
-
-def parse_ndjson(text: str) -> list[dict[str, Any]]:
-    """Objects of an NDJSON body (blank lines skipped)."""
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def stream_outcome(objects: Iterable[Mapping[str, Any]]) -> tuple[OllamaMetrics | None, str | None]:
-    """(metrics of the final object, error) of a streamed generate; an error line ends it."""
-    for obj in objects:
-        if "error" in obj:
-            return None, str(obj["error"])
-        if obj.get("done"):
-            return OllamaMetrics.from_response(obj), None
-    return None, "the stream ended without a final (done) object"
-
 
 @dataclass(frozen=True)
 class ModelFacts:
@@ -403,10 +384,6 @@ def stat(values: Iterable[float | int | None]) -> Stat | None:
     if not known:
         return None
     return Stat(median=statistics.median(known), min=min(known), max=max(known), n=len(known))
-
-
-SUMMARY_KEYS = ("eval_tps", "prompt_tps", "ttft_s", "load_s_cold", "load_s_warm",
-                "peak_mem_used", "peak_rss", "peak_load1")
 
 
 def summarize(runs: Iterable[RunResult]) -> dict[str, Stat | None]:

@@ -10,8 +10,6 @@ from provision.report.export import to_csv, to_json
 from provision.report.model import SweepReport
 from provision.report.plot import render_png
 
-FORMATS = ("html", "md", "png", "csv", "json")
-
 
 def default_path(state_dir: Path, sweep_id: str, fmt: str) -> Path:
     """<state>/reports/<sweep id>/report.<fmt>: where `labctl sweep` leaves its report."""

@@ -172,14 +172,3 @@ def open_store(state_dir: Path) -> SweepStore:
     from provision import store  # owned by the probe module; applies every migration
 
     return SweepStore(store.connect(state_dir))
-
-
-def connect_for_tests(path: Path | str) -> SweepStore:
-    """A store on a database file (or ":memory:") with labctl's whole schema."""
-    from provision import store
-
-    connection = sqlite3.connect(str(path), isolation_level=None)
-    connection.row_factory = sqlite3.Row
-    connection.execute("PRAGMA foreign_keys = ON")
-    store.migrate(connection)
-    return SweepStore(connection)

@@ -192,13 +192,6 @@ def search(space: Space, targets: Targets, measure_batch: MeasureBatch, *,
     return summarize(space, targets, state.order, state.measured, state.inferred)
 
 
-def one_at_a_time(measure: Callable[[Shape], Measurement]) -> MeasureBatch:
-    """A measure_batch that measures each shape in turn with one measure() function."""
-    def measure_batch(batch: list[Shape]) -> Iterable[Measurement]:
-        return (measure(shape) for shape in batch)
-    return measure_batch
-
-
 def summarize(space: Space, targets: Targets, order: list[Shape],
               measured: dict[Shape, Measurement], inferred: dict[Shape, str]) -> SearchResult:
     measurements = tuple(measured[s] for s in dict.fromkeys(order))
@@ -315,29 +308,6 @@ def monotonicity_warnings(measurements: Iterable[Measurement]) -> list[str]:
                     f"{fewer.shape.cores} vCPU ({fewer.eval_tps:.1f}); the smart search assumes "
                     "more cores are never slower (host overcommitted?); check with --strategy grid")
     return warnings
-
-
-def needs_reboot(before: Shape | None, after: Shape, *, hot_ram: bool = False) -> bool:
-    """Whether moving the VM from one shape to the next costs a reboot.
-
-    PVE never hot-plugs `cores` or `cpu`; `memory` only with hotplug=memory and NUMA on. labctl
-    treats every change as a reboot (a cold start also re-derives Ollama's thread defaults,
-    anchors.md §5.9); `hot_ram` models a VM whose RAM can grow live.
-    """
-    if before is None or before == after:
-        return before is None
-    if hot_ram and (before.cores, before.cpu_type) == (after.cores, after.cpu_type):
-        return after.memory_mib < before.memory_mib
-    return True
-
-
-def count_reboots(path: Iterable[Shape], start: Shape | None, *, hot_ram: bool = False) -> int:
-    """Reboots needed to visit shapes in this order, starting from the VM's current shape."""
-    reboots, position = 0, start
-    for shape in path:
-        reboots += needs_reboot(position, shape, hot_ram=hot_ram)
-        position = shape
-    return reboots
 
 
 def order_for_reboots(batch: list[Shape], start: Shape | None) -> list[Shape]:

@@ -17,9 +17,9 @@ import pytest
 
 from provision.deploy import DeployHost, DeployResult, deploy
 from provision.errors import DeployError
-from provision.progress import RecordingReporter
 from tests.deploy.harness import MODEL, Lab
 from tests.doubles import build_release
+from tests.support.reporting import RecordingReporter
 
 pytestmark = [pytest.mark.guests, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]

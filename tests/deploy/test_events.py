@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from provision.deploy.runner import _EventTracker, _message
-from provision.progress import RecordingReporter
+from tests.support.reporting import RecordingReporter
 
 
 def event(name: str, task: str, res: dict[str, Any], **extra: Any) -> dict[str, Any]:

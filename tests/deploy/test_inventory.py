@@ -31,7 +31,7 @@ def render(tmp_path: Path, options: DeployOptions | None = None) -> Path:
     text = render_inventory(
         paths.templates_dir(), HOSTS, ssh(tmp_path),
         {h.name: (options or DeployOptions()).to_role_vars() for h in HOSTS},
-        inventory_path=target, playbook_path=paths.playbooks_dir() / "site.yml",
+        inventory_path=target, playbook_path=paths.data_dir() / "playbooks" / "site.yml",
     )
     write_private(target, text)
     return target

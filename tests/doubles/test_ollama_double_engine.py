@@ -192,8 +192,8 @@ def test_probe_of_a_broken_model_file_fails_with_ollamas_message_exit_7(
         engine_double: Double, name: str) -> None:
     from provision.errors import ExitCode, ProbeError
     from provision.probe.run import ProbeOptions, collect
-    from provision.progress import RecordingReporter
     from tests.probe.conftest import run_agent
+    from tests.support.reporting import RecordingReporter
 
     options = ProbeOptions(model=name, runs=1, warmup=0, num_predict=4,
                            ollama_url=engine_double.url)

@@ -212,25 +212,6 @@ def test_up_without_name_and_without_vm_tables_is_a_usage_error(api_lab: Lab) ->
     assert "declares no [vm.NAME]" in one_error_line(result.stderr)
 
 
-def test_init_writes_a_private_lab_file_and_checks_the_template(api_lab: Lab) -> None:
-    server, creds = api_lab.server, api_lab.server.credentials
-    api_lab.config.unlink()
-    common = ["init", "--host", "127.0.0.1", "--port", str(server.port), "--token-id",
-              creds["token_id"], "--token-secret", creds["token_secret"], "--fingerprint",
-              server.fingerprint, "--ssh-key", str(api_lab.key)]
-    result = api_lab.run("--json", *common, "--template", "9000")
-    assert result.code == 0, result
-    assert result.json["checked"] is True and result.json["template"]["is_template"] is True
-    assert api_lab.config.stat().st_mode & 0o777 == 0o600
-    assert creds["token_secret"] not in result.output
-    again = api_lab.run(*common, "--template", "9000")
-    assert again.code == 2 and "--force" in one_error_line(again.stderr)
-    missing = api_lab.run(*common, "--template", "no-such-template", "--force")
-    assert missing.code == 3
-    assert "template 'no-such-template' was not found" in one_error_line(missing.stderr)
-    assert api_lab.run("ls").code == 0  # the written file works as is
-
-
 def test_disk_grows_when_asked_for_more_than_the_template(api_lab: Lab) -> None:
     api_lab.write(timeouts={"agent": 1})
     api_lab.fault(kind="agent")
@@ -284,7 +265,8 @@ def test_auto_node_falls_back_to_the_templates_node_for_local_storage(
         assert "use --node pve" in one_error_line(explicit.stderr)
 
 
-def run_on_terminal(lab: Lab, args: list[str], answer: str) -> tuple[int, str]:
+def run_on_terminal(lab: Lab, args: list[str], answer: str,
+                    prompt: bytes = b"[y/N]") -> tuple[int, str]:
     """Run labctl with a pseudo-terminal as stdin/stdout; answer its prompt."""
     import os
     import pty
@@ -311,7 +293,7 @@ def run_on_terminal(lab: Lab, args: list[str], answer: str) -> tuple[int, str]:
         if not chunk:
             break
         seen += chunk
-        if not answered and b"[y/N]" in seen:
+        if not answered and prompt in seen:
             os.write(fd, answer.encode() + b"\n")
             answered = True
     _, status = os.waitpid(pid, 0)

@@ -11,8 +11,8 @@ import pytest
 
 from provision.errors import ExitCode, ModelDoesNotFit
 from provision.probe.run import ProbeOptions, collect
-from provision.progress import RecordingReporter
 from tests.probe.conftest import DoubleOllama, of_kind, run_agent, start_double, stop_double
+from tests.support.reporting import RecordingReporter
 
 MEMORY_V1 = Path("/sys/fs/cgroup/memory")
 WEIGHTS = 96 << 20

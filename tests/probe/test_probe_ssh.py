@@ -13,8 +13,8 @@ import pytest
 from provision import store
 from provision.errors import ProbeError
 from provision.probe.run import ProbeOptions, probe
-from provision.progress import RecordingReporter
 from tests.probe.conftest import DoubleOllama, LocalSshd
+from tests.support.reporting import RecordingReporter
 
 
 def options(double: DoubleOllama, **changes: object) -> ProbeOptions:

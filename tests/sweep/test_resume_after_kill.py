@@ -21,9 +21,9 @@ from sweep_tables import MATRIX, gemma_table
 
 from provision.progress import NullReporter
 from provision.shape import Shape
-from provision.sweep.db import connect_for_tests
 from provision.sweep.loop import SweepLoop, SweepPlan, Worker
 from provision.sweep.model import Measurement, Targets, shape_from_dict, shape_to_dict
+from tests.support.sweep_store import sweep_store_at
 
 G = 1024
 ORIGINAL = Shape(12, 32 * G, "host")
@@ -62,7 +62,7 @@ CHILD = textwrap.dedent("""
     sys.path[:0] = [{unit!r}, {here!r}]
     from test_resume_after_kill import FileVm, CountingProber, plan
     from provision.progress import NullReporter
-    from provision.sweep.db import connect_for_tests
+    from tests.support.sweep_store import sweep_store_at
     from provision.sweep.loop import SweepLoop, Worker
 
     class StallingProber(CountingProber):
@@ -72,7 +72,7 @@ CHILD = textwrap.dedent("""
             return super().measure(shape)
 
     from pathlib import Path
-    store = connect_for_tests({db!r})
+    store = sweep_store_at({db!r})
     SweepLoop(store, [Worker(FileVm(Path({vm!r})), StallingProber())], NullReporter()).run(plan())
 """)
 
@@ -87,7 +87,7 @@ def _wait_for_points(db: Path, count: int, child: subprocess.Popen[bytes]) -> No
     while time.monotonic() < deadline:
         assert child.poll() is None, "the sweep process ended before it was killed"
         if db.exists():
-            store = connect_for_tests(db)
+            store = sweep_store_at(db)
             sweeps = store.all()
             if sweeps and len(store.measurements(sweeps[0].id)) >= count:
                 return
@@ -99,7 +99,7 @@ def test_sigkilled_sweep_resumes_without_reprobing_and_restores_the_original_sha
         tmp_path: Path) -> None:
     db, vm_file = tmp_path / "labctl.sqlite", tmp_path / "vm.json"
     vm_file.write_text(json.dumps(shape_to_dict(ORIGINAL)))
-    connect_for_tests(db)  # create the schema before the child and the test both open it
+    sweep_store_at(db)  # create the schema before the child and the test both open it
     here = Path(__file__).resolve().parent
     script = CHILD.format(unit=str(here.parent / "unit"), here=str(here), n=PROBES_BEFORE_KILL,
                           db=str(db), vm=str(vm_file))
@@ -111,7 +111,7 @@ def test_sigkilled_sweep_resumes_without_reprobing_and_restores_the_original_sha
         child.wait()
     assert child.returncode == -signal.SIGKILL
 
-    store = connect_for_tests(db)
+    store = sweep_store_at(db)
     [record] = store.all()
     assert record.status == "running"  # nobody got to say otherwise
     kept = [m.shape for m in store.measurements(record.id)]

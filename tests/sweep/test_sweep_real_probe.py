@@ -18,13 +18,13 @@ from provision import store
 from provision.errors import ModelDoesNotFit
 from provision.guest import GuestAddress
 from provision.probe.run import ProbeOptions
-from provision.progress import RecordingReporter
 from provision.shape import Shape
 from provision.sweep.db import SweepStore
 from provision.sweep.lab import LabProber
 from provision.sweep.loop import SweepLoop, SweepPlan, Worker
 from provision.sweep.model import Space, Status, Targets, evaluate
 from tests.probe.conftest import DoubleOllama, LocalSshd
+from tests.support.reporting import RecordingReporter
 
 G = 1024
 

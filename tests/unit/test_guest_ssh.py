@@ -18,7 +18,7 @@ import pytest
 
 from provision.errors import CommandFailed, GuestUnreachable, HostKeyMismatch
 from provision.guest import GuestAddress, connect, pin_host_key, wait_for_ssh
-from provision.progress import RecordingReporter
+from tests.support.reporting import RecordingReporter
 
 SSHD = "/usr/sbin/sshd"
 
@@ -104,16 +104,6 @@ def test_stream_lines_yields_as_they_come_and_keeps_the_exit_code(sshd: Sshd,
                                           "exit 4"))
         assert lines == ["line1", "line2", "line3"]
         assert session.last_exit_code == 4
-
-
-def test_put_file_writes_bytes_with_the_mode(sshd: Sshd, tmp_path: Path) -> None:
-    known = tmp_path / "known_hosts"
-    sshd.pin(known)
-    target = tmp_path / "remote.bin"
-    with connect(sshd.address(known)) as session:
-        session.put_file(b"\x00\x01payload", str(target), mode=0o600)
-    assert target.read_bytes() == b"\x00\x01payload"
-    assert target.stat().st_mode & 0o777 == 0o600
 
 
 def test_unknown_host_is_refused_not_learnt(sshd: Sshd, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 from provision.errors import GuestUnreachable, ModelDoesNotFit, ProbeError
 from provision.probe.parse import GuestFacts, RunResult
 from provision.probe.run import ProbeOptions, agent_command, collect
-from provision.progress import RecordingReporter
+from tests.support.reporting import RecordingReporter
 
 OPTIONS = ProbeOptions(runs=2, warmup=1)
 FACTS = {"event": "facts", "vcpus": 2, "cpu_model": "QEMU Virtual CPU", "kernel": "6.8.0",

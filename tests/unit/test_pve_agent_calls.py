@@ -18,10 +18,10 @@ from provision.errors import GuestError, ProxmoxAPIError
 from provision.guest.cloudinit import parse_status
 from provision.guest.known_hosts import pinned_hosts
 from provision.guest.types import CommandResult
-from provision.progress import RecordingReporter
 from provision.pve import lifecycle
 from provision.pve.lifecycle import Lab, _Resource, _UpContext
 from provision.shape import Shape
+from tests.support.reporting import RecordingReporter
 
 KEY_A = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIqDEymXa6Vv5Rkr4g0+Jb8YB8u1FzY8nvY3W3wzBoX9 root@a"
 KEY_B = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE2z6Sx2m1rUuXh5A2rk1P9yZ3m6iHnW8n3b4Q4o2kKq root@b"

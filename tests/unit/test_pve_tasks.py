@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from provision.errors import ProxmoxAPIError, TaskFailed, TaskTimeout
-from provision.progress import RecordingReporter
 from provision.pve.tasks import Upid, is_ok, poll_delays, wait_task
+from tests.support.reporting import RecordingReporter
 
 UPID = "UPID:pve:0001A2B3:0023C4D5:6650F00D:qmclone:9000:root@pam!labctl:"
 

@@ -19,8 +19,8 @@ from provision.report.plot import render_png
 from provision.report.table import render_table
 from provision.shape import Shape
 from provision.sweep.model import Measurement, Space, Status, Targets
-from provision.sweep.replay import Replay
-from provision.sweep.strategy import SearchResult, one_at_a_time, search
+from provision.sweep.strategy import SearchResult, search
+from tests.support.replay import Replay, one_at_a_time
 
 G = 1024
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

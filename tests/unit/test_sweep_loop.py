@@ -10,12 +10,13 @@ import pytest
 from sweep_tables import MATRIX, gemma_table
 
 from provision.errors import GuestUnreachable, Interrupted, ProbeError, ProxmoxError, UsageError
-from provision.progress import RecordingReporter
 from provision.shape import NodeCapacity, Shape
 from provision.sweep.clones import clone_names, spread_nodes
-from provision.sweep.db import SweepStore, connect_for_tests
+from provision.sweep.db import SweepStore
 from provision.sweep.loop import SweepLoop, SweepPlan, Worker, check_space_fits, result_from_store
 from provision.sweep.model import Measurement, Status, Targets
+from tests.support.reporting import RecordingReporter
+from tests.support.sweep_store import sweep_store_at
 
 G = 1024
 START = Shape(12, 32 * G, "host")
@@ -72,7 +73,7 @@ class TableProber:
 
 @pytest.fixture()
 def store(tmp_path: Path) -> SweepStore:
-    return connect_for_tests(tmp_path / "labctl.sqlite")
+    return sweep_store_at(tmp_path / "labctl.sqlite")
 
 
 def plan(**changes: object) -> SweepPlan:
@@ -121,7 +122,7 @@ def test_ctrl_c_restores_the_shape_and_the_rerun_resumes_without_reprobing(
     assert not set(second.probed) & set(first.probed)
     assert outcome.replayed == 3
     other_vm = FakeVm()
-    uninterrupted = loop_for(connect_for_tests(":memory:"), other_vm, TableProber(other_vm))
+    uninterrupted = loop_for(sweep_store_at(":memory:"), other_vm, TableProber(other_vm))
     assert outcome.result.minimum == uninterrupted.run(plan()).result.minimum
 
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from provision.errors import ProxmoxAPIError
-from provision.progress import RecordingReporter
 from provision.pve.lifecycle import VmInfo
 from provision.shape import NodeCapacity, Shape
 from provision.sweep.clones import _up_clone, disown_clones, owned_clones, remove_clones
 from provision.sweep.model import parse_space
 from provision.sweep.progress import SharedProgress
+from tests.support.reporting import RecordingReporter
 
 G = 1024
 SPACE = parse_space("1,2", "1G,2G", "host")

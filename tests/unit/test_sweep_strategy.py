@@ -9,18 +9,15 @@ from sweep_tables import MATRIX, gemma_table, random_monotone_table
 
 from provision.shape import Shape
 from provision.sweep.model import FreeMemTarget, Measurement, Space, Status, Targets, evaluate
-from provision.sweep.replay import Replay
 from provision.sweep.strategy import (
     NOT_REACHED,
     Skip,
-    count_reboots,
     explain_unprobed,
-    needs_reboot,
-    one_at_a_time,
     order_for_reboots,
     pareto_frontier,
     search,
 )
+from tests.support.replay import Replay, count_reboots, needs_reboot, one_at_a_time
 
 G = 1024
 

@@ -1,0 +1,1 @@
+"""Helpers shared by several test folders (and bench/), kept out of the shipped package."""
