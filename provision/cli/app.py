@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # imported when first used, to keep `labctl --help` fast
     from pathlib import Path
 
     from provision.config import LabConfig
+    from provision.pve.lifecycle import Lab
 
 
 @dataclass
@@ -72,6 +73,12 @@ class AppContext:
         from provision import paths
 
         return paths.state_dir(self.state_dir_override)
+
+    def lab(self) -> Lab:
+        """The Lab for the lab file, state dir and reporter (imports the Proxmox client)."""
+        from provision.pve.lifecycle import Lab
+
+        return Lab(self.config, self.state_dir, self.reporter)
 
     def emit(self, data: Any, human: str | None = None) -> None:
         """--json: one JSON document on stdout. Otherwise the human rendering on stdout."""

@@ -6,7 +6,6 @@ stays about as fast as starting Python.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import time
@@ -21,36 +20,6 @@ from provision.errors import ConfigError, LabctlError, UsageError
 
 if TYPE_CHECKING:
     from provision.pve.lifecycle import Lab, ResizeResult, ShapeRequest, VmInfo
-
-_LOGGERS = ("labctl", "proxmoxer", "urllib3", "paramiko")
-
-
-def configure_logging(app: AppContext) -> None:
-    """-v: info, -vv: debug (also proxmoxer/urllib3/paramiko) on stderr, secrets redacted."""
-    if app.verbosity < 1 or getattr(configure_logging, "_done", False):
-        return
-    from provision.pve.client import RedactingFilter
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(RedactingFilter())
-    level = logging.DEBUG if app.verbosity >= 2 else logging.INFO
-    for name in _LOGGERS:
-        logger = logging.getLogger(name)
-        logger.addHandler(handler)
-        logger.setLevel(level if name == "labctl" or app.verbosity >= 2 else logging.WARNING)
-        logger.propagate = False
-    for name in ("proxmoxer.core", "proxmoxer.backends.https"):
-        logging.getLogger(name).setLevel(level)  # proxmoxer pins its loggers to WARNING
-    configure_logging._done = True  # type: ignore[attr-defined]
-
-
-def make_lab(app: AppContext) -> Lab:
-    """The Lab for the current config, state dir and reporter (imports the Proxmox client)."""
-    configure_logging(app)
-    from provision.pve.lifecycle import Lab
-
-    return Lab(app.config, app.state_dir, app.reporter)
 
 
 def _shape_request(cores: str | None, ram: str | None, cpu_type: str | None,
@@ -264,7 +233,7 @@ def up(app: AppContext, name: str | None, cores: str | None, ram: str | None,
         names = list(config.vms)
     else:
         names = [name]
-    lab = make_lab(app)
+    lab = app.lab()
     started = time.monotonic()
     results: list[dict[str, Any]] = []
     ready: list[str] = []
@@ -341,7 +310,7 @@ def ls(app: AppContext, show_all: bool) -> None:
     """List labctl's VMs: name, vmid, node, status, shape, IP, uptime."""
     from provision.shape import format_mib
 
-    lab = make_lab(app)
+    lab = app.lab()
     vms = lab.list(include_unmanaged=show_all)
     rows = [["NAME", "VMID", "NODE", "STATUS", "CORES", "RAM", "CPU", "IP", "UPTIME"]]
     for vm in vms:
@@ -377,7 +346,7 @@ def resize(app: AppContext, name: str, cores: str | None, ram: str | None,
     request = _shape_request(cores, ram, cpu_type, None)
     if request.empty:
         raise UsageError("nothing to change: give --cores, --ram and/or --cpu-type")
-    lab = make_lab(app)
+    lab = app.lab()
     result = lab.resize(name, request, reboot, allow_overcommit=allow_overcommit)
     app.emit(result.to_json(), _render_resize(result))
 
@@ -422,7 +391,7 @@ def down(app: AppContext, name: str | None, down_all: bool, yes: bool) -> None:
     """Shut down and destroy VM NAME (only VMs tagged labctl); its pinned host key goes too."""
     if bool(name) == down_all:
         raise UsageError("give a VM name or --all (not both)")
-    lab = make_lab(app)
+    lab = app.lab()
     if down_all:
         targets = lab.list()
     else:
