@@ -12,15 +12,13 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import ansible_runner
 
@@ -39,6 +37,8 @@ from provision.progress import NullReporter, Reporter
 
 PLAYBOOK = "site.yml"
 MESSAGE_LIMIT = 400  # characters of Ansible's message kept in the one-line error
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -197,23 +197,24 @@ def deploy(
     tracker = _EventTracker(reporter, check=options.check)
     started = time.monotonic()
     try:
-        with _callers_signal_handlers():
-            runner = ansible_runner.run(
-                private_data_dir=str(private),
-                project_dir=str(playbooks),
-                playbook=PLAYBOOK,
-                inventory=str(private_inventory),
-                envvars={"ANSIBLE_CONFIG": str(cfg), "ANSIBLE_NOCOLOR": "1",
-                         "PATH": _path_with_ansible()},
-                cmdline="--check" if options.check else None,
-                ident=run_id,
-                quiet=True,
-                timeout=options.timeout_s,
-                # ansible-runner looks at Ctrl-C and the time limit once per pexpect wait:
-                # every second instead of every 5 (output and the end are read as they come).
-                settings={"pexpect_timeout": 1},
-                event_handler=tracker,
-            )
+        runner = run_cancellable(lambda cancelled: ansible_runner.run(
+            private_data_dir=str(private),
+            project_dir=str(playbooks),
+            playbook=PLAYBOOK,
+            inventory=str(private_inventory),
+            envvars={"ANSIBLE_CONFIG": str(cfg), "ANSIBLE_NOCOLOR": "1",
+                     "PATH": _path_with_ansible()},
+            cmdline="--check" if options.check else None,
+            ident=run_id,
+            quiet=True,
+            timeout=options.timeout_s,
+            # ansible-runner asks cancel_callback and checks the time limit once per pexpect
+            # wait: every second instead of every 5 (output and the end are read as they come).
+            settings={"pexpect_timeout": 1},
+            event_handler=tracker,
+            # Given a cancel_callback, ansible-runner installs no SIGINT/SIGTERM handlers.
+            cancel_callback=cancelled,
+        ))
     except Exception as exc:  # ansible-runner's ConfigurationError, OSError, ...
         raise DeployError(f"could not start ansible-playbook: {exc}",
                           hint=f"run dir: {private}") from exc
@@ -226,23 +227,42 @@ def deploy(
     return result
 
 
-@contextmanager
-def _callers_signal_handlers() -> Iterator[None]:
-    """Put the caller's SIGINT/SIGTERM handlers back after ansible-runner.
+def run_cancellable(start: Callable[[Callable[[], bool]], T]) -> T:
+    """Call start(cancelled) in a thread of its own; Ctrl-C here makes cancelled() true.
 
-    ansible_runner.run() installs handlers that only set its cancel flag (it then stops
-    ansible-playbook cleanly and reports "canceled") and never restores the previous ones, so
-    after one deploy Ctrl-C in labctl (or a test harness) would do nothing at all.
+    The calling thread only waits, so Ctrl-C (or SIGTERM, which labctl turns into Ctrl-C)
+    reaches it as KeyboardInterrupt, with the process's signal handlers left as they are. It
+    then asks `start` to stop through `cancelled` (ansible-runner stops ansible-playbook and
+    reports "canceled") and waits for that.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # ansible-runner installs none off the main thread either
-        return
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    cancel, done = threading.Event(), threading.Event()
+    outcome: list[T] = []
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            outcome.append(start(cancel.is_set))
+        except BaseException as error:  # noqa: BLE001 - handed to the waiting thread
+            failure.append(error)
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="ansible-runner").start()
     try:
-        yield
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
+        _wait_for(done)
+    except KeyboardInterrupt:
+        cancel.set()
+        _wait_for(done)
+    if failure:
+        raise failure[0]
+    return outcome[0]
+
+
+def _wait_for(done: threading.Event) -> None:
+    # Not Thread.join: a KeyboardInterrupt inside join() can leave the thread looking finished
+    # while it still runs (CPython 3.11). Short waits, so Ctrl-C is handled at once.
+    while not done.wait(0.2):
+        pass
 
 
 def forget_hosts(state_dir: Path, names: Sequence[str], ssh: SshSettings,

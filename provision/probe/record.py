@@ -22,10 +22,17 @@ from provision.progress import Reporter
 
 def kept_options(options: ProbeOptions) -> dict[str, Any]:
     """The probe options stored with each probe (the prompt by its length only)."""
-    return {"model": options.model, "runs": options.runs, "warmup": options.warmup,
-            "num_predict": options.num_predict, "num_thread": options.num_thread,
-            "num_ctx": options.num_ctx, "cold": options.cold, "seed": options.seed,
-            "prompt_chars": len(options.prompt)}
+    return {
+        "model": options.model,
+        "runs": options.runs,
+        "warmup": options.warmup,
+        "num_predict": options.num_predict,
+        "num_thread": options.num_thread,
+        "num_ctx": options.num_ctx,
+        "cold": options.cold,
+        "seed": options.seed,
+        "prompt_chars": len(options.prompt),
+    }
 
 
 def identity_options(options: ProbeOptions) -> dict[str, Any]:
@@ -51,9 +58,15 @@ class RecordedProbe:
         return self.result
 
 
-def record_probe(state_dir: Path, vm: store.VmRecord, address: Any, options: ProbeOptions,
-                 reporter: Reporter, *, stored_options: dict[str, Any] | None = None
-                 ) -> RecordedProbe:
+def record_probe(
+    state_dir: Path,
+    vm: store.VmRecord,
+    address: Any,
+    options: ProbeOptions,
+    reporter: Reporter,
+    *,
+    stored_options: dict[str, Any] | None = None,
+) -> RecordedProbe:
     """Probe the guest at `address` and keep the probe and its runs in the results database.
 
     A model that does not fit is an outcome (kept as 'oom'); any other failure, Ctrl-C included,
@@ -62,9 +75,12 @@ def record_probe(state_dir: Path, vm: store.VmRecord, address: Any, options: Pro
     connection = store.connect(state_dir)
     try:
         recorder = store.ProbeRecorder(
-            connection, vm, options.model,
+            connection,
+            vm,
+            options.model,
             stored_options if stored_options is not None else kept_options(options),
-            "unload+nonce" if options.cold else "nonce")
+            "unload+nonce" if options.cold else "nonce",
+        )
         try:
             result = probe_run.probe(address, options, reporter, listener=recorder)
         except ModelDoesNotFit as error:

@@ -86,8 +86,7 @@ class SweepSession:
             clones = self.make_clones(info, plan)
             progress = self._progress()
             workers = [self.make_worker(info.name, False, progress)]
-            workers += [self.make_worker(clone, not self.keep_clones, progress)
-                        for clone in clones]
+            workers += [self.make_worker(clone, not self.keep_clones, progress) for clone in clones]
             store = open_store(self.state_dir)
             channel = progress.channel() if progress else self.reporter
             outcome = SweepLoop(store, workers, channel).run(plan)
@@ -101,12 +100,20 @@ class SweepSession:
             return []
         from provision.sweep.clones import ensure_clones
 
-        return ensure_clones(self.config, self.state_dir, self.lab, info, self.parallel,
-                             plan.space, reporter=self.reporter,
-                             allow_overcommit=self.allow_overcommit)
+        return ensure_clones(
+            self.config,
+            self.state_dir,
+            self.lab,
+            info,
+            self.parallel,
+            plan.space,
+            reporter=self.reporter,
+            allow_overcommit=self.allow_overcommit,
+        )
 
-    def make_worker(self, name: str, disposable: bool = False,
-                    progress: SharedProgress | None = None) -> Worker:
+    def make_worker(
+        self, name: str, disposable: bool = False, progress: SharedProgress | None = None
+    ) -> Worker:
         """Resize and probe VM `name`; a clone removed after the sweep is `disposable`."""
         from provision.pve.lifecycle import Lab
         from provision.sweep.lab import LabProber, LabShapeController
@@ -115,10 +122,20 @@ class SweepSession:
         reporter = progress.channel(name) if progress else None
         if reporter is not None:  # the same connection, this worker's progress channel
             lab = Lab(self.config, self.state_dir, reporter, client=self.lab.client)
-        prober = LabProber(lab, name, self.options, self.state_dir, reporter or self.reporter,
-                           dict(self.stored_options))
-        return Worker(LabShapeController(lab, name, self.allow_overcommit), prober,
-                      disposable=disposable, reporter=reporter)
+        prober = LabProber(
+            lab,
+            name,
+            self.options,
+            self.state_dir,
+            reporter or self.reporter,
+            dict(self.stored_options),
+        )
+        return Worker(
+            LabShapeController(lab, name, self.allow_overcommit),
+            prober,
+            disposable=disposable,
+            reporter=reporter,
+        )
 
     def _progress(self) -> SharedProgress | None:
         """Several workers at once: each reports on its own channel, naming its VM."""
@@ -150,16 +167,20 @@ class SweepSession:
             return fate
         self.reporter.stage("clones")
         try:
-            fate.removed, fate.left = remove_clones(self.lab, self.state_dir, name, self.parallel,
-                                                    self.reporter)
+            fate.removed, fate.left = remove_clones(
+                self.lab, self.state_dir, name, self.parallel, self.reporter
+            )
         except LabctlError as error:  # never hide the sweep's own outcome behind the cleanup's
-            self.reporter.warn(f"could not remove the sweep's clones: {error}; "
-                               "`labctl ls` shows them, `labctl down NAME --yes` removes one")
+            self.reporter.warn(
+                f"could not remove the sweep's clones: {error}; "
+                "`labctl ls` shows them, `labctl down NAME --yes` removes one"
+            )
             fate.left = ours
             return fate
         if fate.removed:
             self.notify(f"clones removed: {', '.join(fate.removed)}")
         if fate.left:
-            self.notify(f"clones left: {', '.join(fate.left)}; `labctl down NAME --yes` "
-                        "removes one")
+            self.notify(
+                f"clones left: {', '.join(fate.left)}; `labctl down NAME --yes` removes one"
+            )
         return fate

@@ -1,9 +1,9 @@
 """`labctl sweep` / `labctl report` through the real CLI entry point.
 
 The Proxmox side (AppContext.lab) and the per-VM workers and clones (SweepSession.make_worker,
-make_clones) are replaced by the fake VM and table prober of the loop tests, so these tests check the command line: parsing, bad input
-refused before anything changes, report files, JSON, exit codes, resume. The same commands run
-against the simulator's real guests in tests/e2e.
+make_clones) are replaced by the fake VM and table prober of the loop tests, so these tests
+check the command line: parsing, bad input refused before anything changes, report files, JSON,
+exit codes, resume. The same commands run against the simulator's real guests in tests/e2e.
 """
 
 from __future__ import annotations
