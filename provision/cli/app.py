@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -83,6 +82,8 @@ class AppContext:
     def emit(self, data: Any, human: str | None = None) -> None:
         """--json: one JSON document on stdout. Otherwise the human rendering on stdout."""
         if self.json_output:
+            import json  # here, not at the top: `labctl --help` never needs it
+
             click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
         elif human is not None:
             click.echo(human)
