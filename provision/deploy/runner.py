@@ -13,16 +13,16 @@ import os
 import secrets
 import shutil
 import sys
-import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import ansible_runner
 
 from provision import paths
+from provision.deploy.cancel import run_cancellable
 from provision.deploy.inventory import (
     DeployHost,
     KnownDeploy,
@@ -37,8 +37,6 @@ from provision.progress import NullReporter, Reporter
 
 PLAYBOOK = "site.yml"
 MESSAGE_LIMIT = 400  # characters of Ansible's message kept in the one-line error
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -225,44 +223,6 @@ def deploy(
         raise DeployError(_failure_line(result, runner), hint=f"artifacts: {result.artifact_dir}")
     reporter.step(_summary(result))
     return result
-
-
-def run_cancellable(start: Callable[[Callable[[], bool]], T]) -> T:
-    """Call start(cancelled) in a thread of its own; Ctrl-C here makes cancelled() true.
-
-    The calling thread only waits, so Ctrl-C (or SIGTERM, which labctl turns into Ctrl-C)
-    reaches it as KeyboardInterrupt, with the process's signal handlers left as they are. It
-    then asks `start` to stop through `cancelled` (ansible-runner stops ansible-playbook and
-    reports "canceled") and waits for that.
-    """
-    cancel, done = threading.Event(), threading.Event()
-    outcome: list[T] = []
-    failure: list[BaseException] = []
-
-    def work() -> None:
-        try:
-            outcome.append(start(cancel.is_set))
-        except BaseException as error:  # noqa: BLE001 - handed to the waiting thread
-            failure.append(error)
-        finally:
-            done.set()
-
-    threading.Thread(target=work, name="ansible-runner").start()
-    try:
-        _wait_for(done)
-    except KeyboardInterrupt:
-        cancel.set()
-        _wait_for(done)
-    if failure:
-        raise failure[0]
-    return outcome[0]
-
-
-def _wait_for(done: threading.Event) -> None:
-    # Not Thread.join: a KeyboardInterrupt inside join() can leave the thread looking finished
-    # while it still runs (CPython 3.11). Short waits, so Ctrl-C is handled at once.
-    while not done.wait(0.2):
-        pass
 
 
 def forget_hosts(state_dir: Path, names: Sequence[str], ssh: SshSettings,

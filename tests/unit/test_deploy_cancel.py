@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from provision.deploy.runner import run_cancellable
+from provision.deploy.cancel import run_cancellable
 
 
 def _until_cancelled(cancelled: Callable[[], bool]) -> str:
