@@ -330,6 +330,16 @@ def list_runs(conn: sqlite3.Connection, vm: str | None = None, *,
     return [{k: _plain(k, row[k]) for k in RESULT_COLUMNS} for row in rows]
 
 
+def kept_runs(state_dir: Path, vm: str | None = None, *,
+              include_warmup: bool = False) -> list[dict[str, Any]]:
+    """list_runs on a connection of its own, closed before returning."""
+    conn = connect(state_dir)
+    try:
+        return list_runs(conn, vm, include_warmup=include_warmup)
+    finally:
+        conn.close()
+
+
 def _plain(key: str, value: Any) -> Any:
     if key in ("ok", "oom", "avx2") and value is not None:
         return bool(value)

@@ -64,9 +64,17 @@ class LazyGroup(click.Group):
 def cli(ctx: click.Context, config_path: str | None, json_output: bool, verbosity: int,
         quiet: bool, state_dir: str | None) -> None:
     """Find the smallest Proxmox VE VM that runs a small language model on CPU."""
+    from provision.cli.log_setup import configure_logging, reset_logging
+    from provision.cli.signals import interrupt_on_sigterm
+
     app = ctx.ensure_object(AppContext)  # main() made it, to find the state dir after a crash
     app.config_path, app.json_output, app.verbosity = config_path, json_output, verbosity
     app.quiet, app.state_dir_override = quiet, state_dir
+    # Every command, whichever module defines it: -v/-vv log lines (secrets redacted) and
+    # SIGTERM handled like Ctrl-C; both undone when the command ends.
+    configure_logging(verbosity)
+    ctx.call_on_close(reset_logging)
+    ctx.call_on_close(interrupt_on_sigterm())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

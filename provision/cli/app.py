@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ if TYPE_CHECKING:  # imported when first used, to keep `labctl --help` fast
     from pathlib import Path
 
     from provision.config import LabConfig
+    from provision.pve.lifecycle import Lab
 
 
 @dataclass
@@ -73,9 +73,17 @@ class AppContext:
 
         return paths.state_dir(self.state_dir_override)
 
+    def lab(self) -> Lab:
+        """The Lab for the lab file, state dir and reporter (imports the Proxmox client)."""
+        from provision.pve.lifecycle import Lab
+
+        return Lab(self.config, self.state_dir, self.reporter)
+
     def emit(self, data: Any, human: str | None = None) -> None:
         """--json: one JSON document on stdout. Otherwise the human rendering on stdout."""
         if self.json_output:
+            import json  # here, not at the top: `labctl --help` never needs it
+
             click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
         elif human is not None:
             click.echo(human)

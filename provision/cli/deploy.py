@@ -6,7 +6,6 @@ import click
 
 from provision.cli import cli
 from provision.cli.app import AppContext, pass_app
-from provision.cli.lifecycle import make_lab
 
 
 @cli.command()
@@ -21,7 +20,7 @@ def deploy(app: AppContext, name: str, models: tuple[str, ...], ollama_version: 
     """Install Ollama on VM NAME and pull its models (idempotent: a re-run changes nothing)."""
     from provision.deploy import deploy_guests
 
-    address = make_lab(app).guest(name)  # a labctl VM, running, its host key pinned
+    address = app.lab().guest(name)  # a labctl VM, running, its host key pinned
     app.reporter.stage("check" if check else "deploy")
     result = deploy_guests(app.config, app.state_dir, [address], reporter=app.reporter,
                            models=models or None, ollama_version=ollama_version, check=check)

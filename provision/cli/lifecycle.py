@@ -6,7 +6,6 @@ stays about as fast as starting Python.
 
 from __future__ import annotations
 
-import logging
 import sys
 import time
 from pathlib import Path
@@ -19,37 +18,7 @@ from provision.cli.app import AppContext, pass_app
 from provision.errors import LabctlError, UsageError
 
 if TYPE_CHECKING:
-    from provision.pve.lifecycle import Lab, ResizeResult, ShapeRequest, VmInfo
-
-_LOGGERS = ("labctl", "proxmoxer", "urllib3", "paramiko")
-
-
-def configure_logging(app: AppContext) -> None:
-    """-v: info, -vv: debug (also proxmoxer/urllib3/paramiko) on stderr, secrets redacted."""
-    if app.verbosity < 1 or getattr(configure_logging, "_done", False):
-        return
-    from provision.pve.client import RedactingFilter
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(RedactingFilter())
-    level = logging.DEBUG if app.verbosity >= 2 else logging.INFO
-    for name in _LOGGERS:
-        logger = logging.getLogger(name)
-        logger.addHandler(handler)
-        logger.setLevel(level if name == "labctl" or app.verbosity >= 2 else logging.WARNING)
-        logger.propagate = False
-    for name in ("proxmoxer.core", "proxmoxer.backends.https"):
-        logging.getLogger(name).setLevel(level)  # proxmoxer pins its loggers to WARNING
-    configure_logging._done = True  # type: ignore[attr-defined]
-
-
-def make_lab(app: AppContext) -> Lab:
-    """The Lab for the current config, state dir and reporter (imports the Proxmox client)."""
-    configure_logging(app)
-    from provision.pve.lifecycle import Lab
-
-    return Lab(app.config, app.state_dir, app.reporter)
+    from provision.pve.lifecycle import Lab, ShapeRequest, VmInfo
 
 
 def _shape_request(cores: str | None, ram: str | None, cpu_type: str | None,
@@ -71,25 +40,6 @@ def _cpu_type(text: str) -> str:
         raise UsageError(f"invalid cpu type {text!r}: give a Proxmox CPU model such as host, "
                          "x86-64-v3 or x86-64-v2-AES")
     return value
-
-
-def _format_uptime(seconds: int) -> str:
-    if seconds <= 0:
-        return "-"
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes = rest // 60
-    if days:
-        return f"{days}d{hours}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{seconds % 60:02d}s"
-
-
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-                     for row in rows)
 
 
 # -- up ----------------------------------------------------------------------------------------
@@ -122,7 +72,7 @@ def up(app: AppContext, name: str | None, cores: str | None, ram: str | None,
         names = list(config.vms)
     else:
         names = [name]
-    lab = make_lab(app)
+    lab = app.lab()
     started = time.monotonic()
     results: list[dict[str, Any]] = []
     ready: list[str] = []
@@ -197,25 +147,10 @@ def _deploy(app: AppContext, info: VmInfo) -> dict[str, Any]:
 @pass_app
 def ls(app: AppContext, show_all: bool) -> None:
     """List labctl's VMs: name, vmid, node, status, shape, IP, uptime."""
-    from provision.shape import format_mib
+    from provision.cli.render import render_vms
 
-    lab = make_lab(app)
-    vms = lab.list(include_unmanaged=show_all)
-    rows = [["NAME", "VMID", "NODE", "STATUS", "CORES", "RAM", "CPU", "IP", "UPTIME"]]
-    for vm in vms:
-        label = vm.name if vm.managed else f"{vm.name} (not managed)"
-        status = vm.status + (" *pending" if vm.pending else "") + (
-            f" (lock: {vm.lock})" if vm.lock else "")
-        rows.append([label, str(vm.vmid), vm.node, status, str(vm.shape.cores),
-                     format_mib(vm.shape.memory_mib), vm.shape.cpu_type, vm.ip or "-",
-                     _format_uptime(vm.uptime_s)])
-    if len(rows) == 1:
-        human = "no labctl VMs" + ("" if show_all else " (--all shows every VM)")
-    else:
-        human = _table(rows)
-        if any(vm.pending for vm in vms):
-            human += "\n* pending: a shape change waits for a reboot (labctl resize --reboot)"
-    app.emit({"vms": [vm.to_json() for vm in vms]}, human)
+    vms = app.lab().list(include_unmanaged=show_all)
+    app.emit({"vms": [vm.to_json() for vm in vms]}, render_vms(vms, show_all=show_all))
 
 
 # -- resize ------------------------------------------------------------------------------------
@@ -235,31 +170,10 @@ def resize(app: AppContext, name: str, cores: str | None, ram: str | None,
     request = _shape_request(cores, ram, cpu_type, None)
     if request.empty:
         raise UsageError("nothing to change: give --cores, --ram and/or --cpu-type")
-    lab = make_lab(app)
-    result = lab.resize(name, request, reboot, allow_overcommit=allow_overcommit)
-    app.emit(result.to_json(), _render_resize(result))
+    from provision.cli.render import render_resize
 
-
-def _render_resize(result: ResizeResult) -> str:
-    from provision.shape import format_mib
-
-    rows = [["", "before", "after"],
-            ["cores", str(result.before.cores), str(result.after.cores)],
-            ["RAM", format_mib(result.before.memory_mib), format_mib(result.after.memory_mib)],
-            ["cpu type", result.before.cpu_type, result.after.cpu_type]]
-    lines = [f"{result.name} (vmid {result.vmid})", _table(rows)]
-    if not result.changed:
-        lines.append("already at that shape")
-    elif not result.running:
-        lines.append("applied (the VM is stopped; it boots with the new shape)")
-    elif result.rebooted:
-        lines.append("applied: rebooted, SSH answers again")
-    elif result.pending_keys:
-        lines.append(f"pending until the next reboot: {', '.join(result.pending_keys)} "
-                     f"(not hot-pluggable) — run again with --reboot to apply now")
-    else:
-        lines.append("applied live (hot-plugged)")
-    return "\n".join(lines)
+    result = app.lab().resize(name, request, reboot, allow_overcommit=allow_overcommit)
+    app.emit(result.to_json(), render_resize(result))
 
 
 def _forget_deployed(app: AppContext, name: str) -> None:
@@ -280,7 +194,7 @@ def down(app: AppContext, name: str | None, down_all: bool, yes: bool) -> None:
     """Shut down and destroy VM NAME (only VMs tagged labctl); its pinned host key goes too."""
     if bool(name) == down_all:
         raise UsageError("give a VM name or --all (not both)")
-    lab = make_lab(app)
+    lab = app.lab()
     if down_all:
         targets = lab.list()
     else:

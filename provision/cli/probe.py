@@ -14,9 +14,9 @@ from rich.text import Text
 
 from provision.cli import cli
 from provision.cli.app import AppContext, pass_app
-from provision.errors import LabctlError, ModelDoesNotFit, UsageError
+from provision.errors import UsageError
 from provision.probe.parse import RunResult, Stat
-from provision.probe.run import DEFAULT_PROMPT, ProbeOptions, ProbeResult
+from provision.probe.run import ProbeResult
 
 
 @cli.command()
@@ -37,62 +37,24 @@ def probe(app: AppContext, name: str, model: str | None, runs: int | None, warmu
           prompt_file: Path | None, cold: bool, json_flag: bool) -> None:
     """Measure tokens/s, time to first token, load and memory inside VM NAME."""
     from provision import store
-    from provision.probe import run as probe_run
-    from provision.pve.lifecycle import Lab
+    from provision.probe.record import record_probe
+    from provision.probe.run import options_from_config
 
     app.json_output = app.json_output or json_flag
-    options = probe_options(app, model=model, runs=runs, warmup=warmup,
-                            num_predict=num_predict, num_thread=num_thread, num_ctx=num_ctx,
-                            prompt_file=prompt_file, cold=cold)
-    lab = Lab(app.config, app.state_dir, app.reporter)
+    options = options_from_config(app.config, model=model, runs=runs, warmup=warmup,
+                                  num_predict=num_predict, num_thread=num_thread,
+                                  num_ctx=num_ctx, prompt_file=prompt_file, cold=cold)
+    lab = app.lab()
     info = lab.find(name)
     address = lab.guest(name)
-    conn = store.connect(app.state_dir)
     vm = store.VmRecord(name=info.name, vmid=info.vmid, node=info.node, cores=info.shape.cores,
                         memory_mib=info.shape.memory_mib, cpu_type=info.shape.cpu_type)
-    recorder = store.ProbeRecorder(conn, vm, options.model, _kept_options(options),
-                                   "unload+nonce" if options.cold else "nonce")
-    try:
-        result = probe_run.probe(address, options, app.reporter, listener=recorder)
-    except ModelDoesNotFit as error:
-        recorder.finish("oom", str(error))
-        raise
-    except (LabctlError, KeyboardInterrupt) as error:
-        recorder.finish("failed", str(error) or type(error).__name__)
-        raise
-    recorder.finish("ok", None, result.summary)
+    recorded = record_probe(app.state_dir, vm, address, options, app.reporter)
+    result = recorded.completed()
     document = result.to_json()
     document["vm"] = info.to_json()
-    document["probe_id"] = recorder.probe_id
+    document["probe_id"] = recorded.probe_id
     app.emit(document, human=render_probe(result, shape=info.shape.label))
-
-
-def probe_options(app: AppContext, *, model: str | None, runs: int | None,
-                  warmup: int | None, num_predict: int | None, num_thread: int | None,
-                  num_ctx: int | None, prompt_file: Path | None, cold: bool) -> ProbeOptions:
-    """Command-line values over the lab file's [probe] section over labctl's defaults."""
-    config = app.config
-    prompt = str(config.get("probe.prompt") or "") or DEFAULT_PROMPT
-    if prompt_file is not None:
-        try:
-            prompt = prompt_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise UsageError(f"cannot read --prompt-file {prompt_file}: {error}") from None
-    return ProbeOptions(
-        model=model or str(config.get("probe.model")),
-        runs=runs if runs is not None else int(config.get("probe.runs")),
-        warmup=warmup if warmup is not None else int(config.get("probe.warmup")),
-        num_predict=num_predict if num_predict is not None else
-        int(config.get("probe.num_predict")),
-        num_thread=num_thread, num_ctx=num_ctx, prompt=prompt, cold=cold,
-    ).validated()
-
-
-def _kept_options(options: ProbeOptions) -> dict[str, Any]:
-    return {"model": options.model, "runs": options.runs, "warmup": options.warmup,
-            "num_predict": options.num_predict, "num_thread": options.num_thread,
-            "num_ctx": options.num_ctx, "cold": options.cold, "seed": options.seed,
-            "prompt_chars": len(options.prompt)}
 
 
 @cli.command()
@@ -108,8 +70,7 @@ def results(app: AppContext, vm_name: str | None, include_warmup: bool, json_fla
 
     if json_flag and csv_flag:
         raise UsageError("choose one of --json and --csv")
-    conn = store.connect(app.state_dir)
-    rows = store.list_runs(conn, vm_name, include_warmup=include_warmup)
+    rows = store.kept_runs(app.state_dir, vm_name, include_warmup=include_warmup)
     if csv_flag:
         click.echo(rows_to_csv(rows), nl=False)
         return

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,11 +13,7 @@ from provision.cli.app import AppContext, pass_app
 from provision.errors import SweepError, UsageError
 
 if TYPE_CHECKING:
-    from provision.pve.lifecycle import Lab, VmInfo
     from provision.report.model import SweepReport
-    from provision.sweep.loop import Worker
-    from provision.sweep.model import Space
-    from provision.sweep.progress import SharedProgress
 
 
 @cli.command()
@@ -70,10 +65,11 @@ def sweep(app: AppContext, name: str, cores: str, ram: str, cpu_types: str | Non
     a killed sweep run again reuses them); --keep-clones keeps them, and `labctl down NAME-2`
     removes one later. A VM named NAME-2 that you made yourself is used but never removed.
     """
-    from provision.cli.lifecycle import make_lab
-    from provision.cli.probe import _kept_options, probe_options
-    from provision.sweep.loop import SweepLoop, SweepPlan, check_space_fits
+    from provision.probe.record import identity_options, kept_options
+    from provision.probe.run import options_from_config
+    from provision.sweep.loop import SweepPlan, check_space_fits
     from provision.sweep.model import parse_space, parse_targets
+    from provision.sweep.session import SweepSession, running_vm
 
     app.json_output = app.json_output or json_flag
     # Everything the user typed is checked before the VM is touched.
@@ -82,115 +78,21 @@ def sweep(app: AppContext, name: str, cores: str, ram: str, cpu_types: str | Non
                          "clones to keep")
     space = parse_space(cores, ram, cpu_types or "host")
     targets = parse_targets(min_tps, max_ttft, min_free_mem, space)
-    options = probe_options(app, model=model, runs=runs, warmup=warmup, num_predict=num_predict,
-                            num_thread=None, num_ctx=None, prompt_file=prompt_file, cold=False)
-    lab = make_lab(app)
-    info = lab.find(name)
-    if info.status != "running":
-        raise UsageError(f"VM {name} is {info.status}", hint=f"run `labctl up {name}` first")
+    options = options_from_config(app.config, model=model, runs=runs, warmup=warmup,
+                                  num_predict=num_predict, prompt_file=prompt_file)
+    lab = app.lab()
+    info = running_vm(lab, name)
     if cpu_types is None:
         space = parse_space(cores, ram, info.shape.cpu_type)
     if not allow_overcommit:
         check_space_fits(space, lab.node_capacity(info.node), info.shape)
-    kept = _kept_options(options)
-    identity_options = {**kept, "prompt_sha256": hashlib.sha256(options.prompt.encode())
-                        .hexdigest()[:16]}  # same length, other prompt: another sweep
     plan = SweepPlan(vm=name, space=space, targets=targets, strategy=strategy,
-                     probe_options=identity_options, fresh=fresh, keep_shape=keep_shape)
-    try:
-        clones = _clones(app, lab, info, parallel, space, allow_overcommit)
-        progress = _progress(app, parallel)
-        workers = [_worker(app, lab, name, options, kept, allow_overcommit, False, progress)]
-        for clone in clones:
-            workers.append(_worker(app, lab, clone, options, kept, allow_overcommit,
-                                   not keep_clones, progress))
-        from provision.sweep.db import open_store
-
-        store = open_store(app.state_dir)
-        outcome = SweepLoop(store, workers, progress.channel() if progress else app.reporter
-                            ).run(plan)
-    finally:
-        clone_fate = _after_clones(app, lab, name, parallel, keep_clones)
-    _finish(app, store, outcome.record.id, report_format, out, clone_fate)
-
-
-def _progress(app: AppContext, parallel: int) -> SharedProgress | None:
-    """Several workers at once: each reports on its own channel, naming its VM."""
-    if parallel <= 1:
-        return None
-    from provision.sweep.progress import SharedProgress
-
-    return SharedProgress(app.reporter)
-
-
-def _worker(app: AppContext, lab: Lab, name: str, options: Any, kept: dict[str, Any],
-            allow_overcommit: bool, disposable: bool = False,
-            progress: SharedProgress | None = None) -> Worker:
-    """Resize and probe VM `name`; a clone removed after the sweep is `disposable`."""
-    from provision.pve.lifecycle import Lab as WorkerLab
-    from provision.sweep.lab import LabProber, LabShapeController
-    from provision.sweep.loop import Worker
-
-    reporter = progress.channel(name) if progress else None
-    if reporter is not None:  # the same connection, this worker's progress channel
-        lab = WorkerLab(app.config, app.state_dir, reporter, client=lab.client)
-    return Worker(LabShapeController(lab, name, allow_overcommit),
-                  LabProber(lab, name, options, app.state_dir, reporter or app.reporter, kept),
-                  disposable=disposable, reporter=reporter)
-
-
-def _clones(app: AppContext, lab: Lab, info: VmInfo, parallel: int, space: Space,
-            allow_overcommit: bool) -> list[str]:
-    """NAME-2..NAME-N, created (on other nodes when there are any) and deployed like NAME."""
-    if parallel <= 1:
-        return []
-    from provision.sweep.clones import ensure_clones
-
-    return ensure_clones(app.config, app.state_dir, lab, info, parallel, space,
-                         reporter=app.reporter, allow_overcommit=allow_overcommit)
-
-
-def _no_clones() -> dict[str, list[str]]:
-    """What happened to the parallel clones (the `clones` key of `sweep --json`).
-
-    removed: destroyed at the end; kept: made by the sweep, kept with --keep-clones (now the
-    user's); left: made by the sweep, but removing them failed (a warning says why);
-    user_vms: VMs named NAME-k that the sweep used but did not make, never removed.
-    """
-    return {"removed": [], "kept": [], "left": [], "user_vms": []}
-
-
-def _after_clones(app: AppContext, lab: Lab, name: str, parallel: int,
-                  keep_clones: bool) -> dict[str, list[str]]:
-    """Remove the clones the sweep made (also after a failure), or say that they stay."""
-    fate = _no_clones()
-    if parallel <= 1:
-        return fate
-    from provision.errors import LabctlError
-    from provision.sweep.clones import clone_names, disown_clones, owned_clones, remove_clones
-
-    names = clone_names(name, parallel)
-    ours = [c for c in names if c in owned_clones(app.state_dir)]
-    fate["user_vms"] = [c for c in names if c not in ours]
-    if keep_clones:
-        disown_clones(app.state_dir, names)
-        fate["kept"] = ours
-        app.say(f"clones kept: {', '.join(names)}; `labctl down NAME --yes` removes one")
-        return fate
-    app.reporter.stage("clones")
-    try:
-        removed, left = remove_clones(lab, app.state_dir, name, parallel, app.reporter)
-    except LabctlError as error:  # never hide the sweep's own outcome behind the cleanup's
-        app.reporter.warn(f"could not remove the sweep's clones: {error}; "
-                          f"`labctl ls` shows them, `labctl down NAME --yes` removes one")
-        fate["left"] = ours
-        return fate
-    fate["removed"], fate["left"] = removed, left
-    if removed:
-        app.say(f"clones removed: {', '.join(removed)}")
-    if left:
-        app.say(f"clones left: {', '.join(left)}; `labctl down NAME --yes` removes one")
-    return fate
+                     probe_options=identity_options(options), fresh=fresh, keep_shape=keep_shape)
+    session = SweepSession(app.config, app.state_dir, lab, options, kept_options(options),
+                           app.reporter, notify=app.say, parallel=parallel,
+                           keep_clones=keep_clones, allow_overcommit=allow_overcommit)
+    done = session.run(info, plan)
+    _finish(app, done.store, done.sweep_id, report_format, out, done.clones.to_json())
 
 
 def _finish(app: AppContext, store: Any, sweep_id: str, report_format: str,

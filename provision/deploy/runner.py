@@ -12,12 +12,9 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,6 +22,7 @@ from typing import Any, ClassVar
 import ansible_runner
 
 from provision import paths
+from provision.deploy.cancel import run_cancellable
 from provision.deploy.inventory import (
     DeployHost,
     KnownDeploy,
@@ -197,23 +195,24 @@ def deploy(
     tracker = _EventTracker(reporter, check=options.check)
     started = time.monotonic()
     try:
-        with _callers_signal_handlers():
-            runner = ansible_runner.run(
-                private_data_dir=str(private),
-                project_dir=str(playbooks),
-                playbook=PLAYBOOK,
-                inventory=str(private_inventory),
-                envvars={"ANSIBLE_CONFIG": str(cfg), "ANSIBLE_NOCOLOR": "1",
-                         "PATH": _path_with_ansible()},
-                cmdline="--check" if options.check else None,
-                ident=run_id,
-                quiet=True,
-                timeout=options.timeout_s,
-                # ansible-runner looks at Ctrl-C and the time limit once per pexpect wait:
-                # every second instead of every 5 (output and the end are read as they come).
-                settings={"pexpect_timeout": 1},
-                event_handler=tracker,
-            )
+        runner = run_cancellable(lambda cancelled: ansible_runner.run(
+            private_data_dir=str(private),
+            project_dir=str(playbooks),
+            playbook=PLAYBOOK,
+            inventory=str(private_inventory),
+            envvars={"ANSIBLE_CONFIG": str(cfg), "ANSIBLE_NOCOLOR": "1",
+                     "PATH": _path_with_ansible()},
+            cmdline="--check" if options.check else None,
+            ident=run_id,
+            quiet=True,
+            timeout=options.timeout_s,
+            # ansible-runner asks cancel_callback and checks the time limit once per pexpect
+            # wait: every second instead of every 5 (output and the end are read as they come).
+            settings={"pexpect_timeout": 1},
+            event_handler=tracker,
+            # Given a cancel_callback, ansible-runner installs no SIGINT/SIGTERM handlers.
+            cancel_callback=cancelled,
+        ))
     except Exception as exc:  # ansible-runner's ConfigurationError, OSError, ...
         raise DeployError(f"could not start ansible-playbook: {exc}",
                           hint=f"run dir: {private}") from exc
@@ -224,25 +223,6 @@ def deploy(
         raise DeployError(_failure_line(result, runner), hint=f"artifacts: {result.artifact_dir}")
     reporter.step(_summary(result))
     return result
-
-
-@contextmanager
-def _callers_signal_handlers() -> Iterator[None]:
-    """Put the caller's SIGINT/SIGTERM handlers back after ansible-runner.
-
-    ansible_runner.run() installs handlers that only set its cancel flag (it then stops
-    ansible-playbook cleanly and reports "canceled") and never restores the previous ones, so
-    after one deploy Ctrl-C in labctl (or a test harness) would do nothing at all.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # ansible-runner installs none off the main thread either
-        return
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
 
 
 def forget_hosts(state_dir: Path, names: Sequence[str], ssh: SshSettings,

@@ -1,9 +1,9 @@
 """The real ShapeController and Prober: a labctl VM on Proxmox, probed over SSH.
 
 `LabShapeController` resizes through provision.pve.lifecycle.Lab (which reboots so the pending
-cores/RAM/cpu type apply, then waits for the guest agent and SSH). `LabProber` runs
-provision.probe.run.probe and keeps the probe in the results database like `labctl probe` does;
-the sweep point links to it by probe_id.
+cores/RAM/cpu type apply, then waits for the guest agent and SSH). `LabProber` probes
+and keeps the probe in the results database through provision.probe.record, as `labctl probe`
+does; the sweep point links to it by probe_id.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from provision.errors import LabctlError, ModelDoesNotFit, ProbeError
+from provision.errors import ModelDoesNotFit, ProbeError
 from provision.progress import Reporter
 from provision.shape import Shape
 from provision.sweep.model import Measurement, Status
@@ -60,31 +60,21 @@ class LabProber:
             return self._measure_once(shape)
 
     def _measure_once(self, shape: Shape) -> Measurement:
-        from provision import store  # one connection per probe: workers run in threads
-        from provision.probe.run import probe
+        from provision import store
+        from provision.probe.record import record_probe
 
         info = self.lab.find(self.name)
         address = self.lab.guest(self.name)
-        connection = store.connect(self.state_dir)
-        try:
-            vm = store.VmRecord(name=info.name, vmid=info.vmid, node=info.node, cores=shape.cores,
-                                memory_mib=shape.memory_mib, cpu_type=shape.cpu_type)
-            recorder = store.ProbeRecorder(connection, vm, self.options.model, self.kept_options,
-                                           "unload+nonce" if self.options.cold else "nonce")
-            details = {"probe_id": recorder.probe_id, "node": info.node, "vm": info.name}
-            try:
-                result = probe(address, self.options, self.reporter, listener=recorder)
-            except ModelDoesNotFit as error:
-                recorder.finish("oom", str(error))
-                return Measurement(shape, Status.OOM, mem_total_mib=None, error=str(error),
-                                   details={**details, "oom_figure": error.figure})
-            except (LabctlError, KeyboardInterrupt) as error:
-                recorder.finish("failed", str(error) or type(error).__name__)
-                raise
-            recorder.finish("ok", None, result.summary)
-            return measurement_from_probe(shape, result, details)
-        finally:
-            connection.close()
+        vm = store.VmRecord(name=info.name, vmid=info.vmid, node=info.node, cores=shape.cores,
+                            memory_mib=shape.memory_mib, cpu_type=shape.cpu_type)
+        recorded = record_probe(self.state_dir, vm, address, self.options, self.reporter,
+                                stored_options=self.kept_options)
+        details = {"probe_id": recorded.probe_id, "node": info.node, "vm": info.name}
+        if recorded.did_not_fit is not None:
+            error = recorded.did_not_fit
+            return Measurement(shape, Status.OOM, mem_total_mib=None, error=str(error),
+                               details={**details, "oom_figure": error.figure})
+        return measurement_from_probe(shape, recorded.completed(), details)
 
 
 def measurement_from_probe(shape: Shape, result: ProbeResult,

@@ -1,4 +1,5 @@
-"""A deploy leaves the caller's Ctrl-C handling as it found it (ansible-runner does not)."""
+"""A deploy leaves the process's signal handlers alone; Ctrl-C (and SIGTERM, which labctl turns
+into Ctrl-C) stops the playbook through ansible-runner's cancel_callback."""
 
 from __future__ import annotations
 
@@ -41,7 +42,30 @@ def test_sigint_and_sigterm_handlers_are_the_callers_again_after_a_deploy(
             signal.signal(sig, handler)
 
 
-def test_ctrl_c_during_a_deploy_stops_the_playbook_and_raises_interrupted(tmp_path: Path) -> None:
+def test_a_deploy_sets_no_signal_handler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    installed: list[int] = []
+    real_signal = signal.signal
+
+    def recording_signal(signum: int, handler: object) -> object:
+        installed.append(signum)
+        return real_signal(signum, handler)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(signal, "signal", recording_signal)
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text("")
+    host = DeployHost(name="nowhere", address="127.0.0.1", user="nobody", port=9)
+    ssh = SshSettings(private_key=tmp_path / "id_ed25519", known_hosts=known_hosts,
+                      connect_timeout_s=5)
+    with pytest.raises(DeployError, match="unreachable on nowhere"):
+        deploy([host], ssh, state_dir=tmp_path / "state", inventory_out=tmp_path / "inventory.yml")
+    assert installed == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_during_a_deploy_stops_the_playbook_and_raises_interrupted(
+        tmp_path: Path, signum: int) -> None:
+    from provision.cli.signals import interrupt_on_sigterm
+
     # An "SSH server" that accepts and never answers: the play can only end by being cancelled.
     silent = socket.create_server(("127.0.0.1", 0))
     port = silent.getsockname()[1]
@@ -49,7 +73,8 @@ def test_ctrl_c_during_a_deploy_stops_the_playbook_and_raises_interrupted(tmp_pa
     known_hosts.write_text("")
     host = DeployHost(name="silent", address="127.0.0.1", user="nobody", port=port)
     ssh = SshSettings(private_key=tmp_path / "id_ed25519", known_hosts=known_hosts)
-    ctrl_c = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
+    restore = interrupt_on_sigterm()  # as the labctl group does for every command
+    ctrl_c = threading.Timer(1.0, os.kill, (os.getpid(), signum))
     ctrl_c.start()
     try:
         with pytest.raises(Interrupted, match="deploy interrupted; artifacts: "):
@@ -57,4 +82,5 @@ def test_ctrl_c_during_a_deploy_stops_the_playbook_and_raises_interrupted(tmp_pa
                    inventory_out=tmp_path / "inventory.yml")
     finally:
         ctrl_c.cancel()
+        restore()
         silent.close()

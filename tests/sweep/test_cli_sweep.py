@@ -1,9 +1,9 @@
 """`labctl sweep` / `labctl report` through the real CLI entry point.
 
-The Proxmox side (Lab) and the per-VM workers are replaced at the CLI's two seams by the fake VM
-and table prober of the loop tests, so these tests check the command line: parsing, bad input
-refused before anything changes, report files, JSON, exit codes, resume. The same commands run
-against the simulator's real guests in tests/e2e.
+The Proxmox side (AppContext.lab) and the per-VM workers and clones (SweepSession.make_worker,
+make_clones) are replaced by the fake VM and table prober of the loop tests, so these tests
+check the command line: parsing, bad input refused before anything changes, report files, JSON,
+exit codes, resume. The same commands run against the simulator's real guests in tests/e2e.
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ from sweep_tables import gemma_table
 from test_sweep_loop import FakeVm, TableProber
 
 from provision.cli import main
+from provision.cli.app import AppContext
 from provision.errors import ExitCode
 from provision.shape import NodeCapacity, Shape
 from provision.sweep.loop import Worker
+from provision.sweep.session import SweepSession
 
 G = 1024
 LAB = """
@@ -86,20 +88,17 @@ def labctl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     lab = FakeLab(vm)
     probers: list[TableProber] = []
 
-    def fake_worker(app: Any, lab_: Any, name: str, *rest: Any) -> Worker:
+    def fake_worker(session: Any, name: str, *rest: Any) -> Worker:
         worker_vm = vm if name == "gemma" else FakeVm(name=name, shape=vm.shape)
         prober = TableProber(worker_vm, gemma_table(), rendezvous=harness.rendezvous,
                              interrupt_after=harness.interrupt_after)
         probers.append(prober)
         return Worker(worker_vm, prober)
 
-    import provision.cli.lifecycle as lifecycle_cli
-    import provision.cli.sweep as sweep_cli
-
-    monkeypatch.setattr(lifecycle_cli, "make_lab", lambda app: lab)
-    monkeypatch.setattr(sweep_cli, "_worker", fake_worker)
-    monkeypatch.setattr(sweep_cli, "_clones", lambda app, lab_, info, parallel, *rest: [
-        f"{info.name}-{i}" for i in range(2, parallel + 1)])
+    monkeypatch.setattr(AppContext, "lab", lambda app: lab)
+    monkeypatch.setattr(SweepSession, "make_worker", fake_worker)
+    monkeypatch.setattr(SweepSession, "make_clones", lambda session, info, plan: [
+        f"{info.name}-{i}" for i in range(2, session.parallel + 1)])
 
     def run(*args: str) -> tuple[int, str, str]:
         code = main(["--config", str(config), "--state-dir", str(tmp_path / "state"), *args])
@@ -254,16 +253,15 @@ def test_a_parallel_sweep_removes_the_clones_it_made_even_after_ctrl_c(
 
 
 def _clones_made_by_the_sweep(labctl: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    import provision.cli.sweep as sweep_cli
     from provision.sweep import clones
 
-    def made_by_the_sweep(app: Any, lab: Any, info: Any, parallel: int, *rest: Any) -> list[str]:
-        names = clones.clone_names(info.name, parallel)
-        clones._set_owned(app.state_dir, set(names))  # as ensure_clones does before Lab.up
+    def made_by_the_sweep(session: Any, info: Any, plan: Any) -> list[str]:
+        names = clones.clone_names(info.name, session.parallel)
+        clones._set_owned(session.state_dir, set(names))  # as ensure_clones does before Lab.up
         labctl.lab.clones.update(names)
         return names
 
-    monkeypatch.setattr(sweep_cli, "_clones", made_by_the_sweep)
+    monkeypatch.setattr(SweepSession, "make_clones", made_by_the_sweep)
 
 
 def test_json_says_which_clones_were_removed(labctl: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -287,19 +285,18 @@ def test_json_says_which_clones_were_kept(labctl: Any, monkeypatch: pytest.Monke
 
 def test_json_names_clones_left_behind_and_vms_the_sweep_did_not_make(
         labctl: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    import provision.cli.sweep as sweep_cli
     from provision.errors import ProxmoxError
     from provision.sweep import clones
 
-    def one_made_one_found(app: Any, lab: Any, info: Any, parallel: int, *rest: Any) -> list[str]:
-        clones._set_owned(app.state_dir, {"gemma-2"})  # gemma-3 was the user's already
+    def one_made_one_found(session: Any, info: Any, plan: Any) -> list[str]:
+        clones._set_owned(session.state_dir, {"gemma-2"})  # gemma-3 was the user's already
         labctl.lab.clones.update({"gemma-2", "gemma-3"})
         return ["gemma-2", "gemma-3"]
 
     def down_fails(name: str) -> None:
         raise ProxmoxError(f"VM {name} is locked (backup)")
 
-    monkeypatch.setattr(sweep_cli, "_clones", one_made_one_found)
+    monkeypatch.setattr(SweepSession, "make_clones", one_made_one_found)
     monkeypatch.setattr(labctl.lab, "down", down_fails)
     code, out, err = labctl.run(*SWEEP, "--min-tps", "10", "--parallel", "3", "--json")
     assert code == 0, err
