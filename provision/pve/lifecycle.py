@@ -14,7 +14,7 @@ cloud-init), resize (resize, reconcile an existing VM) and teardown (shutdown, d
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from provision.config import LabConfig, validate_vm_name
@@ -34,6 +34,17 @@ from provision.shape import NodeCapacity, Shape, check_fits
 
 # The value types are part of Lab's API: callers import them from here.
 __all__ = ["Lab", "ResizeResult", "ShapeRequest", "VmInfo"]
+
+
+@dataclass(frozen=True)
+class _UpOptions:
+    """How `up` was asked to create a VM (where, what kind of clone, which address)."""
+
+    node: str
+    full: bool
+    allow_overcommit: bool
+    ip: str | None
+    gateway: str | None
 
 
 class Lab:
@@ -121,68 +132,62 @@ class Lab:
             ShapeRequest.exactly(shape) if isinstance(shape, Shape) else (shape or ShapeRequest())
         )
         ctx = UpContext(name=name)
+        options = _UpOptions(node, full, allow_overcommit, ip, gateway)
         with self._locks.hold(f"vm-{name}"):
             try:
-                return self._up(
-                    ctx,
-                    request,
-                    node=node,
-                    full=full,
-                    allow_overcommit=allow_overcommit,
-                    ip=ip,
-                    gateway=gateway,
-                )
+                return self._up(ctx, request, options)
             except KeyboardInterrupt:
                 interrupted = Interrupted(f"interrupted during {ctx.stage}")
                 raise self._rollback.after_failure(ctx, interrupted, rollback) from None
             except LabctlError as error:
                 raise self._rollback.after_failure(ctx, error, rollback) from error
 
-    def _up(
-        self,
-        ctx: UpContext,
-        request: ShapeRequest,
-        *,
-        node: str,
-        full: bool,
-        allow_overcommit: bool,
-        ip: str | None,
-        gateway: str | None,
-    ) -> VmInfo:
+    def _up(self, ctx: UpContext, request: ShapeRequest, options: _UpOptions) -> VmInfo:
         self.reporter.stage("check")
         resources = self._cluster.resources()
         existing = self._cluster.named(resources, ctx.name)
         pubkey = self._cloner.public_key()
-        net = ipconfig(
+        net = self._ipconfig(options)
+        if existing is None:
+            return self._create(ctx, request, options, resources, pubkey, net)
+        ctx.vmid, ctx.node, ctx.tagged = existing.vmid, existing.node, existing.managed
+        if options.node and options.node != existing.node:
+            self.reporter.warn(
+                f"{ctx.name} already runs on {existing.node}; labctl does "
+                f"not migrate VMs, so --node {options.node} is ignored"
+            )
+        return self._reshaper.reconcile(
+            ctx, existing, request, options.allow_overcommit, pubkey, net
+        )
+
+    def _ipconfig(self, options: _UpOptions) -> str:
+        """ipconfig0 from --ip/--gateway, else from the lab file's [network]."""
+        ip, gateway = options.ip, options.gateway
+        return ipconfig(
             ip if ip is not None else str(self.config.get("network.ip")),
             gateway if gateway is not None else str(self.config.get("network.gateway")),
         )
-        if existing is not None:
-            ctx.vmid, ctx.node, ctx.tagged = existing.vmid, existing.node, existing.managed
-            if node and node != existing.node:
-                self.reporter.warn(
-                    f"{ctx.name} already runs on {existing.node}; labctl does "
-                    f"not migrate VMs, so --node {node} is ignored"
-                )
-            return self._reshaper.reconcile(ctx, existing, request, allow_overcommit, pubkey, net)
+
+    def _create(
+        self,
+        ctx: UpContext,
+        request: ShapeRequest,
+        options: _UpOptions,
+        resources: list[Resource],
+        pubkey: str,
+        net: str,
+    ) -> VmInfo:
+        """A new VM: placed and checked first, then cloned, configured and booted."""
         shape = request.over(self.config.default_shape())
-        template = self._placement.template(resources, full)
-        wanted_node = node or str(self.config.get("proxmox.node"))
+        template = self._placement.template(resources, options.full)
+        wanted_node = options.node or str(self.config.get("proxmox.node"))
         target = self._placement.choose_node(wanted_node)
-        check_fits(shape, self.node_capacity(target), allow_overcommit=allow_overcommit)
+        check_fits(shape, self.node_capacity(target), allow_overcommit=options.allow_overcommit)
         template_disk = self._placement.check_disk_request(template, shape)
         self.reporter.step(
             f"{shape.label} on node {target}; template {template.name} (vmid {template.vmid})"
         )
-        self._clone_somewhere(
-            ctx,
-            template,
-            target,
-            shape,
-            wanted_node=wanted_node,
-            full=full,
-            allow_overcommit=allow_overcommit,
-        )
+        self._clone_somewhere(ctx, template, target, shape, wanted_node, options)
         disk_gib = self._cloner.configure_new(ctx, shape, pubkey, net, template_disk)
         return self._boot.boot_and_reach(ctx, replace(shape, disk_gib=disk_gib))
 
@@ -192,15 +197,13 @@ class Lab:
         template: Resource,
         target: str,
         shape: Shape,
-        *,
         wanted_node: str,
-        full: bool,
-        allow_overcommit: bool,
+        options: _UpOptions,
     ) -> None:
         """Clone to `target`; to the template's own node when its disk is on local storage
         and the node was labctl's choice, not the user's."""
         try:
-            self._cloner.clone(ctx, template, target, full)
+            self._cloner.clone(ctx, template, target, options.full)
         except ProxmoxAPIError as error:
             if "local storage" not in error.message or target == template.node:
                 raise
@@ -215,8 +218,9 @@ class Lab:
                 f"template {template.name} is on local storage of "
                 f"{template.node}; creating {ctx.name} there instead of {target}"
             )
-            check_fits(shape, self.node_capacity(template.node), allow_overcommit=allow_overcommit)
-            self._cloner.clone(ctx, template, template.node, full)
+            capacity = self.node_capacity(template.node)
+            check_fits(shape, capacity, allow_overcommit=options.allow_overcommit)
+            self._cloner.clone(ctx, template, template.node, options.full)
 
     # -- resize, down ------------------------------------------------------------------
 

@@ -122,15 +122,7 @@ class Reshaper:
         adopting = not res.managed
         shape = self._target_shape(res, request, current_shape, config, adopting)
         ctx.created = True
-        if (
-            shape.disk_gib is not None
-            and current_shape.disk_gib is not None
-            and shape.disk_gib < current_shape.disk_gib
-        ):
-            raise UsageError(
-                f"--disk {shape.disk_gib}G is smaller than the VM's disk "
-                f"({current_shape.disk_gib}G): disks only grow"
-            )
+        _refuse_shrinking(current_shape, shape)
         reshape = not same_cpu_and_memory(shape, current_shape)
         if reshape or adopting:
             reserved = current_shape.memory_mib if res.status == "running" else 0
@@ -209,4 +201,16 @@ class Reshaper:
                 return found
         raise ProxmoxError(
             f"VM {res.name} stays locked (clone)", hint="see the clone task in the PVE task log"
+        )
+
+
+def _refuse_shrinking(current: Shape, shape: Shape) -> None:
+    if (
+        shape.disk_gib is not None
+        and current.disk_gib is not None
+        and shape.disk_gib < current.disk_gib
+    ):
+        raise UsageError(
+            f"--disk {shape.disk_gib}G is smaller than the VM's disk "
+            f"({current.disk_gib}G): disks only grow"
         )
