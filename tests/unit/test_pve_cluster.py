@@ -9,7 +9,7 @@ import pytest
 
 from provision.config import KEYS, LabConfig
 from provision.errors import ExitCode, NotLabctlVm, VmNotFound
-from provision.progress import RecordingReporter
+from provision.progress import NullReporter
 from provision.pve.cluster import Cluster
 
 RESOURCES = [
@@ -27,7 +27,7 @@ class ResourcesClient:
 
 def cluster() -> Cluster:
     config = LabConfig(values={k.path: k.default for k in KEYS})
-    return Cluster(config, RecordingReporter(), client=ResourcesClient())  # type: ignore[arg-type]
+    return Cluster(config, NullReporter(), client=ResourcesClient())  # type: ignore[arg-type]
 
 
 def test_a_vm_without_the_tag_is_said_to_exist_and_refused() -> None:
