@@ -14,7 +14,8 @@ import pytest
 from provision.config import KEYS, LabConfig
 from provision.errors import AgentTimeout
 from provision.progress import NullReporter
-from provision.pve.lifecycle import Lab, _Resource, _UpContext
+from provision.pve.agent import GuestAgent
+from provision.pve.cluster import Cluster, Resource, UpContext
 from provision.pve.tasks import wait_task
 from provision.sim.server import SimServer
 from tests.integration.conftest import FAST
@@ -29,19 +30,19 @@ def slow_agent_sim(tmp_path: Path) -> Iterator[SimServer]:
         yield server
 
 
-def lab_for(server: SimServer, state: Path, **values: Any) -> Lab:
+def agent_for(server: SimServer, state: Path, **values: Any) -> GuestAgent:
     creds = server.credentials
     config = LabConfig(values={k.path: k.default for k in KEYS} | {
         "proxmox.host": "127.0.0.1", "proxmox.port": server.port,
         "proxmox.token_id": creds["token_id"], "proxmox.token_secret": creds["token_secret"],
         "proxmox.fingerprint": server.fingerprint, "proxmox.timeout": 10} | values)
-    return Lab(config, state, NullReporter())
+    return GuestAgent(Cluster(config, NullReporter()), state / "known_hosts")
 
 
 def test_waiting_for_silent_agents_leaves_pvedaemon_a_worker(slow_agent_sim: SimServer,
                                                              tmp_path: Path) -> None:
-    lab = lab_for(slow_agent_sim, tmp_path / "state", **{"timeouts.agent": 4})
-    client = lab.client
+    guest_agent = agent_for(slow_agent_sim, tmp_path / "state", **{"timeouts.agent": 4})
+    client = guest_agent.cluster.client
     resources = []
     for name in ("sweep-1", "sweep-2"):
         vmid = int(client.get("cluster/nextid"))
@@ -49,7 +50,7 @@ def test_waiting_for_silent_agents_leaves_pvedaemon_a_worker(slow_agent_sim: Sim
                   timeout_s=30, what="clone")
         wait_task(client, client.post(f"nodes/pve/qemu/{vmid}/status/start"), timeout_s=30,
                   what="start")
-        resources.append(_Resource(vmid=vmid, node="pve", name=name, status="running",
+        resources.append(Resource(vmid=vmid, node="pve", name=name, status="running",
                                    tags=("labctl",), template=False, lock=None, uptime_s=0,
                                    maxdisk=0))
     assert slow_agent_sim.cluster is not None
@@ -57,9 +58,9 @@ def test_waiting_for_silent_agents_leaves_pvedaemon_a_worker(slow_agent_sim: Sim
         slow_agent_sim.cluster.faults.add({"kind": "agent", "vmid": res.vmid})
     timeouts: list[BaseException] = []
 
-    def wait(res: _Resource) -> None:
+    def wait(res: Resource) -> None:
         try:
-            lab._wait_agent(_UpContext(name=res.name, vmid=res.vmid, node="pve"), res)
+            guest_agent.wait_for_address(UpContext(name=res.name, vmid=res.vmid, node="pve"), res)
         except AgentTimeout as error:
             timeouts.append(error)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from provision.sim.models import TEMPLATE_NAME
 from provision.sim.server import SimServer
 from tests.integration.conftest import FAST, Lab
 
@@ -125,13 +126,19 @@ def test_rollback_destroys_the_vm_when_a_later_step_fails(api_lab: Lab) -> None:
     assert api_lab.vm_named("rolled") is None
 
 
-def test_down_refuses_a_vm_without_the_labctl_tag_even_with_yes(api_lab: Lab) -> None:
-    newid = int(api_lab.api("GET", "/cluster/nextid"))
-    api_lab.api("POST", "/nodes/pve/qemu/9000/clone", data={"newid": newid, "name": "foreign"})
+def clone_untagged(lab: Lab, name: str) -> int:
+    """A VM made outside labctl (cloned straight through the API, no `labctl` tag): its vmid."""
+    newid = int(lab.api("GET", "/cluster/nextid"))
+    lab.api("POST", "/nodes/pve/qemu/9000/clone", data={"newid": newid, "name": name})
     for _ in range(100):
-        vm = api_lab.vm_named("foreign")
+        vm = lab.vm_named(name)
         if vm is not None and not vm.get("lock"):
             break
+    return newid
+
+
+def test_down_refuses_a_vm_without_the_labctl_tag_even_with_yes(api_lab: Lab) -> None:
+    clone_untagged(api_lab, "foreign")
     result = api_lab.run("down", "foreign", "--yes")
     assert result.code == 4, result
     assert "lacks the 'labctl' tag" in one_error_line(result.stderr)
@@ -142,6 +149,37 @@ def test_down_refuses_a_vm_without_the_labctl_tag_even_with_yes(api_lab: Lab) ->
     # up must not adopt it either
     taken = api_lab.run("up", "foreign", "--no-deploy")
     assert taken.code == 4 and "labctl did not create it" in one_error_line(taken.stderr)
+
+
+@pytest.mark.parametrize("args", [["down", "foreign", "--yes"],
+                                  ["resize", "foreign", "--cores", "4"]])
+def test_down_and_resize_of_an_untagged_vm_say_it_exists_but_is_not_labctls(
+        api_lab: Lab, args: list[str]) -> None:
+    vmid = clone_untagged(api_lab, "foreign")
+    result = api_lab.run(*args)
+    assert result.code == 4, result  # the exit code of every refused VM
+    line = one_error_line(result.stderr)
+    assert f"VM foreign exists (vmid {vmid} on pve) but lacks the 'labctl' tag" in line
+    assert "will not touch it" in line and "no VM named" not in line
+    vm = api_lab.vm_named("foreign")
+    assert vm is not None and vm["maxcpu"] == 2  # neither destroyed nor resized
+
+
+@pytest.mark.parametrize("command", [["down", "--yes"], ["resize", "--cores", "4"]])
+def test_down_and_resize_of_a_template_refuse_it_rather_than_call_it_missing(
+        api_lab: Lab, command: list[str]) -> None:
+    verb, *flags = command
+    result = api_lab.run(verb, TEMPLATE_NAME, *flags)
+    assert result.code == 4, result
+    line = one_error_line(result.stderr)
+    assert f"{TEMPLATE_NAME} (vmid 9000 on pve) is a template" in line
+    assert "labctl will not touch it" in line
+
+
+def test_down_of_a_name_no_vm_has_says_there_is_none(api_lab: Lab) -> None:
+    result = api_lab.run("down", "ghost", "--yes")
+    assert result.code == 4, result
+    assert "no VM named ghost" in one_error_line(result.stderr)
 
 
 def test_down_without_terminal_or_yes_refuses_then_yes_destroys(api_lab: Lab) -> None:

@@ -18,8 +18,10 @@ from provision.errors import GuestError, ProxmoxAPIError
 from provision.guest.cloudinit import parse_status
 from provision.guest.known_hosts import pinned_hosts
 from provision.guest.types import CommandResult
-from provision.pve import lifecycle
-from provision.pve.lifecycle import Lab, _Resource, _UpContext
+from provision.pve import agent
+from provision.pve.agent import GuestAgent
+from provision.pve.clone import Cloner
+from provision.pve.cluster import Cluster, LocalLocks, Resource, UpContext
 from provision.shape import Shape
 from tests.support.reporting import RecordingReporter
 
@@ -74,20 +76,24 @@ class AgentClient:
         return None
 
 
-def make_lab(tmp_path: Path, client: Any, **values: Any) -> Lab:
+def make_cluster(client: Any, **values: Any) -> Cluster:
     config = LabConfig(values={k.path: k.default for k in KEYS} | values)
-    return Lab(config, tmp_path, RecordingReporter(), client=client)
+    return Cluster(config, RecordingReporter(), client=client)
 
 
-def resource(vmid: int) -> _Resource:
-    return _Resource(vmid=vmid, node="pve", name=f"vm{vmid}", status="running", tags=("labctl",),
+def make_agent(tmp_path: Path, client: Any, **values: Any) -> GuestAgent:
+    return GuestAgent(make_cluster(client, **values), tmp_path / "known_hosts")
+
+
+def resource(vmid: int) -> Resource:
+    return Resource(vmid=vmid, node="pve", name=f"vm{vmid}", status="running", tags=("labctl",),
                      template=False, lock=None, uptime_s=0, maxdisk=0)
 
 
 def test_one_agent_poll_per_vm_at_a_time_with_growing_pauses(tmp_path: Path) -> None:
     client = AgentClient(lambda _p, n: NOT_RUNNING if n < 4 else INTERFACES, hold_s=0.15)
-    lab = make_lab(tmp_path, client, **{"timeouts.agent": 30})
-    ip = lab._wait_agent(_UpContext(name="vm101", vmid=101), resource(101))
+    guest_agent = make_agent(tmp_path, client, **{"timeouts.agent": 30})
+    ip = guest_agent.wait_for_address(UpContext(name="vm101", vmid=101), resource(101))
     assert ip == "10.0.0.5"
     assert client.peak_per_vm == {"nodes/pve/qemu/101": 1}
     calls = sorted(client.calls, key=lambda c: c[1])
@@ -98,23 +104,24 @@ def test_one_agent_poll_per_vm_at_a_time_with_growing_pauses(tmp_path: Path) -> 
 
 def test_parallel_waits_keep_at_most_two_agent_calls_in_flight(tmp_path: Path) -> None:
     client = AgentClient(lambda _p, n: NOT_RUNNING if n < 2 else INTERFACES, hold_s=0.15)
-    lab = make_lab(tmp_path, client, **{"timeouts.agent": 30})
+    guest_agent = make_agent(tmp_path, client, **{"timeouts.agent": 30})
     found: list[str] = []
     threads = [threading.Thread(target=lambda v=v: found.append(
-        lab._wait_agent(_UpContext(name=f"vm{v}", vmid=v), resource(v)))) for v in range(101, 106)]
+        guest_agent.wait_for_address(UpContext(name=f"vm{v}", vmid=v), resource(v))))
+        for v in range(101, 106)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(30)
     assert found == ["10.0.0.5"] * 5
-    assert client.peak_total == lifecycle.AGENT_CALLS_IN_FLIGHT == 2
+    assert client.peak_total == agent.AGENT_CALLS_IN_FLIGHT == 2
     assert set(client.peak_per_vm.values()) == {1}
 
 
 def test_listing_many_vms_keeps_at_most_two_agent_calls_in_flight(tmp_path: Path) -> None:
     client = AgentClient(lambda _p, _n: NOT_RUNNING, hold_s=0.2)
-    lab = make_lab(tmp_path, client)
-    threads = [threading.Thread(target=lab._agent_ip, args=(resource(v),))
+    guest_agent = make_agent(tmp_path, client)
+    threads = [threading.Thread(target=guest_agent.address, args=(resource(v),))
                for v in range(101, 107)]
     for thread in threads:
         thread.start()
@@ -128,22 +135,22 @@ def test_host_key_is_pinned_once_it_exists_and_two_reads_agree(tmp_path: Path) -
     script = [NO_FILE, NO_FILE, {"content": KEY_A + "\n"}, {"content": KEY_B + "\n"},
               {"content": KEY_B + "\n"}]
     client = AgentClient(lambda _p, n: script[min(n, len(script) - 1)])
-    lab = make_lab(tmp_path, client)
-    entry = lab._pin_key(resource(101), "10.0.0.5")
+    guest_agent = make_agent(tmp_path, client)
+    entry = guest_agent.pin_host_key(resource(101), "10.0.0.5")
     assert entry.split()[1:3] == KEY_B.split()[:2]
-    assert "10.0.0.5" in pinned_hosts(lab.known_hosts)
-    assert KEY_A.split()[1] not in lab.known_hosts.read_text()
+    assert "10.0.0.5" in pinned_hosts(guest_agent.known_hosts)
+    assert KEY_A.split()[1] not in guest_agent.known_hosts.read_text()
     assert len(client.calls) == 5
     starts = sorted(c[1] for c in client.calls)
-    assert starts[-1] - starts[-2] >= lifecycle.KEY_SETTLE_S * 0.9
+    assert starts[-1] - starts[-2] >= agent.KEY_SETTLE_S * 0.9
 
 
 def test_a_host_key_that_never_appears_fails_within_the_agent_timeout(tmp_path: Path) -> None:
     client = AgentClient(lambda _p, _n: NO_FILE)
-    lab = make_lab(tmp_path, client, **{"timeouts.agent": 2})
+    guest_agent = make_agent(tmp_path, client, **{"timeouts.agent": 2})
     started = time.monotonic()
     with pytest.raises(GuestError, match=r"no stable key within 2s \(.*failed to open file"):
-        lab._pin_key(resource(101), "10.0.0.5")
+        guest_agent.pin_host_key(resource(101), "10.0.0.5")
     assert 1.9 < time.monotonic() - started < 4
 
 
@@ -151,9 +158,9 @@ def test_a_host_key_that_never_appears_fails_within_the_agent_timeout(tmp_path: 
 def test_key_read_errors_that_retries_cannot_fix_fail_at_once(tmp_path: Path,
                                                               message: str) -> None:
     client = AgentClient(lambda _p, _n: ProxmoxAPIError(f"Proxmox: {message}", status=500))
-    lab = make_lab(tmp_path, client)
+    guest_agent = make_agent(tmp_path, client)
     with pytest.raises(GuestError, match=message):
-        lab._pin_key(resource(101), "10.0.0.5")
+        guest_agent.pin_host_key(resource(101), "10.0.0.5")
     assert len(client.calls) == 1
 
 
@@ -164,9 +171,9 @@ def test_new_vms_get_ciupgrade_off_unless_the_lab_file_turns_it_on(tmp_path: Pat
 
     for values, expected in (({}, 0), ({"template.ciupgrade": True}, 1)):
         client = ConfigClient(lambda _p, _n: None)
-        lab = make_lab(tmp_path, client, **values)
-        ctx = _UpContext(name="vm101", vmid=101, node="pve")
-        lab._configure_new(ctx, Shape(cores=2, memory_mib=2048), KEY_A, "ip=dhcp", None)
+        cloner = Cloner(make_cluster(client, **values), LocalLocks(tmp_path / "locks"))
+        ctx = UpContext(name="vm101", vmid=101, node="pve")
+        cloner.configure_new(ctx, Shape(cores=2, memory_mib=2048), KEY_A, "ip=dhcp", None)
         (path, params), *_ = client.params
         assert path == "nodes/pve/qemu/101/config"
         assert int(params["ciupgrade"]) == expected

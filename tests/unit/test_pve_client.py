@@ -8,15 +8,10 @@ import pytest
 from proxmoxer.core import ResourceException
 
 from provision.errors import ConfigError
-from provision.pve.client import (
-    RedactingFilter,
-    api_error,
-    encode_params,
-    format_fingerprint,
-    normalize_fingerprint,
-    redact,
-    register_secrets,
-)
+from provision.pve.api_errors import api_error
+from provision.pve.client import encode_params
+from provision.pve.fingerprint import format_fingerprint, normalize_fingerprint
+from provision.pve.redaction import RedactingFilter, redact, register_secrets
 
 
 def test_booleans_go_as_1_and_0_and_none_is_not_sent() -> None:

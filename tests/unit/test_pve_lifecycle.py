@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from provision.errors import ConfigError
-from provision.pve.lifecycle import (
+from provision.pve.shapes import (
     ShapeRequest,
     boot_disk,
     changed_params,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from proxmoxer.core import ResourceException
 
 from provision.errors import ExitCode, ProxmoxAPIError, exit_code_for
-from provision.pve.client import api_error
+from provision.pve.api_errors import api_error
 
 WHO = "labctl@pve!labctl"
 
