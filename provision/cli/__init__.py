@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import itertools
 import sys
 from collections.abc import Sequence
 
@@ -77,12 +78,23 @@ def cli(ctx: click.Context, config_path: str | None, json_output: bool, verbosit
     ctx.call_on_close(interrupt_on_sigterm())
 
 
+def _check_negative_wait(args: list[str]) -> None:
+    """`--wait -1`: Click reads a value starting with '-' after an option whose value is
+    optional as an unknown option '-1' (a multi-line usage error); check it as --wait would."""
+    for option, value in itertools.pairwise(args):
+        if option == "--wait" and value[:1] == "-" and value[1:2].isdigit():
+            from provision.pve.lease import parse_wait
+
+            parse_wait(value)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run the CLI and map every outcome to an exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     verbosity = sum(a.count("v") for a in args if a.startswith("-v") and set(a[1:]) == {"v"})
     app = AppContext()
     try:
+        _check_negative_wait(args)
         cli.main(args=args, prog_name="labctl", standalone_mode=False, obj=app)
     except click.exceptions.Exit as done:
         return int(done.exit_code)

@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # imported when first used, to keep `labctl --help` fast
     from pathlib import Path
 
     from provision.config import LabConfig
+    from provision.pve.lease import VmLease
     from provision.pve.lifecycle import Lab
 
 
@@ -79,6 +80,12 @@ class AppContext:
 
         return Lab(self.config, self.state_dir, self.reporter)
 
+    def hold(self, lab: Lab, name: str, command: str, wait: str | None) -> VmLease:
+        """The lease of VM `name` for `command`, to hold with `with` (--wait's value parsed)."""
+        from provision.pve.lease import parse_wait
+
+        return lab.lease(name, command, parse_wait(wait))
+
     def emit(self, data: Any, human: str | None = None) -> None:
         """--json: one JSON document on stdout. Otherwise the human rendering on stdout."""
         if self.json_output:
@@ -95,3 +102,9 @@ class AppContext:
 
 
 pass_app = click.make_pass_decorator(AppContext)
+
+# --wait [SECONDS]: a bare --wait waits up to 600 s (provision/pve/lease.py parse_wait)
+wait_option = click.option(
+    "--wait", "wait", is_flag=False, flag_value="", default=None, metavar="[SECONDS]",
+    help="when another labctl command holds the VM, wait for it (a bare --wait: up to 10 min) "
+         "instead of failing at once")

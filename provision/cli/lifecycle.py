@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from provision.cli import cli
-from provision.cli.app import AppContext, pass_app
+from provision.cli.app import AppContext, pass_app, wait_option
 from provision.errors import LabctlError, UsageError
 
 if TYPE_CHECKING:
@@ -56,10 +57,11 @@ def _cpu_type(text: str) -> str:
               help="allow more cores than the node has or more RAM than it has free")
 @click.option("--rollback", is_flag=True, help="destroy the new VM if a later step fails")
 @click.option("--no-deploy", is_flag=True, help="stop once SSH answers (skip Ollama)")
+@wait_option
 @pass_app
 def up(app: AppContext, name: str | None, cores: str | None, ram: str | None,
        disk: str | None, cpu_type: str | None, node: str, full: bool, allow_overcommit: bool,
-       rollback: bool, no_deploy: bool) -> None:
+       rollback: bool, no_deploy: bool, wait: str | None) -> None:
     """Create (or reconcile) VM NAME at a shape until SSH answers; no NAME = every [vm.*]."""
     flags = _shape_request(cores, ram, cpu_type, disk)
     config = app.config
@@ -72,15 +74,22 @@ def up(app: AppContext, name: str | None, cores: str | None, ram: str | None,
         names = list(config.vms)
     else:
         names = [name]
+    from provision.pve.lease import parse_wait
+
+    parse_wait(wait)  # a bad --wait is refused before anything is touched
     lab = app.lab()
     started = time.monotonic()
     results: list[dict[str, Any]] = []
     ready: list[str] = []
+    existing = set(lab.managed_names())
     for vm_name in names:
-        info = _up_one(app, lab, vm_name, flags, node=node, full=full,
-                       allow_overcommit=allow_overcommit, rollback=rollback)
-        entry = info.to_json()
-        entry["deploy"] = None if no_deploy else _deploy(app, info)
+        # an existing VM is changed (reshaped, started, deployed): hold its lease meanwhile
+        with (app.hold(lab, vm_name, f"up {vm_name}", wait) if vm_name in existing
+              else nullcontext()):
+            info = _up_one(app, lab, vm_name, flags, node=node, full=full,
+                           allow_overcommit=allow_overcommit, rollback=rollback)
+            entry = info.to_json()
+            entry["deploy"] = None if no_deploy else _deploy(app, info)
         entry["ssh"] = _ssh_command(app, info)
         results.append(entry)
         ready.append(f"{info.name} is ready (vmid {info.vmid} on {info.node}, "
@@ -163,16 +172,19 @@ def ls(app: AppContext, show_all: bool) -> None:
 @click.option("--reboot", is_flag=True, help="reboot a running VM to apply what cannot hot-plug")
 @click.option("--allow-overcommit", is_flag=True,
               help="allow more cores than the node has or more RAM than it has free")
+@wait_option
 @pass_app
 def resize(app: AppContext, name: str, cores: str | None, ram: str | None,
-           cpu_type: str | None, reboot: bool, allow_overcommit: bool) -> None:
+           cpu_type: str | None, reboot: bool, allow_overcommit: bool, wait: str | None) -> None:
     """Change the cores / RAM / cpu type of VM NAME (running: hot-plug or pending)."""
     request = _shape_request(cores, ram, cpu_type, None)
     if request.empty:
         raise UsageError("nothing to change: give --cores, --ram and/or --cpu-type")
     from provision.cli.render import render_resize
 
-    result = app.lab().resize(name, request, reboot, allow_overcommit=allow_overcommit)
+    lab = app.lab()
+    with app.hold(lab, name, f"resize {name}", wait):
+        result = lab.resize(name, request, reboot, allow_overcommit=allow_overcommit)
     app.emit(result.to_json(), render_resize(result))
 
 
@@ -189,11 +201,15 @@ def _forget_deployed(app: AppContext, name: str) -> None:
 @click.argument("name", required=False)
 @click.option("--all", "down_all", is_flag=True, help="every VM tagged labctl")
 @click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation")
+@wait_option
 @pass_app
-def down(app: AppContext, name: str | None, down_all: bool, yes: bool) -> None:
+def down(app: AppContext, name: str | None, down_all: bool, yes: bool, wait: str | None) -> None:
     """Shut down and destroy VM NAME (only VMs tagged labctl); its pinned host key goes too."""
     if bool(name) == down_all:
         raise UsageError("give a VM name or --all (not both)")
+    from provision.pve.lease import parse_wait
+
+    parse_wait(wait)  # a bad --wait is refused before anything is touched
     lab = app.lab()
     if down_all:
         targets = lab.list()
@@ -217,7 +233,8 @@ def down(app: AppContext, name: str | None, down_all: bool, yes: bool) -> None:
     failures: list[LabctlError] = []
     for vm in targets:
         try:
-            lab.down(vm.name)
+            with app.hold(lab, vm.name, f"down {vm.name}", wait):
+                lab.down(vm.name)
             _forget_deployed(app, vm.name)
             destroyed.append({"name": vm.name, "vmid": vm.vmid, "node": vm.node})
             app.say(f"{vm.name} (vmid {vm.vmid}) destroyed")

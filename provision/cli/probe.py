@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from provision.cli import cli
-from provision.cli.app import AppContext, pass_app
+from provision.cli.app import AppContext, pass_app, wait_option
 from provision.errors import UsageError
 from provision.probe.parse import RunResult, Stat
 from provision.probe.run import ProbeResult
@@ -31,10 +31,11 @@ from provision.probe.run import ProbeResult
               help="file holding the prompt")
 @click.option("--cold", is_flag=True, help="unload the model before each measured run")
 @click.option("--json", "json_flag", is_flag=True, help="print one JSON document on stdout")
+@wait_option
 @pass_app
 def probe(app: AppContext, name: str, model: str | None, runs: int | None, warmup: int | None,
           num_predict: int | None, num_thread: int | None, num_ctx: int | None,
-          prompt_file: Path | None, cold: bool, json_flag: bool) -> None:
+          prompt_file: Path | None, cold: bool, json_flag: bool, wait: str | None) -> None:
     """Measure tokens/s, time to first token, load and memory inside VM NAME."""
     from provision import store
     from provision.probe.record import record_probe
@@ -45,11 +46,13 @@ def probe(app: AppContext, name: str, model: str | None, runs: int | None, warmu
                                   num_predict=num_predict, num_thread=num_thread,
                                   num_ctx=num_ctx, prompt_file=prompt_file, cold=cold)
     lab = app.lab()
-    info = lab.find(name)
-    address = lab.guest(name)
-    vm = store.VmRecord(name=info.name, vmid=info.vmid, node=info.node, cores=info.shape.cores,
-                        memory_mib=info.shape.memory_mib, cpu_type=info.shape.cpu_type)
-    recorded = record_probe(app.state_dir, vm, address, options, app.reporter)
+    with app.hold(lab, name, f"probe {name}", wait):
+        info = lab.find(name)
+        address = lab.guest(name)
+        vm = store.VmRecord(name=info.name, vmid=info.vmid, node=info.node,
+                            cores=info.shape.cores, memory_mib=info.shape.memory_mib,
+                            cpu_type=info.shape.cpu_type)
+        recorded = record_probe(app.state_dir, vm, address, options, app.reporter)
     result = recorded.completed()
     document = result.to_json()
     document["vm"] = info.to_json()

@@ -61,6 +61,7 @@ def render_vms(vms: Sequence[VmInfo], *, show_all: bool) -> str:
             ]
         )
     text = table(rows)
+    text += "".join(f"\n{vm.name} is held by {vm.lease}" for vm in vms if vm.lease)
     if any(vm.pending for vm in vms):
         text += "\n* pending: a shape change waits for a reboot (labctl resize --reboot)"
     return text

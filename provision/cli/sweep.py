@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from provision.cli import cli
-from provision.cli.app import AppContext, pass_app
+from provision.cli.app import AppContext, pass_app, wait_option
 from provision.errors import SweepError, UsageError
 
 if TYPE_CHECKING:
@@ -48,13 +48,14 @@ if TYPE_CHECKING:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="report file (default: <state>/reports/SWEEP_ID/report.html)")
 @click.option("--json", "json_flag", is_flag=True, help="print one JSON document on stdout")
+@wait_option
 @pass_app
 def sweep(app: AppContext, name: str, cores: str, ram: str, cpu_types: str | None,
           min_tps: str | None, max_ttft: str | None, min_free_mem: str | None, strategy: str,
           parallel: int, keep_clones: bool, fresh: bool, keep_shape: bool, allow_overcommit: bool,
           model: str | None, runs: int | None, warmup: int | None, num_predict: int | None,
           prompt_file: Path | None, report_format: str, out: Path | None,
-          json_flag: bool) -> None:
+          json_flag: bool, wait: str | None) -> None:
     """Find the smallest shape of VM NAME that meets every target.
 
     Each shape: resize (reboot), wait for SSH, probe, record. Results are kept as they come: the
@@ -67,6 +68,7 @@ def sweep(app: AppContext, name: str, cores: str, ram: str, cpu_types: str | Non
     """
     from provision.probe.record import identity_options, kept_options
     from provision.probe.run import options_from_config
+    from provision.pve.lease import parse_wait
     from provision.sweep.loop import SweepPlan, check_space_fits
     from provision.sweep.model import parse_space, parse_targets
     from provision.sweep.session import SweepSession, running_vm
@@ -76,6 +78,7 @@ def sweep(app: AppContext, name: str, cores: str, ram: str, cpu_types: str | Non
     if keep_clones and parallel < 2:
         raise UsageError("--keep-clones needs --parallel N (N >= 2): only a parallel sweep makes "
                          "clones to keep")
+    wait_s = parse_wait(wait)
     space = parse_space(cores, ram, cpu_types or "host")
     targets = parse_targets(min_tps, max_ttft, min_free_mem, space)
     options = options_from_config(app.config, model=model, runs=runs, warmup=warmup,
@@ -90,7 +93,8 @@ def sweep(app: AppContext, name: str, cores: str, ram: str, cpu_types: str | Non
                      probe_options=identity_options(options), fresh=fresh, keep_shape=keep_shape)
     session = SweepSession(app.config, app.state_dir, lab, options, kept_options(options),
                            app.reporter, notify=app.say, parallel=parallel,
-                           keep_clones=keep_clones, allow_overcommit=allow_overcommit)
+                           keep_clones=keep_clones, allow_overcommit=allow_overcommit,
+                           wait_s=wait_s)
     done = session.run(info, plan)
     _finish(app, done.store, done.sweep_id, report_format, out, done.clones.to_json())
 

@@ -84,6 +84,16 @@ def read_lease(description: str) -> Lease | UnreadableLease | None:
         return UnreadableLease(found.group(0).strip())
 
 
+def lease_holder(description: str, now: float) -> str | None:
+    """For `labctl ls`: who holds the VM, or None when nobody (or only an expired lease) does."""
+    current = read_lease(description)
+    if isinstance(current, UnreadableLease):
+        return f"unreadable lease {current.text[:60]!r}"
+    if current is None or current.expired(now):
+        return None
+    return f"`labctl {current.command}` on {current.holder} since {_clock(current.since)}"
+
+
 def with_lease(description: str, lease: Lease | None) -> str:
     """The Notes with this lease block (or none) instead of any earlier one; the rest kept."""
     text = _BLOCK.sub("", description or "")
@@ -166,6 +176,10 @@ class VmLease:
             return None
         if current.token == self.token:
             return None
+        if _holder_gone(current.holder):
+            self.reporter.warn(f"{self.vm}: taking over the lease of `labctl {current.command}`"
+                               f" on {current.holder}: that process is gone from this machine")
+            return None
         if not current.expired(now):
             return current.describe()
         self.reporter.warn(f"{self.vm}: taking over the expired lease of `labctl "
@@ -230,6 +244,21 @@ class VmLease:
                 return
             if self._write(description, str(config.get("digest") or ""), None):
                 return
+
+
+def _holder_gone(holder: str) -> bool:
+    """True when the holder ran on this machine and its process no longer exists (killed with
+    -9, crashed): no need to wait out the TTL. Holders on other machines expire by time only."""
+    host, _, pid = holder.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def _marker_line(description: str) -> str:

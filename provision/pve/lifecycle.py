@@ -13,6 +13,7 @@ cloud-init), resize (resize, reconcile an existing VM) and teardown (shutdown, d
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +27,7 @@ from provision.pve.boot import Boot
 from provision.pve.client import PveClient
 from provision.pve.clone import Cloner, Rollback
 from provision.pve.cluster import Cluster, LocalLocks, Resource, UpContext
+from provision.pve.lease import VmLease, lease_holder
 from provision.pve.placement import Placement
 from provision.pve.resize import Reshaper, resize_request
 from provision.pve.shapes import ResizeResult, ShapeRequest, VmInfo, ipconfig
@@ -95,8 +97,13 @@ class Lab:
     def managed_names(self) -> list[str]:
         return self._cluster.managed_names()
 
+    def lease(self, name: str, command: str, wait_s: float | None = None) -> VmLease:
+        """The lease to hold (`with`) while `command` changes or measures VM `name`."""
+        res = self._cluster.require_managed(name)
+        return VmLease(self.client, res.path, res.name, command, self.reporter, wait_s=wait_s)
+
     def _info(self, res: Resource, *, with_ip: bool) -> VmInfo:
-        shape, later, _, _ = self._cluster.pending(res)
+        shape, later, current, _ = self._cluster.pending(res)
         ip = self._agent.address(res) if with_ip and res.status == "running" else None
         return VmInfo(
             name=res.name,
@@ -110,6 +117,7 @@ class Lab:
             pending=later is not None,
             pending_shape=later,
             lock=res.lock,
+            lease=lease_holder(str(current.get("description") or ""), time.time()),
         )
 
     # -- up ----------------------------------------------------------------------------

@@ -61,6 +61,7 @@ class VmInfo:
     pending: bool
     pending_shape: Shape | None = None
     lock: str | None = None
+    lease: str | None = None  # who holds it (provision/pve/lease.py), None when free
 
     @property
     def managed(self) -> bool:
@@ -81,6 +82,7 @@ class VmInfo:
             "tags": list(self.tags),
             "managed": self.managed,
             "pending": self.pending,
+            "lease": self.lease,
         }
         if self.pending_shape is not None:
             data["pending_shape"] = {

@@ -10,6 +10,7 @@ returned (CloneFate) and told through `notify`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -79,11 +80,26 @@ class SweepSession:
     parallel: int = 1
     keep_clones: bool = False
     allow_overcommit: bool = False
+    wait_s: float | None = None  # for a VM another command holds: None = refuse at once
 
     def run(self, info: VmInfo, plan: SweepPlan) -> SweepRun:
-        """Make the clones, sweep, then remove the clones (also when the sweep fails)."""
+        """Make the clones, sweep, then remove the clones (also when the sweep fails).
+
+        The sweep holds the lease of NAME and of each clone for its whole run, so no other
+        labctl command (here or on another machine) resizes or probes them meanwhile.
+        """
+        with ExitStack() as leases:
+            command = f"sweep {info.name}"
+            leases.enter_context(self.lab.lease(info.name, command, self.wait_s))
+            return self._run_leased(info, plan, lambda clone: leases.enter_context(
+                self.lab.lease(clone, command, self.wait_s)))
+
+    def _run_leased(self, info: VmInfo, plan: SweepPlan,
+                    hold: Callable[[str], object]) -> SweepRun:
         try:
             clones = self.make_clones(info, plan)
+            for clone in clones:
+                hold(clone)
             progress = self._progress()
             workers = [self.make_worker(info.name, False, progress)]
             workers += [self.make_worker(clone, not self.keep_clones, progress) for clone in clones]

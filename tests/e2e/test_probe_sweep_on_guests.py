@@ -270,9 +270,14 @@ def test_sweep_finds_the_minimum_survives_sigkill_and_agrees_with_grid(lab: Lab)
     child = lab.start(*SWEEP, "--json")
     try:
         _wait_for_first_point(lab, child)
+        # a second controller (its own state dir, as on another machine) is refused: the
+        # running sweep holds the VM's lease in its Notes
+        second = lab.run(*SWEEP, "--json", state=lab.dir / "second-controller")
     finally:
         os.kill(child.pid, signal.SIGKILL)
         child.communicate()
+    assert second.code == ExitCode.PROXMOX, second
+    assert f"{VM} is held by `labctl sweep {VM}` on " in second.stderr, second.stderr
     with db(lab) as conn:
         [(sweep_id, status)] = conn.execute("SELECT id, status FROM sweeps").fetchall()
         killed = conn.execute("SELECT cores, memory_mib FROM sweep_points").fetchall()
@@ -283,6 +288,8 @@ def test_sweep_finds_the_minimum_survives_sigkill_and_agrees_with_grid(lab: Lab)
     document = resumed.json
     assert document["sweep"]["id"] == sweep_id and document["sweep"]["status"] == "done"
     assert f"resuming, {len(killed)} shapes already measured" in resumed.stderr
+    # the killed sweep's lease is taken over at once: its process is gone from this machine
+    assert "that process is gone from this machine" in resumed.stderr, resumed.stderr
     with db(lab) as conn:
         probed = conn.execute("SELECT cores, memory_mib, status FROM probes WHERE id > ?",
                               (last_probe,)).fetchall()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -44,7 +46,7 @@ def leased_vm(api_lab: Lab, api_sim: SimServer) -> Iterator[tuple[PveClient, str
     wait_task(client, client.post("nodes/pve/qemu/9000/clone", newid=vmid, name="leased"),
               timeout_s=30, what="clone")
     path = f"nodes/pve/qemu/{vmid}"
-    client.put(f"{path}/config", description=USER_NOTES)
+    client.put(f"{path}/config", description=USER_NOTES, tags="labctl")
     yield client, path
 
 
@@ -158,3 +160,74 @@ def test_bad_wait_values_are_usage_errors(value: str) -> None:
 
 def test_wait_values() -> None:
     assert parse_wait(None) is None and parse_wait("") == 600.0 and parse_wait("30") == 30.0
+
+
+def test_a_lease_whose_holder_process_died_on_this_machine_is_taken_over_at_once(
+        leased_vm: tuple[PveClient, str]) -> None:
+    client, path = leased_vm
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs: a holder killed with -9
+    killed = lease(client, path, "sweep leased")
+    killed.holder = f"{socket.gethostname()}:{dead.pid}"
+    killed.acquire()
+    elsewhere = lease(client, path, "sweep leased")
+    elsewhere.holder = f"other-controller:{dead.pid}"
+    taker = lease(client, path, "sweep leased")
+    taker.acquire()
+    assert isinstance(taker.reporter, Seen)
+    assert any("that process is gone from this machine" in w for w in taker.reporter.warnings)
+    taker.release()
+    elsewhere.acquire()  # a holder on another machine is not judged by this machine's pids
+    with pytest.raises(LeaseHeld):
+        lease(client, path, "probe leased").acquire()
+
+
+def held_elsewhere(client: PveClient, path: str) -> VmLease:
+    """A lease taken by a controller on another machine (what a second user's sweep writes)."""
+    other = lease(client, path, "sweep leased")
+    other.holder = "other-controller:4242"
+    other.acquire()
+    return other
+
+
+def test_a_command_on_a_vm_another_controller_holds_is_refused_exit_4_naming_the_holder(
+        api_lab: Lab, leased_vm: tuple[PveClient, str]) -> None:
+    client, path = leased_vm
+    held_elsewhere(client, path)
+
+    listing = api_lab.run("ls")
+    resized = api_lab.run("resize", "leased", "--cores", "3")
+
+    assert "leased is held by `labctl sweep leased` on other-controller:4242 since" in (
+        listing.stdout)
+    assert resized.code == 4, resized
+    assert resized.stderr.strip().count("\n") == 0 and (
+        "leased is held by `labctl sweep leased` on other-controller:4242 since") in (
+        resized.stderr)
+    assert int(client.get(f"{path}/config")["cores"]) != 3  # nothing changed
+
+
+def test_wait_gets_the_vm_once_the_holder_releases_and_the_command_gives_it_back(
+        api_lab: Lab, leased_vm: tuple[PveClient, str]) -> None:
+    client, path = leased_vm
+    other = held_elsewhere(client, path)
+    threading.Timer(2.0, other.release).start()
+
+    resized = api_lab.run("resize", "leased", "--cores", "3", "--wait", "30")
+
+    assert resized.code == 0, resized
+    assert "waiting for leased: held by `labctl sweep leased`" in resized.stderr
+    assert int(client.get(f"{path}/config")["cores"]) == 3
+    assert notes(client, path) == USER_NOTES  # released, the user's text as it was
+
+
+@pytest.mark.parametrize("value", ["-1", "soon"])
+def test_a_bad_wait_is_one_line_exit_2_before_anything_is_touched(
+        api_lab: Lab, leased_vm: tuple[PveClient, str], value: str) -> None:
+    client, path = leased_vm
+    for command in (("resize", "leased", "--cores", "2"), ("down", "leased", "--yes"),
+                    ("probe", "leased")):
+        result = api_lab.run(*command, "--wait", value)
+        assert result.code == 2, result
+        assert len(result.stderr.strip().splitlines()) == 1 and "--wait" in result.stderr
+    assert notes(client, path) == USER_NOTES

@@ -8,6 +8,7 @@ exit codes, resume. The same commands run against the simulator's real guests in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ class FakeLab:
     finds: int = 0
     clones: set[str] = field(default_factory=set)  # VMs besides `vm` (parallel sweeps)
     downs: list[str] = field(default_factory=list)
+    leased: list[str] = field(default_factory=list)  # VMs the sweep held the lease of
 
     def find(self, name: str) -> FakeInfo:
         self.finds += 1
@@ -63,6 +65,10 @@ class FakeLab:
     def down(self, name: str) -> None:
         self.downs.append(name)
         self.clones.discard(name)
+
+    def lease(self, name: str, command: str, wait_s: float | None = None) -> Any:
+        self.leased.append(name)
+        return contextlib.nullcontext()
 
 
 @dataclass
@@ -218,6 +224,7 @@ def test_parallel_splits_the_grid_between_the_vms_and_gives_the_same_answer(
     assert len(labctl.probers) == 3 and all(p.probed for p in labctl.probers)
     assert sum(len(p.probed) for p in labctl.probers) == 50
     assert json.loads(out)["minimum"]["cores"] == 4
+    assert labctl.lab.leased == ["gemma", "gemma-2", "gemma-3"]  # each VM it resizes and probes
 
 
 def test_ctrl_c_restores_the_vm_exits_130_and_the_rerun_resumes(labctl: Any) -> None:
