@@ -93,13 +93,15 @@ class HostReader:
         return int((self.proc / "loadavg").read_text().split()[3].split("/")[1])
 
     def _inotify_per_pid(self) -> dict[int, tuple[int, int]]:
-        """pid -> (inotify instances, watches) for root's processes that hold any."""
+        """pid -> (inotify instances, watches) for the processes that hold any and count
+        against our user's limit (root's, when guests run)."""
+        uid = os.geteuid()
         found: dict[int, tuple[int, int]] = {}
         for entry in os.scandir(self.proc):
             if not entry.name.isdigit():
                 continue
             try:
-                if entry.stat().st_uid != 0:
+                if entry.stat().st_uid != uid:
                     continue
                 fds = os.listdir(f"{entry.path}/fd")
             except OSError:
@@ -173,6 +175,10 @@ def _check_inotify(
         return
     besides = f" besides the {others} the host uses" if others else ""
     raise HostCapacityError(
-        f"cannot start VM {vmid}: {after} guests need ~{need} inotify {what}{besides}, "
+        f"cannot start VM {vmid}: {_guests(after)} ~{need} inotify {what}{besides}, "
         f"{sysctl} is {limit} ({SETUP_HINT})"
     )
+
+
+def _guests(count: int) -> str:
+    return "1 guest needs" if count == 1 else f"{count} guests need"

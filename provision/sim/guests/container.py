@@ -297,6 +297,11 @@ class ContainerBackend(GuestRuns, HostResources):
             "machine": uname.machine,
         }
 
+    def init_pid(self, vmid: int) -> int | None:
+        """The host PID of the guest's init (the container's leader), once it runs."""
+        guest = self._guests.get(vmid)
+        return guest.init_pid if guest else None
+
     def last_exit(self, vmid: int) -> GuestExit | None:
         """How the VM's guest last stopped on its own (None if it never did)."""
         return self._exits.get(vmid)
