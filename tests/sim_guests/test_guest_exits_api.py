@@ -105,6 +105,26 @@ def test_killing_a_guests_init_stops_its_vm_within_seconds_and_keeps_its_console
     backend.wait_ready(vmid, timeout_s=60)
 
 
+def test_a_guest_that_powers_itself_off_is_a_stopped_vm(
+    prox: Any, sim: SimServer, backend: ContainerBackend
+) -> None:
+    vmid = clone(prox)
+    vm = prox.nodes("pve").qemu(vmid)
+    assert wait(prox, vm.status.start.post())["exitstatus"] == "OK"
+    backend.wait_ready(vmid, timeout_s=60)
+    leader = backend.init_pid(vmid)
+    assert leader is not None
+    os.kill(leader, signal.SIGRTMIN + 4)  # what `systemctl poweroff` asks of systemd
+
+    asked = time.monotonic()
+    while vm.status.current.get()["status"] != "stopped":
+        assert time.monotonic() - asked < 30, "the VM still runs 30 s after its poweroff"
+        time.sleep(0.1)
+    kept = Raw(sim)("GET", "/_sim/guest-exits").json()["data"][str(vmid)]
+    assert kept["exit_code"] == 0
+    assert kept["console_tail"][-1] == "Powering off.", kept["console_tail"]
+
+
 def test_a_guest_whose_init_exits_at_boot_fails_its_start_task_with_the_console_tail(
     prox: Any, sim: SimServer, backend: ContainerBackend
 ) -> None:

@@ -36,6 +36,9 @@ NSPAWN_RUN = Path("/run/systemd/nspawn")
 CONSOLE_TAIL_LINES = 20
 # ANSI colour/cursor sequences systemd writes on a console (its "[  OK  ]" status lines)
 _ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
+# nspawn's complaint at every exit here (its own cleanup of the propagate dir, which the
+# backend removes itself): not the guest's, so kept out of console tails
+_NSPAWN_NOISE = re.compile(r"^Attempted to remove disk file system under .*/nspawn/propagate/")
 # the init of a guest whose boot is made to fail: prints its lines on the console and exits
 _FAILING_INIT = 'for line in "$@"; do echo "$line"; done; exit 255'
 
@@ -319,7 +322,11 @@ class GuestRuns:
         except OSError:
             return ()
         text = _ANSI.sub(b"", data).decode(errors="replace")
-        lines = [ln.rstrip() for ln in re.split(r"[\r\n]+", text) if ln.strip()]
+        lines = [
+            ln.rstrip()
+            for ln in re.split(r"[\r\n]+", text)
+            if ln.strip() and not _NSPAWN_NOISE.match(ln)
+        ]
         return tuple(lines[-CONSOLE_TAIL_LINES:])
 
     def _console(self, vmid: int) -> str:
