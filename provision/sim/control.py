@@ -3,8 +3,10 @@
     GET    /_sim/settings          current timing settings
     POST   /_sim/settings          JSON partial update, e.g. {"agent_delay": 0.5}
     GET    /_sim/faults            injected faults
-    POST   /_sim/faults            JSON fault spec (kinds: http, slow, task, agent, ignore_shutdown)
+    POST   /_sim/faults            JSON fault spec (kinds: http, slow, task, agent,
+                                   ignore_shutdown, boot_failure)
     DELETE /_sim/faults            clear every fault
+    GET    /_sim/guest-exits       VMs whose guest stopped on its own: exit code, console tail
     GET    /_sim/access            users, tokens, roles, ACL entries (no token secrets)
     POST   /_sim/access            replace them all; answers with the token secrets
     DELETE /_sim/access            remove them all (root@pam and its token stay)
@@ -56,6 +58,8 @@ def handle(cluster: Cluster, request: Request, path: str) -> Any:
         if method == "DELETE":
             cluster.faults.clear()
             return None
+    if path == "/_sim/guest-exits" and method == "GET":
+        return cluster.guest_exits_json()
     if path == "/_sim/access":
         if method == "GET":
             return cluster.access.to_json()

@@ -11,6 +11,8 @@ import threading
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from provision.sim.guests.base import SYSTEMD_INOTIFY_FAILURE
+
 DEFAULT_TASK_DURATIONS: dict[str, float] = {
     "qmclone": 2.0,
     "qmconfig": 0.2,
@@ -116,6 +118,16 @@ class TaskFault:
 
 
 @dataclass
+class BootFailure:
+    """The next `times` boots of VM `vmid` (None: of any VM; times 0: forever) fail: the guest's
+    init prints `console` and exits at once, before the guest is up."""
+
+    console: tuple[str, ...] = SYSTEMD_INOTIFY_FAILURE
+    vmid: int | None = None
+    times: int = 1
+
+
+@dataclass
 class Faults:
     """Everything a test can break on purpose. Thread-safe; consuming a fault counts it down."""
 
@@ -125,6 +137,7 @@ class Faults:
     agent_down: list[int] = field(default_factory=list)  # VMIDs whose agent never answers
     agent_down_all: bool = False
     ignore_shutdown: list[int] = field(default_factory=list)  # guests that ignore ACPI powerdown
+    boot_failures: list[BootFailure] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def take_http(self, method: str, path: str) -> HttpFault | None:
@@ -157,6 +170,18 @@ class Faults:
                         if fault.times == 0:
                             self.tasks.remove(fault)
                     return fault.message
+        return None
+
+    def take_boot_failure(self, vmid: int) -> tuple[str, ...] | None:
+        """The console lines of a boot of vmid that is to fail, or None."""
+        with self._lock:
+            for fault in self.boot_failures:
+                if fault.vmid in (None, vmid):
+                    if fault.times > 0:
+                        fault.times -= 1
+                        if fault.times == 0:
+                            self.boot_failures.remove(fault)
+                    return fault.console
         return None
 
     def agent_is_down(self, vmid: int) -> bool:
@@ -196,9 +221,12 @@ class Faults:
                     self.agent_down.append(int(spec["vmid"]))
             elif kind == "ignore_shutdown":
                 self.ignore_shutdown.append(int(spec["vmid"]))
+            elif kind == "boot_failure":
+                self.boot_failures.append(_boot_failure(spec))
             else:
                 raise ValueError(
-                    f"unknown fault kind {kind!r} (http, slow, task, agent, ignore_shutdown)"
+                    f"unknown fault kind {kind!r} "
+                    "(http, slow, task, agent, ignore_shutdown, boot_failure)"
                 )
 
     def clear(self) -> None:
@@ -209,6 +237,7 @@ class Faults:
             self.agent_down.clear()
             self.agent_down_all = False
             self.ignore_shutdown.clear()
+            self.boot_failures.clear()
 
     def to_json(self) -> dict[str, Any]:
         with self._lock:
@@ -219,4 +248,15 @@ class Faults:
                 "agent_down": list(self.agent_down),
                 "agent_down_all": self.agent_down_all,
                 "ignore_shutdown": list(self.ignore_shutdown),
+                "boot_failures": [asdict(f) for f in self.boot_failures],
             }
+
+
+def _boot_failure(spec: dict[str, Any]) -> BootFailure:
+    console = spec.get("console", SYSTEMD_INOTIFY_FAILURE)
+    if isinstance(console, str) or not all(isinstance(line, str) for line in console):
+        raise ValueError("console is a list of lines")
+    vmid = spec.get("vmid")
+    return BootFailure(
+        tuple(console), None if vmid is None else int(vmid), int(spec.get("times", 1))
+    )

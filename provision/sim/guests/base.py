@@ -7,8 +7,19 @@ simulator API-only when guests cannot be booted on this host.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+# What systemd printed when the 20th of 20 guests could not get an inotify instance (the
+# default init_failure of the simulator's boot_failure fault): PID 1 gives up, and in a container
+# it exits instead of freezing, so the container ends.
+SYSTEMD_INOTIFY_FAILURE = (
+    "Failed to create control group inotify object: Too many open files",
+    "Failed to allocate manager object: Too many open files",
+    "[!!!!!!] Failed to allocate manager object.",
+    "Exiting PID 1...",
+)
 
 
 @dataclass(frozen=True)
@@ -31,7 +42,33 @@ class GuestSpec:
     ssh_keys_delay: float = 0.0
     # seconds the simulated package upgrade works (CPU, dpkg lock) when package_upgrade is set
     upgrade_seconds: float = 6.0
+    # fault injection: the guest's init prints these lines on its console and exits at boot
+    init_failure: tuple[str, ...] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GuestExit:
+    """A guest that stopped on its own: its init exited, crashed or was killed (not a stop,
+    shutdown or close asked of the backend). For the simulator, the VM's QEMU process ended."""
+
+    vmid: int
+    exit_code: int  # of the guest's container manager (systemd-nspawn), 0 after a poweroff
+    console_tail: tuple[str, ...]  # the last lines its console printed in this boot
+    console_log: str = ""  # where the whole console is kept ("" when nothing is kept)
+    at: float = 0.0  # time.time() of the exit
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "vmid": self.vmid,
+            "exit_code": self.exit_code,
+            "console_tail": list(self.console_tail),
+            "console_log": self.console_log,
+            "time": self.at,
+        }
+
+
+ExitListener = Callable[[GuestExit], None]
 
 
 class GuestBackend(Protocol):
@@ -51,7 +88,20 @@ class GuestBackend(Protocol):
     def delete_disk(self, vmid: int) -> None: ...
 
     def start(self, spec: GuestSpec) -> None:
-        """Boot the guest with that shape; returns once the boot is launched (not finished)."""
+        """Boot the guest with that shape; returns once its init runs (the boot is not finished).
+
+        Raises HostCapacityError when the host cannot hold one more guest, GuestExited when the
+        guest's init exited before it was up (like QEMU exiting during `vm_start`).
+        """
+        ...
+
+    def watch_exits(self, listener: ExitListener) -> None:
+        """Call listener(GuestExit) each time a guest stops on its own (not asked to).
+
+        The listener runs in the backend's thread that saw the exit, before the guest's
+        resources are free for a new start of the same VM; it must be quick and must not call
+        back into the backend.
+        """
         ...
 
     def shutdown(self, vmid: int, timeout_s: float) -> bool:

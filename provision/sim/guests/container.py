@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from provision.sim.guests import netns
-from provision.sim.guests.base import GuestSpec
+from provision.sim.guests.base import ExitListener, GuestExit, GuestSpec
+from provision.sim.guests.capacity import Footprint, GuestsHeld, HostReader, check_capacity
 from provision.sim.guests.cgroups import GuestCgroups
 from provision.sim.guests.disks import DiskStore
-from provision.sim.guests.errors import GuestBackendError, GuestsUnavailable
+from provision.sim.guests.errors import GuestBackendError, GuestExited, GuestsUnavailable
 from provision.sim.guests.host import RUN_DIR, HostResources, check_host, check_names, probe_overlay
 from provision.sim.guests.lxcfs import Lxcfs
 from provision.sim.guests.nspawn import MIB, GuestRuns, Log, RunningGuest
@@ -63,6 +64,7 @@ class ContainerBackend(GuestRuns, HostResources):
         template_cache: str | os.PathLike[str] | None = None,
         lxcfs: bool = True,
         log: Log | None = None,
+        host_reader: HostReader | None = None,
     ) -> None:
         check_names(bridge, prefix)
         if cpu_scale <= 0 or mem_scale <= 0:
@@ -77,6 +79,10 @@ class ContainerBackend(GuestRuns, HostResources):
         self._guests: dict[int, RunningGuest] = {}
         self._starting: dict[int, str] = {}  # vmid -> address, while start() prepares it
         self._closed = False
+        self._exits: dict[int, GuestExit] = {}
+        self._exit_listener: ExitListener | None = None
+        self.host_reader = host_reader or HostReader()  # what capacity checks read
+        self.footprint = Footprint()
         check_host()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.leases = netns.Leases(subnet, self.state_dir / "leases.json")
@@ -124,11 +130,20 @@ class ContainerBackend(GuestRuns, HostResources):
 
     def start(self, spec: GuestSpec) -> None:
         vmid = spec.vmid
+        host, held = self.host_reader.usage(self._guest_pids())
         with self._lock:  # claim the VM and its address; the slow part runs unlocked
             if self._closed:
                 raise GuestBackendError("the guest backend is closed")
             if vmid in self._guests or vmid in self._starting:
                 raise GuestBackendError(f"VM {vmid} is already running")
+            others = len(self._guests) + len(self._starting)
+            check_capacity(
+                vmid,
+                self.memory_limit(spec.memory_mib),
+                GuestsHeld(others, *held),
+                host,
+                self.footprint,
+            )
             in_use = {v: g.ip for v, g in self._guests.items()} | dict(self._starting)
             ip = self.leases.assign(vmid, spec.ipconfig0, in_use)
             self._starting[vmid] = ip
@@ -150,6 +165,19 @@ class ContainerBackend(GuestRuns, HostResources):
             target=self._monitor, args=(guest,), name=f"guest-{vmid}", daemon=True
         )
         guest.monitor.start()
+        self._await_init(guest)
+
+    def _await_init(self, guest: RunningGuest) -> None:
+        """Return once the guest's init runs, as PVE's start returns once QEMU runs; raise
+        GuestExited if it exited before (the exit listener hears of it too)."""
+        guest.booted.wait()
+        if guest.stopped.is_set():
+            if guest.exit is not None:
+                raise GuestExited(guest.exit)
+            raise GuestBackendError(f"VM {guest.spec.vmid} was stopped while it started")
+
+    def watch_exits(self, listener: ExitListener) -> None:
+        self._exit_listener = listener
 
     def shutdown(self, vmid: int, timeout_s: float) -> bool:
         guest = self._guests.get(vmid)
@@ -268,6 +296,18 @@ class ContainerBackend(GuestRuns, HostResources):
             "kernel-version": uname.version,
             "machine": uname.machine,
         }
+
+    def init_pid(self, vmid: int) -> int | None:
+        """The host PID of the guest's init (the container's leader), once it runs."""
+        guest = self._guests.get(vmid)
+        return guest.init_pid if guest else None
+
+    def last_exit(self, vmid: int) -> GuestExit | None:
+        """How the VM's guest last stopped on its own (None if it never did)."""
+        return self._exits.get(vmid)
+
+    def _guest_pids(self) -> set[int]:
+        return self.cgroups.all_guest_pids()
 
     def boots(self, vmid: int) -> int:
         guest = self._guests.get(vmid)

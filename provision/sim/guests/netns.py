@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from provision.sim.guests.errors import GuestBackendError
+from provision.sim.guests.errors import GuestBackendError, HostCapacityError
 from provision.sim.guests.hostcmd import quiet, run
 
 IFNAMSIZ = 15  # longest Linux interface name
@@ -171,7 +171,12 @@ class Leases:
                 self._leases[vmid] = ip
                 self._save()
                 return ip
-        raise GuestBackendError(f"no free address left in {self.network}")
+        raise HostCapacityError(
+            f"cannot start VM {vmid}: no free address left in {self.network} (its "
+            f"{self.network.num_addresses - 3} guest addresses are used by running guests or "
+            "leased to other VMs; destroy VMs you no longer need, or give the simulator a larger "
+            "--subnet)"
+        )
 
     def release(self, vmid: int) -> None:
         if self._leases.pop(vmid, None) is not None:

@@ -6,13 +6,19 @@ clients can go through their IP discovery: 192.0.2.<vmid % 250 + 1>/24 (TEST-NET
 documentation-only, never routable, so nothing can accidentally be reached). There is no SSH
 server behind it. `file_read` raises FileNotFoundError for every path, which the API turns into
 the agent's "failed to open file" error.
+
+A start with `init_failure` (the boot_failure fault) fails as a container guest's would: the
+"console" is those lines and the exit code 255. `crash(vmid)` makes a running VM stop on its own
+(for tests of what the simulator does when a guest dies).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from provision.sim.guests.base import GuestSpec
+from provision.sim.guests.base import ExitListener, GuestExit, GuestSpec
+from provision.sim.guests.errors import GuestExited
 
 
 def fake_address(vmid: int) -> str:
@@ -25,6 +31,7 @@ class NoGuestBackend:
     def __init__(self, reason: str = "") -> None:
         self.reason = reason
         self._running: dict[int, GuestSpec] = {}
+        self._exit_listener: ExitListener | None = None
 
     def describe(self) -> str:
         text = "no guests (API only): VMs have no OS; the agent reports a TEST-NET-1 address"
@@ -37,7 +44,23 @@ class NoGuestBackend:
         return None
 
     def start(self, spec: GuestSpec) -> None:
+        if spec.init_failure is not None:
+            failed = GuestExit(spec.vmid, 255, spec.init_failure, at=time.time())
+            self._tell(failed)
+            raise GuestExited(failed)
         self._running[spec.vmid] = spec
+
+    def watch_exits(self, listener: ExitListener) -> None:
+        self._exit_listener = listener
+
+    def crash(self, vmid: int, exit_code: int = 1, console: tuple[str, ...] = ()) -> None:
+        """The VM's guest stops on its own (as if its QEMU process died)."""
+        if self._running.pop(vmid, None) is not None:
+            self._tell(GuestExit(vmid, exit_code, console, at=time.time()))
+
+    def _tell(self, exit: GuestExit) -> None:
+        if self._exit_listener is not None:
+            self._exit_listener(exit)
 
     def shutdown(self, vmid: int, timeout_s: float) -> bool:
         self._running.pop(vmid, None)

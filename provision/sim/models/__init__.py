@@ -17,6 +17,7 @@ in its own module on top of the shared state:
 | `clone.py` | `CloneMixin`: full and linked clones |
 | `config.py` | `ConfigMixin`: config updates (hotplug or pending), cloud-init, resize |
 | `power.py` | `PowerMixin`: start, stop, shutdown, reboot, destroy |
+| `exits.py` | `GuestExitMixin`: a guest that stops on its own stops its VM (and its start) |
 | `agent.py` | `AgentMixin`: guest agent commands |
 
 Concurrency: one re-entrant lock guards all state; each task runs in its own thread, serialised

@@ -10,12 +10,14 @@ from urllib.parse import unquote
 from provision.sim import vmconfig
 from provision.sim.errors import PveError
 from provision.sim.guests.base import GuestSpec
+from provision.sim.guests.errors import GuestExited, HostCapacityError
 from provision.sim.models.base import Vm, truthy
+from provision.sim.models.exits import GuestExitMixin
 from provision.sim.models.tasks import TaskMixin
 from provision.sim.tasks import Task, TaskError
 
 
-class PowerMixin(TaskMixin):
+class PowerMixin(GuestExitMixin, TaskMixin):
     """The `qmstart`, `qmstop`, `qmshutdown`, `qmreboot` and `qmdestroy` tasks."""
 
     def _spec(self, vm: Vm) -> GuestSpec:
@@ -37,6 +39,7 @@ class PowerMixin(TaskMixin):
             package_upgrade=config.get("ciupgrade") is None or truthy(config["ciupgrade"]),
             ssh_keys_delay=self.settings.cloudinit_ssh_delay,
             upgrade_seconds=self.settings.cloudinit_upgrade_seconds,
+            init_failure=self.faults.take_boot_failure(vm.vmid),
             extra={"node": vm.node, "tags": config.get("tags", "")},
         )
 
@@ -56,7 +59,9 @@ class PowerMixin(TaskMixin):
                 spec = self._spec(vm)
             self.save()
             task.say(f"start VM {vmid}: UPID {task.upid}")
-            self._boot(vm, spec)
+            with self._watching_boot(vmid) as watch:
+                self._boot(vm, spec, task)
+                self._await_start_window(task, vmid, watch)
 
         return self._spawn(node, "qmstart", str(vmid), user, work, lock_vmid=vmid).upid
 
@@ -68,13 +73,19 @@ class PowerMixin(TaskMixin):
         if vm.running:
             raise TaskError(f"VM {vm.vmid} already running")
 
-    def _boot(self, vm: Vm, spec: GuestSpec) -> None:
+    def _boot(self, vm: Vm, spec: GuestSpec, task: Task) -> None:
         try:
             self.backend.start(spec)
         except Exception as exc:
             with self.lock:
                 vm.status, vm.started_at = "stopped", None
             self.save()
+            if isinstance(exc, GuestExited):
+                raise self._start_failed(task, exc.exit) from exc
+            if isinstance(exc, HostCapacityError):
+                # refused before anything runs, like PVE's checks before QEMU is launched,
+                # whose errors carry no "start failed:" prefix
+                raise TaskError(str(exc)) from exc
             raise TaskError(f"start failed: {exc}") from exc
 
     def stop(self, node: str, vmid: int, user: str, params: dict[str, Any]) -> str:
@@ -150,7 +161,9 @@ class PowerMixin(TaskMixin):
                 current.started_at = time.time()
                 spec = self._spec(current)
             self.save()
-            self._boot(current, spec)
+            with self._watching_boot(vmid) as watch:
+                self._boot(current, spec, task)
+                self._await_start_window(task, vmid, watch)
 
         return self._spawn(node, "qmreboot", str(vmid), user, work, lock_vmid=vmid).upid
 
