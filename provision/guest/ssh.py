@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -221,13 +221,22 @@ def _reason(error: BaseException) -> str:
     return text.splitlines()[0][:200]
 
 
+ALIVE_CHECK_S = 2.0  # how often a failing SSH wait asks whether the VM still runs
+
+
 def wait_for_ssh(address: GuestAddress, timeout_s: float, reporter: Reporter | None = None,
-                 *, note_every_s: float = 5.0) -> None:
-    """Retry until SSH answers with key auth and runs `true`; a changed host key fails at once."""
+                 *, note_every_s: float = 5.0,
+                 check_alive: Callable[[], None] | None = None) -> None:
+    """Retry until SSH answers with key auth and runs `true`; a changed host key fails at once.
+
+    check_alive (called every ALIVE_CHECK_S while SSH fails) raises when the VM has stopped,
+    so a guest that died does not cost the whole timeout.
+    """
     reporter = reporter or NullReporter()
     start = time.monotonic()
     deadline = start + timeout_s
     next_note = start + note_every_s
+    next_alive_check = start + ALIVE_CHECK_S
     last_error = "no attempt yet"
     delay = 0.1
     while True:
@@ -246,6 +255,9 @@ def wait_for_ssh(address: GuestAddress, timeout_s: float, reporter: Reporter | N
                 f"SSH to {address.label} did not answer within {timeout_s:g}s: {last_error}",
                 hint="check that sshd runs in the guest and that the VM's network reaches it",
             )
+        if check_alive is not None and now >= next_alive_check:
+            check_alive()
+            next_alive_check = now + ALIVE_CHECK_S
         if now >= next_note:
             reporter.step(f"waiting for SSH on {address.host}:{address.port} "
                           f"({deadline - now:.0f}s left)")

@@ -86,7 +86,8 @@ class Boot:
 
         for _ in range(HOST_KEY_REREADS):
             try:
-                wait_for_ssh(address, max(5.0, timeout - watch.elapsed), self.cluster.reporter)
+                wait_for_ssh(address, max(5.0, timeout - watch.elapsed), self.cluster.reporter,
+                             check_alive=lambda: self._check_running(ctx, res))
                 return
             except HostKeyMismatch:
                 # cloud-init regenerates host keys on first boot: the agent may have shown the
@@ -97,6 +98,15 @@ class Boot:
             f"the SSH host key of {ctx.name} keeps changing",
             hint="check the guest's /etc/ssh/ssh_host_ed25519_key",
         )
+
+    def _check_running(self, ctx: UpContext, res: Resource) -> None:
+        """Fail at once when the VM stopped while labctl waits for it (its guest died)."""
+        if self.cluster.live(res).status != "running":
+            raise GuestError(
+                f"VM {ctx.name} (vmid {ctx.vmid}) stopped while labctl waited for SSH",
+                hint="its guest died or powered off: see the VM's console and the start task's "
+                "log (PVE UI, `qm status`)",
+            )
 
     def _wait_cloud_init(self, ctx: UpContext, address: GuestAddress, timeout: float) -> None:
         """`cloud-init status --wait` before anything is deployed or measured: cloud-init's

@@ -4,6 +4,7 @@ simulator VMs that are real systemd guests answering real SSH (host key pinned v
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 import subprocess
@@ -13,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from provision.errors import ExitCode
 from provision.guest import GuestAddress, connect, pinned_hosts
+from provision.sim.guests.container import ContainerBackend
 from provision.sim.server import SimServer
 from tests.integration.conftest import Lab
 
@@ -181,3 +184,28 @@ def test_ctrl_c_during_the_clone_leaves_a_vm_the_next_up_finishes(guest_lab: Lab
     assert finished.json["vm"]["vmid"] == vm["vmid"]
     assert "left by an interrupted `up`" in finished.stderr
     assert "labctl" in (guest_lab.vm_named("interrupted") or {}).get("tags", "")
+
+
+def test_up_fails_at_once_naming_the_vm_when_its_guest_dies_while_up_waits(
+        guest_sim: SimServer, guest_lab: Lab) -> None:
+    guest_lab.api("POST", "/_sim/settings", json={"agent_delay": 120})  # up waits on the agent
+    backend = guest_sim.backend
+    assert isinstance(backend, ContainerBackend)
+    child = guest_lab.start("up", "dies", "--cores", "1", "--ram", "1G", "--no-deploy")
+    try:
+        deadline = time.monotonic() + 60
+        vm = guest_lab.vm_named("dies")
+        while vm is None or vm.get("status") != "running" or not backend.init_pid(vm["vmid"]):
+            assert time.monotonic() < deadline and child.poll() is None, child.communicate()
+            time.sleep(0.2)
+            vm = guest_lab.vm_named("dies")
+        os.kill(backend.init_pid(vm["vmid"]) or 0, signal.SIGKILL)  # the guest dies
+        _, stderr = child.communicate(timeout=120)
+    finally:
+        guest_lab.api("POST", "/_sim/settings", json={"agent_delay": 0.5})
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == ExitCode.GUEST, stderr
+    # not "gave no IP address within 30s": the stop is noticed, not waited out
+    assert "VM dies stopped while labctl waited for its guest agent" in stderr
+    assert guest_lab.run("down", "dies", "--yes").code == 0
