@@ -7,6 +7,7 @@ stays about as fast as starting Python.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -15,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from provision.cli import cli
-from provision.cli.app import AppContext, pass_app, wait_option
-from provision.errors import LabctlError, UsageError
+from provision.cli.app import AppContext, jobs_option, pass_app, wait_option
+from provision.errors import UsageError
 
 if TYPE_CHECKING:
     from provision.pve.lifecycle import Lab, ShapeRequest, VmInfo
@@ -58,11 +59,18 @@ def _cpu_type(text: str) -> str:
 @click.option("--rollback", is_flag=True, help="destroy the new VM if a later step fails")
 @click.option("--no-deploy", is_flag=True, help="stop once SSH answers (skip Ollama)")
 @wait_option
+@jobs_option
 @pass_app
 def up(app: AppContext, name: str | None, cores: str | None, ram: str | None,
        disk: str | None, cpu_type: str | None, node: str, full: bool, allow_overcommit: bool,
-       rollback: bool, no_deploy: bool, wait: str | None) -> None:
-    """Create (or reconcile) VM NAME at a shape until SSH answers; no NAME = every [vm.*]."""
+       rollback: bool, no_deploy: bool, wait: str | None, jobs_text: str | None) -> None:
+    """Create (or reconcile) VM NAME at a shape until SSH answers; no NAME = every [vm.*],
+    --jobs at a time (one VM failing does not stop the others)."""
+    from provision.batch import each_vm, first_error, parse_jobs
+    from provision.pve.lease import parse_wait
+
+    parse_wait(wait)  # a bad --wait or --jobs is refused before anything is touched
+    jobs = parse_jobs(jobs_text)
     flags = _shape_request(cores, ram, cpu_type, disk)
     config = app.config
     if name is None:
@@ -74,32 +82,49 @@ def up(app: AppContext, name: str | None, cores: str | None, ram: str | None,
         names = list(config.vms)
     else:
         names = [name]
-    from provision.pve.lease import parse_wait
-
-    parse_wait(wait)  # a bad --wait is refused before anything is touched
     lab = app.lab()
     started = time.monotonic()
-    results: list[dict[str, Any]] = []
-    ready: list[str] = []
     existing = set(lab.managed_names())
-    for vm_name in names:
+    deploying = threading.Lock()  # one Ansible run at a time: they share the inventory file
+
+    def bring_up(vm_name: str) -> dict[str, Any]:
         # an existing VM is changed (reshaped, started, deployed): hold its lease meanwhile
         with (app.hold(lab, vm_name, f"up {vm_name}", wait) if vm_name in existing
               else nullcontext()):
             info = _up_one(app, lab, vm_name, flags, node=node, full=full,
                            allow_overcommit=allow_overcommit, rollback=rollback)
             entry = info.to_json()
-            entry["deploy"] = None if no_deploy else _deploy(app, info)
+            with deploying:
+                entry["deploy"] = None if no_deploy else _deploy(app, info)
         entry["ssh"] = _ssh_command(app, info)
-        results.append(entry)
-        ready.append(f"{info.name} is ready (vmid {info.vmid} on {info.node}, "
-                     f"{info.shape.label}): {entry['ssh']}")
+        return entry
+
+    outcomes = each_vm(names, bring_up, jobs)
+    results = [o.result for o in outcomes if o.result is not None]
+    ready = [f"{e['name']} is ready (vmid {e['vmid']} on {e['node']}, "
+             f"{_label(e)}): {e['ssh']}" for e in results]
+    failures = [o for o in outcomes if o.error is not None]
+    error = first_error(outcomes)
+    if error is not None and name is not None:
+        raise error
+    for failed in failures:
+        app.reporter.warn(f"{failed.name}: not up: {failed.error}")
     elapsed = time.monotonic() - started
     stats = lab.client.stats.as_dict()
     document: dict[str, Any] = {"vms": results, "elapsed_s": round(elapsed, 3), "api": stats}
     if name is not None:
         document = {"vm": results[0], "elapsed_s": round(elapsed, 3), "api": stats}
+    else:
+        document["failed"] = [{"name": f.name, "error": str(f.error)} for f in failures]
     app.emit(document, "\n".join(ready))
+    if error is not None:
+        raise error
+
+
+def _label(entry: dict[str, Any]) -> str:
+    from provision.shape import Shape
+
+    return Shape(entry["cores"], entry["memory_mib"], entry["cpu_type"]).label
 
 
 def _ssh_command(app: AppContext, info: VmInfo) -> str:
@@ -188,11 +213,11 @@ def resize(app: AppContext, name: str, cores: str | None, ram: str | None,
     app.emit(result.to_json(), render_resize(result))
 
 
-def _forget_deployed(app: AppContext, name: str) -> None:
-    """A destroyed VM leaves the shared Ansible inventory too."""
+def _forget_deployed(app: AppContext, names: list[str]) -> None:
+    """Destroyed VMs leave the shared Ansible inventory too."""
     from provision.deploy import forget_hosts, ssh_settings
 
-    forget_hosts(app.state_dir, [name], ssh_settings(app.config, app.state_dir))
+    forget_hosts(app.state_dir, names, ssh_settings(app.config, app.state_dir))
 
 
 # -- down --------------------------------------------------------------------------------------
@@ -202,14 +227,22 @@ def _forget_deployed(app: AppContext, name: str) -> None:
 @click.option("--all", "down_all", is_flag=True, help="every VM tagged labctl")
 @click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation")
 @wait_option
+@jobs_option
 @pass_app
-def down(app: AppContext, name: str | None, down_all: bool, yes: bool, wait: str | None) -> None:
-    """Shut down and destroy VM NAME (only VMs tagged labctl); its pinned host key goes too."""
+def down(app: AppContext, name: str | None, down_all: bool, yes: bool, wait: str | None,
+         jobs_text: str | None) -> None:
+    """Shut down and destroy VM NAME (only VMs tagged labctl); its pinned host key goes too.
+
+    With --all, the VMs are removed --jobs at a time; one that fails does not stop the others,
+    and each VM's outcome is listed.
+    """
     if bool(name) == down_all:
         raise UsageError("give a VM name or --all (not both)")
+    from provision.batch import each_vm, first_error, parse_jobs
     from provision.pve.lease import parse_wait
 
-    parse_wait(wait)  # a bad --wait is refused before anything is touched
+    parse_wait(wait)  # a bad --wait or --jobs is refused before anything is touched
+    jobs = parse_jobs(jobs_text)
     lab = app.lab()
     if down_all:
         targets = lab.list()
@@ -229,20 +262,28 @@ def down(app: AppContext, name: str | None, down_all: bool, yes: bool, wait: str
             app.say("nothing destroyed")
             app.emit({"destroyed": []}, None)
             return
-    destroyed: list[dict[str, Any]] = []
-    failures: list[LabctlError] = []
-    for vm in targets:
-        try:
-            with app.hold(lab, vm.name, f"down {vm.name}", wait):
-                lab.down(vm.name)
-            _forget_deployed(app, vm.name)
-            destroyed.append({"name": vm.name, "vmid": vm.vmid, "node": vm.node})
+    by_name = {vm.name: vm for vm in targets}
+
+    def remove(vm_name: str) -> None:
+        with app.hold(lab, vm_name, f"down {vm_name}", wait):
+            lab.down(vm_name)
+
+    outcomes = each_vm(list(by_name), remove, jobs)
+    gone = [o.name for o in outcomes if o.ok]
+    if gone:
+        _forget_deployed(app, gone)  # once, after the concurrent removals: one shared file
+    for outcome in outcomes:
+        vm = by_name[outcome.name]
+        if outcome.error is None:
             app.say(f"{vm.name} (vmid {vm.vmid}) destroyed")
-        except LabctlError as error:
-            if not down_all:
-                raise
-            app.reporter.warn(f"{vm.name}: {error}")
-            failures.append(error)
-    if failures:
-        raise failures[0]
-    app.emit({"destroyed": destroyed}, None)
+        elif down_all:
+            app.reporter.warn(f"{vm.name} (vmid {vm.vmid}) not destroyed: {outcome.error}")
+    error = first_error(outcomes)
+    if error is not None and not down_all:
+        raise error
+    app.emit({"destroyed": [{"name": n, "vmid": by_name[n].vmid, "node": by_name[n].node}
+                            for n in gone],
+              "failed": [{"name": o.name, "error": str(o.error)} for o in outcomes
+                         if o.error is not None]}, None)
+    if error is not None:
+        raise error

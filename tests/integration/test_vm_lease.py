@@ -231,3 +231,33 @@ def test_a_bad_wait_is_one_line_exit_2_before_anything_is_touched(
         assert result.code == 2, result
         assert len(result.stderr.strip().splitlines()) == 1 and "--wait" in result.stderr
     assert notes(client, path) == USER_NOTES
+
+
+def test_down_all_removes_every_vm_it_may_and_lists_the_one_another_controller_holds(
+        api_lab: Lab, leased_vm: tuple[PveClient, str]) -> None:
+    client, path = leased_vm
+    for name in ("free-a", "free-b"):
+        vmid = int(client.get("cluster/nextid"))
+        wait_task(client, client.post("nodes/pve/qemu/9000/clone", newid=vmid, name=name),
+                  timeout_s=30, what="clone")
+        client.put(f"nodes/pve/qemu/{vmid}/config", tags="labctl")
+    other = held_elsewhere(client, path)
+
+    result = api_lab.run("--json", "down", "--all", "--yes", "--jobs", "3")
+
+    assert result.code == 4, result
+    assert sorted(v["name"] for v in result.json["destroyed"]) == ["free-a", "free-b"]
+    assert [f["name"] for f in result.json["failed"]] == ["leased"]
+    assert "leased (vmid" in result.stderr and "not destroyed: leased is held by" in (
+        result.stderr)
+    assert api_lab.vm_named("leased") is not None and api_lab.vm_named("free-a") is None
+    other.release()
+
+
+@pytest.mark.parametrize("jobs", ["0", "-1", "many"])
+def test_a_bad_jobs_value_is_one_line_exit_2(api_lab: Lab, jobs: str) -> None:
+    for command in (("down", "--all", "--yes"), ("up",)):
+        result = api_lab.run(*command, "--jobs", jobs)
+        assert result.code == 2, result
+        assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+        assert "--jobs" in result.stderr
