@@ -15,7 +15,7 @@ import pytest
 
 from provision.guest import GuestAddress, connect, pinned_hosts
 from provision.sim.server import SimServer
-from tests.integration.conftest import Lab
+from tests.support.lab import Lab
 
 pytestmark = pytest.mark.guests
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from provision import store
 from provision.probe.parse import OllamaMetrics, RunPeaks, RunResult
-from tests.integration.conftest import Lab
+from tests.support.lab import Lab
 
 REPO = Path(__file__).resolve().parents[2]
 
