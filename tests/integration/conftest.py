@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from provision.sim.server import SimServer
-from tests.support.lab import FAST, Lab, guest_backend, wait_stopped
+from tests.support.lab import FAST, Lab, guest_backend, wait_gone, wait_stopped
 
 BRIDGE, SUBNET, PREFIX = "llbr40", "10.213.40.0/24", "ll40"
 
@@ -41,6 +41,7 @@ def guest_lab(guest_sim: SimServer, tmp_path: Path, ssh_key: Path) -> Iterator[L
             lab.api("POST", path + "/status/stop")
             wait_stopped(lab, path)
         lab.api("DELETE", path)
+    wait_gone(lab)
 
 
 @pytest.fixture

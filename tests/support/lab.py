@@ -20,7 +20,7 @@ import requests
 from provision.sim.server import SimServer
 from tests.support.cli import REPO, CliResult, labctl, labctl_process, start_labctl
 
-__all__ = ["FAST", "REPO", "CliResult", "Lab", "guest_backend", "wait_stopped"]
+__all__ = ["FAST", "REPO", "CliResult", "Lab", "guest_backend", "wait_gone", "wait_stopped"]
 
 FAST: dict[str, Any] = {
     "agent_delay": 0.3,
@@ -124,6 +124,7 @@ class Lab:
                 self.api("POST", path + "/status/stop")
                 wait_stopped(self, path)
             self.api("DELETE", path)
+        wait_gone(self)
 
     def vms(self) -> list[dict[str, Any]]:
         return [r for r in self.api("GET", "/cluster/resources", params={"type": "vm"})
@@ -138,6 +139,13 @@ def wait_stopped(lab: Lab, path: str) -> None:
     for _ in range(100):
         if lab.api("GET", path + "/status/current")["status"] == "stopped":
             return
+        time.sleep(0.05)
+
+
+def wait_gone(lab: Lab, timeout_s: float = 10.0) -> None:
+    """Until the destroy tasks have run: labctl started in-process at once would see them."""
+    deadline = time.monotonic() + timeout_s
+    while lab.vms() and time.monotonic() < deadline:
         time.sleep(0.05)
 
 
