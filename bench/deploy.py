@@ -18,7 +18,7 @@ the double's release tarball is ~15 KB (the real amd64 bundle is over 1 GB) and 
 template already has zstd (a fresh cloud image would install it from apt).
 Needs root (guests). Uses bridge ldbr30 / 10.213.30.0/24 unless told otherwise.
 
-    sudo python3 bench/deploy.py [--pairs 2] [--model-mib 194] [--cores 2] [--ram-mib 8192]
+    sudo python3 -m bench.deploy [--pairs 2] [--model-mib 194] [--cores 2] [--ram-mib 8192]
 """
 
 from __future__ import annotations
@@ -34,11 +34,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from provision.deploy import DeployHost, DeployResult, deploy  # noqa: E402
-from tests.deploy.harness import Lab, lab  # noqa: E402
+from provision.deploy import DeployHost, DeployResult, deploy
+from tests.support.deploy_lab import Lab, lab
 
 GEMMA2_2B_BLOB_BYTES = 1_629_509_152
 DEFAULT_MEM_SCALE = 0.125  # ContainerBackend's default
@@ -74,7 +71,7 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     if os.geteuid() != 0:
-        print("bench/deploy.py needs root (it boots simulator guests)", file=sys.stderr)
+        print("python -m bench.deploy needs root (it boots simulator guests)", file=sys.stderr)
         return 2
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ld30-bench-"))
     try:

@@ -14,7 +14,7 @@ probe puts a per-run nonce before the chat template's first token so that no run
 cached prefix (the method the probe reports is printed). --prompt long (several hundred
 tokens) or short (the probe's default prompt, about 20 tokens).
 
-    sudo python bench/probe_accuracy.py [--cores 1,2] [--runs 3] [--num-predict 32] \
+    sudo python -m bench.probe_accuracy [--cores 1,2] [--runs 3] [--num-predict 32] \
         [--prompt long|short]
 
 Needs root (container guests), the Debian packages of scripts/bootstrap.sh, ~4 GiB of free RAM;
@@ -32,13 +32,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tests.doubles.engine import ensure_engine  # noqa: E402
-from tests.doubles.gguf_model import GEMMA2_2B, ensure_model, model_digest  # noqa: E402
-from tests.e2e.conftest import guest_lab  # noqa: E402
-from tests.integration.conftest import Lab  # noqa: E402
+from tests.doubles.engine import ensure_engine
+from tests.doubles.gguf_model import GEMMA2_2B, ensure_model, model_digest
+from tests.support.e2e_lab import guest_lab
+from tests.support.lab import Lab
 
 VM = "acc"
 BRIDGE, SUBNET, PREFIX = "lbbr91", "10.213.91.0/24", "lb91"

@@ -12,7 +12,7 @@ By default it starts the Ollama TEST DOUBLE (tests/doubles: real CPU work, not O
 127.0.0.1 and runs the agent on this host exactly as a guest would (`python3 - <options>`).
 --ollama-url measures against an Ollama you already run instead.
 
-    python bench/probe_overhead.py [--runs 5] [--num-predict 128] [--ollama-url URL]
+    python -m bench.probe_overhead [--runs 5] [--num-predict 128] [--ollama-url URL]
 """
 
 from __future__ import annotations
@@ -26,12 +26,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from provision import store  # noqa: E402
-from provision.probe.run import AGENT_PATH, ProbeOptions, ProbeResult, collect  # noqa: E402
-from provision.progress import NullReporter  # noqa: E402
+from provision import store
+from provision.probe.run import AGENT_PATH, ProbeOptions, ProbeResult, collect
+from provision.progress import NullReporter
 
 SAMPLER_LIMIT_PCT = 1.0
 RATE_LIMIT_PCT = 1.0
@@ -64,7 +61,7 @@ def main() -> int:
         double = None
         url = args.ollama_url
         if url is None:
-            from tests.probe.conftest import start_double
+            from tests.support.installed_double import start_double
 
             double = start_double(Path(tmp) / "double", 64 << 20)
             url = double.url
@@ -75,7 +72,7 @@ def main() -> int:
             result, raw, rows = run_probe(options, Path(tmp) / "state")
         finally:
             if double is not None:
-                from tests.probe.conftest import stop_double
+                from tests.support.installed_double import stop_double
 
                 stop_double(double.process)
     return report(result, raw, rows)

@@ -2,8 +2,8 @@
 """Probes and reboots used by the smart sweep vs the grid on the same matrix, and whether both
 give the same minimum. Prints the ratios measured in this run.
 
-  python bench/sweep.py                      # replayed tables (gemma2:2b on CPU, realistic)
-  python bench/sweep.py --vm gemma --cores 1,2 --ram 1G,2G,3G --min-tps 2 \\
+  python -m bench.sweep                      # replayed tables (gemma2:2b on CPU, realistic)
+  python -m bench.sweep --vm gemma --cores 1,2 --ram 1G,2G,3G --min-tps 2 \\
         [--config labctl.toml --state-dir DIR]    # plus a real run of both strategies via labctl
 
 The replayed part needs no VM: each strategy's measure() answers from a table modelled on
@@ -20,15 +20,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "unit")]
-
-from sweep_tables import MATRIX, gemma_table, random_monotone_table  # noqa: E402
-
-from provision.shape import Shape  # noqa: E402
-from provision.sweep.model import FreeMemTarget, Measurement, Space, Targets  # noqa: E402
-from provision.sweep.strategy import search  # noqa: E402
-from tests.support.replay import Replay, one_at_a_time  # noqa: E402
+from provision.shape import Shape
+from provision.sweep.model import FreeMemTarget, Measurement, Space, Targets
+from provision.sweep.strategy import search
+from tests.support.replay import Replay, one_at_a_time
+from tests.support.sweep_tables import MATRIX, gemma_table, random_monotone_table
 
 G = 1024
 CASES: list[tuple[str, Space, Targets]] = [

@@ -10,7 +10,7 @@ Prints, from one run on this machine:
 VMs are real systemd-nspawn guests (root needed) on bridge llbr41 / 10.213.41.0/24, prefix ll41,
 so SSH at the end is real. The guest agent takes PVE's 3 s to answer "not running".
 
-Usage: python bench/up_floor.py [--runs 3] [--clone 4] [--start 1] [--boot 8]
+Usage: python -m bench.up_floor [--runs 3] [--clone 4] [--start 1] [--boot 8]
 """
 
 from __future__ import annotations
@@ -25,10 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from provision.sim.server import SimServer
 
-from provision.sim.server import SimServer  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 BRIDGE, SUBNET, PREFIX = "llbr41", "10.213.41.0/24", "ll41"
 
@@ -67,7 +66,7 @@ def main() -> int:
                         help="seconds from start until the guest agent answers")
     args = parser.parse_args()
     if os.geteuid() != 0:
-        print("bench/up_floor.py needs root for the container guests", file=sys.stderr)
+        print("python -m bench.up_floor needs root for the container guests", file=sys.stderr)
         return 2
     from provision.sim.guests.container import ContainerBackend
 

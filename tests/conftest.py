@@ -3,6 +3,9 @@
 Guest, sshd and cgroup tests skip (saying why) on machines that cannot run them. In CI they must
 run: with LABCTL_TESTS_STRICT=1 (set by .ci/run) any skipped test fails the session, so a
 missing install step cannot hide behind a green run.
+
+Helpers shared across files live in tests/support (an importable package); fixtures that several
+folders use are registered here once, as plugins, so a folder's conftest only holds its own.
 """
 
 from __future__ import annotations
@@ -12,6 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+pytest_plugins = [
+    "tests.support.fixtures.sim_lab",
+    "tests.support.fixtures.probe_targets",
+]
 
 _skipped: list[str] = []
 

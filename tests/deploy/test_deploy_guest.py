@@ -17,8 +17,8 @@ import pytest
 
 from provision.deploy import DeployHost, DeployResult, deploy
 from provision.errors import DeployError
-from tests.deploy.harness import MODEL, Lab
 from tests.doubles import build_release
+from tests.support.deploy_lab import MODEL, Lab
 from tests.support.reporting import RecordingReporter
 
 pytestmark = [pytest.mark.guests, pytest.mark.slow]

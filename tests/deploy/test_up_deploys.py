@@ -35,7 +35,7 @@ class _Borrowed:
 def sim_lab(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The real simulator over HTTPS, backed by the deploy lab's guests and mirror."""
     from provision.sim.server import SimServer
-    from tests.integration.conftest import FAST, Lab
+    from tests.support.lab import FAST, Lab
 
     work = tmp_path_factory.mktemp("up-deploys")
     settings = {**FAST, "agent_delay": 0.5}

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.doubles import DOUBLE_SOURCE, OllamaMirror, prepare_mirror
-from tests.doubles.conftest import MODEL, Double, MirrorSetup, start_double, stop_double
+from tests.support.double_server import MODEL, Double, MirrorSetup, start_double, stop_double
 
 METRICS = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
            "eval_count", "eval_duration")

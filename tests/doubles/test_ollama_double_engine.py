@@ -25,8 +25,8 @@ import pytest
 
 from provision.probe.run import ProbeOptions
 from tests.doubles import OllamaMirror, prepare_mirror, publish_model
-from tests.doubles.conftest import Double, start_double, stop_double
-from tests.probe.conftest import of_kind, run_agent
+from tests.support.agent import of_kind, run_agent
+from tests.support.double_server import Double, start_double, stop_double
 
 MODEL = "gemma2-shaped:tiny"
 BROKEN = "broken:notgguf"
@@ -192,7 +192,6 @@ def test_probe_of_a_broken_model_file_fails_with_ollamas_message_exit_7(
         engine_double: Double, name: str) -> None:
     from provision.errors import ExitCode, ProbeError
     from provision.probe.run import ProbeOptions, collect
-    from tests.probe.conftest import run_agent
     from tests.support.reporting import RecordingReporter
 
     options = ProbeOptions(model=name, runs=1, warmup=0, num_predict=4,

@@ -1,120 +1,25 @@
 """End-to-end fixtures: the real `labctl` CLI (a subprocess) against the PVE simulator whose VMs
-are real, shape-limited container guests running the Ollama TEST DOUBLE with the REAL engine.
+are real, shape-limited container guests running the Ollama TEST DOUBLE with the REAL engine
+(tests/support/e2e_lab.py).
 
 One simulator, one mirror and one VM for the whole session (boots, deploys and model loads are
 the slow part on a 2-core machine). Network resources are this directory's own: bridge lebr70,
 subnet 10.213.70.0/24, guest prefix le70. Everything is torn down at the end, and the last test
 checks that nothing is left behind.
-
-The model: a GGUF file with gemma2:2b's exact architecture and size (1.63 GB, random weights,
-tests/doubles/gguf_model.py), run by the real llama.cpp llama-server (tests/doubles/engine.py)
-that the double starts as Ollama 0.32.15 does. Guests get their VM's real RAM (mem_scale 1).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.integration.conftest import FAST, Lab
-
-BRIDGE, SUBNET, PREFIX = "lebr70", "10.213.70.0/24", "le70"
-MODEL = "gemma2:2b"
-MODEL_BYTES = 1_629_000_000  # the gemma2:2b-shaped GGUF: within 0.1 % of the real blob
-VM = "e2e"
-ORIGINAL = ("2", "4G")  # the VM's shape between tests (cores, RAM)
-
-
-@dataclass
-class E2eLab:
-    """The CLI lab (lab file + state dir) plus the pieces behind it, torn down once."""
-
-    cli: Lab
-    backend: Any
-    server: Any
-    mirror: Any
-    closed: bool = False
-    outputs: list[str] = field(default_factory=list)
-
-    def close(self) -> None:
-        """Stop the simulator (which closes the guest backend) and the mirror; idempotent."""
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            self.server.stop()
-        finally:
-            self.mirror.stop()
-
-
-def _backend(state: Path, bridge: str, subnet: str, prefix: str) -> Any:
-    if os.geteuid() != 0:
-        pytest.skip("e2e on container guests needs root (netns, overlayfs, cgroups)")
-    from provision.sim.guests.container import ContainerBackend
-    from provision.sim.guests.errors import GuestsUnavailable
-
-    try:
-        return ContainerBackend(state, bridge=bridge, subnet=subnet, prefix=prefix,
-                                mem_scale=1.0)
-    except GuestsUnavailable as error:
-        pytest.skip(f"container guests unavailable here: {error}")
-
-
-@contextlib.contextmanager
-def guest_lab(work: Path, *, bridge: str, subnet: str, prefix: str, nodes: int = 1,
-              vms: tuple[str, ...] = ()) -> Iterator[E2eLab]:
-    """Simulator (container guests on its own bridge) + mirror + a lab file that deploys the
-    Ollama TEST DOUBLE from that mirror; `vms` still there at the end are brought down."""
-    from provision.sim.server import SimServer
-    from tests.doubles import OllamaMirror, prepare_mirror
-    from tests.doubles.engine import ensure_engine
-    from tests.doubles.gguf_model import GEMMA2_2B, ensure_model
-
-    key = work / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    release, _ = prepare_mirror(work / "mirror", models={MODEL: ensure_model(GEMMA2_2B)},
-                                llama_server=ensure_engine().server)
-    backend = _backend(work / "guests", bridge, subnet, prefix)
-    try:
-        mirror = OllamaMirror(work / "mirror", host=str(backend.leases.host_ip)).start()
-    except BaseException:
-        backend.close()
-        raise
-    server = SimServer(work / "sim", nodes=nodes, backend=backend, node_cpus=8,
-                       node_memory_gib=32, **{**FAST, "agent_delay": 0.5})
-    try:
-        server.start()
-    except BaseException:
-        mirror.stop()
-        backend.close()
-        raise
-    cli = Lab(server, work, key)
-    config = cli.write(probe={"model": MODEL})
-    # What a user with a local mirror writes; OLLAMA_DOUBLE_REGISTRY is the double's own variable.
-    config.write_text(config.read_text() + (
-        f'\n[deploy]\nmodels = ["{MODEL}"]\nollama_version = "{release.version}"\n'
-        f'ollama_base_url = "{mirror.download_base_url}"\n'
-        f'extra_vars = {{ ollama_environment = {{ OLLAMA_DOUBLE_REGISTRY = "{mirror.url}" }} }}\n'))
-    lab = E2eLab(cli, backend, server, mirror)
-    try:
-        yield lab
-    finally:
-        with contextlib.suppress(Exception):
-            for name in vms:
-                if not lab.closed and cli.vm_named(name) is not None:
-                    cli.run("down", name, "--yes", timeout=120)
-        lab.close()
+from tests.support.e2e_lab import BRIDGE, PREFIX, SUBNET, VM, E2eLab, guest_lab
 
 
 @pytest.fixture(scope="session")
 def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2eLab]:
-    with guest_lab(tmp_path_factory.mktemp("e2e"), bridge=BRIDGE, subnet=SUBNET, prefix=PREFIX,
-                   vms=(VM,)) as lab:
+    with guest_lab(
+        tmp_path_factory.mktemp("e2e"), bridge=BRIDGE, subnet=SUBNET, prefix=PREFIX, vms=(VM,)
+    ) as lab:
         yield lab

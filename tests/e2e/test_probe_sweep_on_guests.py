@@ -34,8 +34,8 @@ import pytest
 
 from provision.errors import ExitCode
 from provision.store import RESULT_COLUMNS
-from tests.e2e.conftest import BRIDGE, MODEL_BYTES, PREFIX, VM, E2eLab
-from tests.integration.conftest import CliResult, Lab
+from tests.support.e2e_lab import BRIDGE, MODEL_BYTES, PREFIX, VM, E2eLab
+from tests.support.lab import CliResult, Lab
 
 pytestmark = [pytest.mark.e2e, pytest.mark.guests, pytest.mark.slow]
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import MODEL, E2eLab, guest_lab
-from tests.integration.conftest import CliResult, Lab
+from tests.support.e2e_lab import MODEL, E2eLab, guest_lab
+from tests.support.lab import CliResult, Lab
 
 pytestmark = [pytest.mark.e2e, pytest.mark.guests, pytest.mark.slow]
 

@@ -18,7 +18,7 @@ from provision.pve.agent import GuestAgent
 from provision.pve.cluster import Cluster, Resource, UpContext
 from provision.pve.tasks import wait_task
 from provision.sim.server import SimServer
-from tests.integration.conftest import FAST
+from tests.support.lab import FAST
 
 SILENT_AGENT_S = 1.0  # PVE answers "QEMU guest agent is not running" after this long
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.conftest import Lab
-from tests.integration.test_cli_refusals import one_error_line, run_on_terminal
+from tests.support.cli import one_error_line, run_on_terminal
+from tests.support.lab import Lab
 
 
 def init_args(lab: Lab, *extra: str, template: str = "9000") -> list[str]:

@@ -18,7 +18,7 @@ from provision.errors import ExitCode
 from provision.guest import GuestAddress, connect, pinned_hosts
 from provision.sim.guests.container import ContainerBackend
 from provision.sim.server import SimServer
-from tests.integration.conftest import Lab
+from tests.support.lab import Lab, wait_stopped
 
 pytestmark = pytest.mark.guests
 
@@ -86,6 +86,7 @@ def test_up_again_reconciles_instead_of_cloning_a_duplicate(guest_lab: Lab) -> N
 
     # stopped behind labctl's back: `up` starts it again
     guest_lab.api("POST", f"/nodes/pve/qemu/{vmid}/status/stop")
+    wait_stopped(guest_lab, f"/nodes/pve/qemu/{vmid}")  # the stop task ran: labctl sees it stopped
     restarted = guest_lab.run("--json", "up", "again", "--cores", "2", "--no-deploy")
     assert restarted.code == 0, restarted
     assert restarted.json["vm"]["vmid"] == vmid and restarted.json["vm"]["cores"] == 2

@@ -20,9 +20,9 @@ import pytest
 
 from provision.sim.guests.null import NoGuestBackend
 from provision.sim.server import SimServer
-from tests.integration.conftest import FAST, Lab
-from tests.integration.test_cli_refusals import one_error_line
-from tests.unit.readme_pveum import access_spec, readme_commands, role_privileges
+from tests.support.cli import one_error_line
+from tests.support.lab import FAST, Lab
+from tests.support.readme_pveum import access_spec, readme_commands, role_privileges
 
 HOST_KEY = "/etc/ssh/ssh_host_ed25519_key.pub"
 

@@ -13,15 +13,8 @@ import pytest
 
 from provision.sim.models import TEMPLATE_NAME
 from provision.sim.server import SimServer
-from tests.integration.conftest import FAST, Lab
-
-
-def one_error_line(stderr: str) -> str:
-    """The error line; the test fails if there is not exactly one, or a traceback shows."""
-    assert "Traceback" not in stderr
-    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, stderr
-    return lines[0]
+from tests.support.cli import one_error_line, run_on_terminal
+from tests.support.lab import FAST, Lab
 
 
 @pytest.mark.parametrize(
@@ -301,41 +294,6 @@ def test_auto_node_falls_back_to_the_templates_node_for_local_storage(
         explicit = lab.run("up", "pinned-node", "--node", "pve2", "--no-deploy")
         assert explicit.code == 4
         assert "use --node pve" in one_error_line(explicit.stderr)
-
-
-def run_on_terminal(lab: Lab, args: list[str], answer: str,
-                    prompt: bytes = b"[y/N]") -> tuple[int, str]:
-    """Run labctl with a pseudo-terminal as stdin/stdout; answer its prompt."""
-    import os
-    import pty
-    import select
-    import sys
-
-    from tests.integration.conftest import REPO
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LABCTL_")}
-    env.update(PYTHONPATH=str(REPO), LABCTL_STATE_DIR=str(lab.state))
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: becomes labctl
-        os.execve(sys.executable, [sys.executable, "-m", "provision", "--config",
-                                   str(lab.config), *args], env)
-    seen, answered = b"", False
-    while True:
-        ready, _, _ = select.select([fd], [], [], 60)
-        if not ready:
-            break
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        seen += chunk
-        if not answered and prompt in seen:
-            os.write(fd, answer.encode() + b"\n")
-            answered = True
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), seen.decode(errors="replace")
 
 
 def test_down_asks_on_a_terminal_and_only_yes_destroys(api_lab: Lab) -> None:

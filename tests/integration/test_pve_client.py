@@ -6,19 +6,9 @@ import pytest
 
 from provision.config import Secret
 from provision.errors import ProxmoxAPIError, TLSVerifyError
-from provision.pve.client import ClientSettings, PveClient
 from provision.sim.server import SimServer
-from tests.integration.conftest import Lab
-
-
-def client_for(server: SimServer, **overrides: object) -> PveClient:
-    creds = server.credentials
-    values: dict[str, object] = {
-        "host": "127.0.0.1", "port": server.port, "token_id": creds["token_id"],
-        "token_secret": Secret(creds["token_secret"]), "fingerprint": server.fingerprint,
-        "timeout": 10.0}
-    values.update(overrides)
-    return PveClient(ClientSettings(**values), sleep=lambda _s: None)  # type: ignore[arg-type]
+from tests.support.lab import Lab
+from tests.support.pve import client_for
 
 
 def test_pinned_client_reads_and_counts_requests(api_sim: SimServer) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from provision.guest import GuestAddress, connect
-from tests.integration.conftest import Lab
+from tests.support.lab import Lab
 
 pytestmark = pytest.mark.guests
 

@@ -16,8 +16,8 @@ from provision.pve.client import PveClient
 from provision.pve.lease import Lease, UnreadableLease, VmLease, parse_wait, read_lease
 from provision.pve.tasks import wait_task
 from provision.sim.server import SimServer
-from tests.integration.conftest import Lab
-from tests.integration.test_pve_client import client_for
+from tests.support.lab import Lab
+from tests.support.pve import client_for
 
 USER_NOTES = "Kept for the GPU tests.\nDo not resize on Fridays.\n"
 

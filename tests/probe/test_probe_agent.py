@@ -12,14 +12,10 @@ from pathlib import Path
 import pytest
 
 from provision.probe.run import AGENT_PATH, ProbeOptions
-from tests.probe.conftest import (
-    DoubleOllama,
-    FixtureReplayOllama,
-    fixture_text,
-    free_port,
-    of_kind,
-    run_agent,
-)
+from tests.support.agent import of_kind, run_agent
+from tests.support.installed_double import DoubleOllama
+from tests.support.net import free_port
+from tests.support.replay_ollama import FixtureReplayOllama, fixture_text
 
 
 def options(url: str, **changes: object) -> ProbeOptions:

@@ -1,27 +1,22 @@
-"""`labctl probe` / `labctl results` through the real CLI (a subprocess)."""
+"""`labctl probe` / `labctl results` through the real CLI entry point (in this process)."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 from provision import store
 from provision.probe.parse import OllamaMetrics, RunPeaks, RunResult
-from tests.integration.conftest import Lab
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.cli import labctl as run_labctl
+from tests.support.lab import Lab
 
 
 def labctl(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LABCTL_")}
-    env["PYTHONPATH"] = str(REPO)
-    return subprocess.run([sys.executable, "-m", "provision", "--state-dir", str(state), *args],
-                          capture_output=True, text=True, env=env, check=False, timeout=60)
+    done = run_labctl("--state-dir", str(state), *args)
+    return subprocess.CompletedProcess(done.args, done.code, done.stdout, done.stderr)
 
 
 def keep_probe(state: Path, vm: str, tps: list[float]) -> None:

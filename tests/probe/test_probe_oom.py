@@ -11,7 +11,8 @@ import pytest
 
 from provision.errors import ExitCode, ModelDoesNotFit
 from provision.probe.run import ProbeOptions, collect
-from tests.probe.conftest import DoubleOllama, of_kind, run_agent, start_double, stop_double
+from tests.support.agent import of_kind, run_agent
+from tests.support.installed_double import DoubleOllama, start_double, stop_double
 from tests.support.reporting import RecordingReporter
 
 MEMORY_V1 = Path("/sys/fs/cgroup/memory")

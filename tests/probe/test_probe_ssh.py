@@ -13,8 +13,9 @@ import pytest
 from provision import store
 from provision.errors import ProbeError
 from provision.probe.run import ProbeOptions, probe
-from tests.probe.conftest import DoubleOllama, LocalSshd
+from tests.support.installed_double import DoubleOllama
 from tests.support.reporting import RecordingReporter
+from tests.support.sshd import LocalSshd
 
 
 def options(double: DoubleOllama, **changes: object) -> ProbeOptions:

@@ -12,7 +12,7 @@ import pytest
 
 from provision.sim.guests.null import NoGuestBackend
 from provision.sim.server import SimServer
-from tests.sim.conftest import FAST, Raw, changed_settings, token_api, wait
+from tests.support.sim_api import FAST, Raw, changed_settings, token_api, wait
 
 NewVm = Callable[..., int]
 

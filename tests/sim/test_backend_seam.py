@@ -3,45 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 from provision.sim.guests.base import GuestSpec
-from provision.sim.guests.null import NoGuestBackend
 from provision.sim.server import SimServer
-from tests.sim.conftest import FAST, token_api, wait
+from tests.support.recording_backend import RecordingBackend
+from tests.support.sim_api import FAST, token_api, wait
 
 KEYS = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx/k+abc= me@laptop\nssh-rsa AAAAB3NzaC1yc2E= ops"
-
-
-class RecordingBackend(NoGuestBackend):
-    """A test double that records every call on top of NoGuestBackend's behaviour."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[tuple[Any, ...]] = []
-
-    def clone_disk(self, source_vmid: int | None, new_vmid: int, linked: bool) -> None:
-        self.calls.append(("clone_disk", source_vmid, new_vmid, linked))
-
-    def delete_disk(self, vmid: int) -> None:
-        self.calls.append(("delete_disk", vmid))
-
-    def start(self, spec: GuestSpec) -> None:
-        self.calls.append(("start", spec))
-        super().start(spec)
-
-    def shutdown(self, vmid: int, timeout_s: float) -> bool:
-        self.calls.append(("shutdown", vmid, timeout_s))
-        return super().shutdown(vmid, timeout_s)
-
-    def stop(self, vmid: int) -> None:
-        self.calls.append(("stop", vmid))
-        super().stop(vmid)
-
-    def reshape(self, vmid: int, cores: int, memory_mib: int) -> None:
-        self.calls.append(("reshape", vmid, cores, memory_mib))
-        super().reshape(vmid, cores, memory_mib)
 
 
 def test_the_backend_sees_clone_start_reshape_shutdown_and_delete(tmp_path: Path) -> None:

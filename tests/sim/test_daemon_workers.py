@@ -14,8 +14,8 @@ import pytest
 
 from provision.sim.guests.base import GuestSpec
 from provision.sim.server import SimServer
-from tests.sim.conftest import FAST, Raw, token_api, wait
-from tests.sim.test_backend_seam import RecordingBackend
+from tests.support.recording_backend import RecordingBackend
+from tests.support.sim_api import FAST, Raw, token_api, wait
 
 SILENT_AGENT_S = 1.0  # how long PVE holds a worker for an agent that does not answer
 

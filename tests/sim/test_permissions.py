@@ -23,7 +23,7 @@ from provision.sim.guests.null import NoGuestBackend
 from provision.sim.permissions import ENDPOINT_CHECKS
 from provision.sim.server import SimServer
 from provision.sim.urls import ROUTES
-from tests.sim.conftest import FAST, Raw, token_api, wait
+from tests.support.sim_api import FAST, Raw, token_api, wait
 
 TOKEN = "labctl@pve!labctl"
 HOST_KEY = "/etc/ssh/ssh_host_ed25519_key.pub"

@@ -11,7 +11,7 @@ import proxmoxer
 import pytest
 
 from provision.sim.server import SimServer
-from tests.sim.conftest import FAST, Raw, changed_settings, token_api, wait
+from tests.support.sim_api import FAST, Raw, changed_settings, token_api, wait
 
 
 def test_a_fresh_state_has_the_cloud_init_template(fresh_sim: SimServer) -> None:

@@ -11,7 +11,7 @@ import proxmoxer
 import pytest
 from proxmoxer.tools import Tasks
 
-from tests.sim.conftest import Raw, changed_settings, wait
+from tests.support.sim_api import Raw, changed_settings, wait
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx/k+abc= me@laptop"
 NewVm = Callable[..., int]

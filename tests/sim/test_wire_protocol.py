@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from provision.sim.server import SimServer
-from tests.sim.conftest import Raw, ticket_api
+from tests.support.sim_api import Raw, ticket_api
 
 
 def test_success_is_wrapped_in_a_data_envelope(raw: Raw) -> None:

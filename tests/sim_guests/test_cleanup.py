@@ -80,8 +80,7 @@ def test_a_new_backend_cleans_up_after_a_crashed_one(  # type: ignore[no-untyped
 ) -> None:
     # A simulator process boots a guest and dies by SIGKILL, without close().
     script = textwrap.dedent(f"""
-        import os, signal, sys
-        sys.path.insert(0, {str(REPO)!r})
+        import os, signal
         from pathlib import Path
         from provision.sim.guests.base import GuestSpec
         from provision.sim.guests.container import ContainerBackend
@@ -137,8 +136,6 @@ def test_a_prefix_in_use_is_refused(tmp_path: Path, root_only: None) -> None:
 
 def test_without_root_the_backend_says_why_in_one_line(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
-        import sys
-        sys.path.insert(0, {str(REPO)!r})
         from provision.sim.guests.container import ContainerBackend
         from provision.sim.guests.errors import GuestsUnavailable
         try:
@@ -159,7 +156,10 @@ def test_without_root_the_backend_says_why_in_one_line(tmp_path: Path) -> None:
         ]
     else:
         argv = [sys.executable, "-c", script]
-    proc = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=60, cwd="/")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # `provision` importable from cwd /
+    proc = subprocess.run(
+        argv, check=False, capture_output=True, text=True, timeout=60, cwd="/", env=env
+    )
     assert proc.stdout.strip() == "container guests need root (netns, overlayfs, cgroups)", (
         proc.stderr
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from provision.sim.guests.container import ContainerBackend, ssh_banner
-from tests.sim_guests.conftest import _next_vmid, make_spec, ssh_run
+from tests.support.guests import make_spec, next_vmid, ssh_run
 
 pytestmark = pytest.mark.guests
 
@@ -29,7 +29,7 @@ def started(backend: ContainerBackend) -> Iterator[list[int]]:
 
 def test_host_keys_appear_after_the_agent_answers_and_sshd_waits_for_them(
         backend: ContainerBackend, ssh_key: Path, started: list[int]) -> None:
-    vmid = next(_next_vmid)
+    vmid = next_vmid()
     spec = make_spec(vmid, ssh_key, ssh_keys_delay=2.5)
     backend.clone_disk(None, vmid, linked=True)
     backend.start(spec)

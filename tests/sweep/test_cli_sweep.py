@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sweep_tables import gemma_table
-from test_sweep_loop import FakeVm, TableProber
 
 from provision.cli import main
 from provision.cli.app import AppContext
@@ -25,6 +23,8 @@ from provision.errors import ExitCode
 from provision.shape import NodeCapacity, Shape
 from provision.sweep.loop import Worker
 from provision.sweep.session import SweepSession
+from tests.support.sweep_fakes import FakeVm, TableProber
+from tests.support.sweep_tables import gemma_table
 
 G = 1024
 LAB = """

@@ -14,15 +14,15 @@ import subprocess
 import sys
 import textwrap
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-
-from sweep_tables import MATRIX, gemma_table
 
 from provision.progress import NullReporter
 from provision.shape import Shape
-from provision.sweep.loop import SweepLoop, SweepPlan, Worker
-from provision.sweep.model import Measurement, Targets, shape_from_dict, shape_to_dict
+from provision.sweep.loop import SweepLoop, Worker
+from provision.sweep.model import shape_to_dict
+from tests.support.cli import REPO
+from tests.support.sweep_fakes import CountingProber, FileVm
+from tests.support.sweep_fakes import resume_plan as plan
 from tests.support.sweep_store import sweep_store_at
 
 G = 1024
@@ -30,37 +30,9 @@ ORIGINAL = Shape(12, 32 * G, "host")
 PROBES_BEFORE_KILL = 3
 
 
-@dataclass
-class FileVm:
-    """A VM whose shape lives in a file: what a killed process leaves behind stays there."""
-
-    path: Path
-    name: str = "gemma"
-    applied: list[Shape] = field(default_factory=list)
-
-    def current_shape(self) -> Shape:
-        return shape_from_dict(json.loads(self.path.read_text()))
-
-    def apply(self, shape: Shape) -> bool:
-        changed = shape != self.current_shape()
-        self.path.write_text(json.dumps(shape_to_dict(shape)))
-        self.applied.append(shape)
-        return changed
-
-
-@dataclass
-class CountingProber:
-    probed: list[Shape] = field(default_factory=list)
-
-    def measure(self, shape: Shape) -> Measurement:
-        self.probed.append(shape)
-        return gemma_table()[shape]
-
-
 CHILD = textwrap.dedent("""
-    import sys, threading
-    sys.path[:0] = [{unit!r}, {here!r}]
-    from test_resume_after_kill import FileVm, CountingProber, plan
+    import threading
+    from tests.support.sweep_fakes import FileVm, CountingProber, resume_plan as plan
     from provision.progress import NullReporter
     from tests.support.sweep_store import sweep_store_at
     from provision.sweep.loop import SweepLoop, Worker
@@ -75,11 +47,6 @@ CHILD = textwrap.dedent("""
     store = sweep_store_at({db!r})
     SweepLoop(store, [Worker(FileVm(Path({vm!r})), StallingProber())], NullReporter()).run(plan())
 """)
-
-
-def plan() -> SweepPlan:
-    return SweepPlan(vm="gemma", space=MATRIX, targets=Targets(min_tps=10),
-                     probe_options={"model": "gemma2:2b"})
 
 
 def _wait_for_points(db: Path, count: int, child: subprocess.Popen[bytes]) -> None:
@@ -100,10 +67,8 @@ def test_sigkilled_sweep_resumes_without_reprobing_and_restores_the_original_sha
     db, vm_file = tmp_path / "labctl.sqlite", tmp_path / "vm.json"
     vm_file.write_text(json.dumps(shape_to_dict(ORIGINAL)))
     sweep_store_at(db)  # create the schema before the child and the test both open it
-    here = Path(__file__).resolve().parent
-    script = CHILD.format(unit=str(here.parent / "unit"), here=str(here), n=PROBES_BEFORE_KILL,
-                          db=str(db), vm=str(vm_file))
-    child = subprocess.Popen([sys.executable, "-c", script], cwd=here.parents[1])
+    script = CHILD.format(n=PROBES_BEFORE_KILL, db=str(db), vm=str(vm_file))
+    child = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)  # `tests` importable
     try:
         _wait_for_points(db, PROBES_BEFORE_KILL, child)
     finally:

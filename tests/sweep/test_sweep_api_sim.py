@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Lab
+from tests.support.lab import Lab
 
 GIB = 2**30
 

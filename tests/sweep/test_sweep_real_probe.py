@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from test_sweep_loop import FakeVm
 
 from provision import store
 from provision.errors import ModelDoesNotFit
@@ -23,8 +22,10 @@ from provision.sweep.db import SweepStore
 from provision.sweep.lab import LabProber
 from provision.sweep.loop import SweepLoop, SweepPlan, Worker
 from provision.sweep.model import Space, Status, Targets, evaluate
-from tests.probe.conftest import DoubleOllama, LocalSshd
+from tests.support.installed_double import DoubleOllama
 from tests.support.reporting import RecordingReporter
+from tests.support.sshd import LocalSshd
+from tests.support.sweep_fakes import FakeVm
 
 G = 1024
 

@@ -12,31 +12,7 @@ import pytest
 from provision.config import KEYS, Secret, load_config
 from provision.config_vms import VM_KEYS
 from provision.errors import ConfigError
-
-LAB = """
-[proxmox]
-host = "pve.lan"
-token_id = "root@pam!labctl"
-fingerprint = "AA:BB"
-
-[ssh]
-user = "ubuntu"
-
-[vm.gemma]
-cores = 8
-ram = "16G"
-disk = "40G"
-
-[vm.tiny]
-ram = "2G"
-"""
-
-
-def write(tmp_path: Path, text: str, mode: int = 0o600) -> Path:
-    path = tmp_path / "labctl.toml"
-    path.write_text(text)
-    path.chmod(mode)
-    return path
+from tests.support.lab_file import LAB, write
 
 
 @pytest.fixture(autouse=True)
@@ -80,18 +56,6 @@ def test_world_readable_file_holding_a_secret_is_refused_with_the_fix(tmp_path: 
         load_config(str(path))
     assert "chmod 600" in str(caught.value)
     assert "zq9-secret-value" not in str(caught.value)
-
-
-def test_secret_command_supplies_the_secret(tmp_path: Path) -> None:
-    text = LAB.replace('fingerprint = "AA:BB"', 'token_secret_cmd = "echo from-manager"')
-    config = load_config(str(write(tmp_path, text, 0o644)))
-    assert config.secret("proxmox.token_secret").reveal() == "from-manager"
-
-
-def test_failing_secret_command_is_a_config_error(tmp_path: Path) -> None:
-    text = LAB.replace('fingerprint = "AA:BB"', 'token_secret_cmd = "false"')
-    with pytest.raises(ConfigError, match="exited 1"):
-        load_config(str(write(tmp_path, text)))
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ whole list when one name is unknown (AccessControl.pm:1224-1238). The names PVE 
 from __future__ import annotations
 
 from provision.sim.access import PVE_PRIVILEGES
-from tests.unit.readme_pveum import access_spec, readme_commands, role_privileges
+from tests.support.readme_pveum import access_spec, readme_commands, role_privileges
 
 
 def test_readme_role_names_only_privileges_pve9_knows() -> None:

@@ -10,7 +10,6 @@ import re
 from pathlib import Path
 
 import pytest
-from sweep_tables import MATRIX, gemma_table
 
 from provision.report.export import CSV_COLUMNS, to_csv, to_json
 from provision.report.files import write_report
@@ -21,6 +20,7 @@ from provision.shape import Shape
 from provision.sweep.model import Measurement, Space, Status, Targets
 from provision.sweep.strategy import SearchResult, search
 from tests.support.replay import Replay, one_at_a_time
+from tests.support.sweep_tables import MATRIX, gemma_table
 
 G = 1024
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

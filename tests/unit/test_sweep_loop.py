@@ -3,72 +3,22 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from sweep_tables import MATRIX, gemma_table
 
-from provision.errors import GuestUnreachable, Interrupted, ProbeError, ProxmoxError, UsageError
+from provision.errors import GuestUnreachable, Interrupted, ProxmoxError, UsageError
 from provision.shape import NodeCapacity, Shape
 from provision.sweep.clones import clone_names, spread_nodes
 from provision.sweep.db import SweepStore
 from provision.sweep.loop import SweepLoop, SweepPlan, Worker, check_space_fits, result_from_store
-from provision.sweep.model import Measurement, Status, Targets
+from provision.sweep.model import Status, Targets
 from tests.support.reporting import RecordingReporter
+from tests.support.sweep_fakes import START, FakeVm, TableProber
 from tests.support.sweep_store import sweep_store_at
+from tests.support.sweep_tables import MATRIX
 
 G = 1024
-START = Shape(12, 32 * G, "host")
-
-
-@dataclass
-class FakeVm:
-    """A VM that only has a shape; counts reboots like a PVE VM without hotplug."""
-
-    name: str = "gemma"
-    shape: Shape = START
-    reboots: int = 0
-    fail_apply_on: Shape | None = None
-    history: list[Shape] = field(default_factory=list)
-
-    def current_shape(self) -> Shape:
-        return self.shape
-
-    def apply(self, shape: Shape) -> bool:
-        if shape == self.fail_apply_on:
-            raise ProxmoxError("config update failed")
-        if shape == self.shape:
-            return False
-        self.shape = shape
-        self.reboots += 1
-        self.history.append(shape)
-        return True
-
-
-@dataclass
-class TableProber:
-    """Answers from the gemma table; can be told to fail or to stop the sweep after n probes."""
-
-    vm: FakeVm
-    table: dict[Shape, Measurement] = field(default_factory=gemma_table)
-    interrupt_after: int | None = None
-    fail_on: set[Shape] = field(default_factory=set)
-    probed: list[Shape] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    rendezvous: threading.Barrier | None = None  # parallel workers: all probe once before any
-
-    def measure(self, shape: Shape) -> Measurement:
-        assert self.vm.shape == shape, "probed a VM that was not reshaped first"
-        if self.rendezvous is not None and not self.probed:
-            self.rendezvous.wait(timeout=30)
-        with self.lock:
-            if self.interrupt_after is not None and len(self.probed) >= self.interrupt_after:
-                raise KeyboardInterrupt
-            self.probed.append(shape)
-        if shape in self.fail_on:
-            raise ProbeError("SSH connection lost during run 2")
-        return self.table[shape]
 
 
 @pytest.fixture()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 
 import pytest
-from sweep_tables import MATRIX, gemma_table, random_monotone_table
 
 from provision.shape import Shape
 from provision.sweep.model import FreeMemTarget, Measurement, Space, Status, Targets, evaluate
@@ -18,6 +17,7 @@ from provision.sweep.strategy import (
     search,
 )
 from tests.support.replay import Replay, count_reboots, needs_reboot, one_at_a_time
+from tests.support.sweep_tables import MATRIX, gemma_table, random_monotone_table
 
 G = 1024
 

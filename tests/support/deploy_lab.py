@@ -1,4 +1,4 @@
-"""A real guest + the Ollama double's mirror, for deploy tests and bench/deploy.py.
+"""A real guest + the Ollama double's mirror, for tests/deploy and bench/deploy.py.
 
 Boots systemd-nspawn guests through the simulator's ContainerBackend on this helper's own
 network (bridge ldbr30, 10.213.30.0/24, prefix ld30), serves the double's release and model
