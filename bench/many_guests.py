@@ -6,7 +6,7 @@ all at once, and waits for each one's agent IP and an SSH banner. Prints how man
 long it took, what the host had left (memory, inotify instances, tasks), and the errors of those
 that did not come up; then stops and destroys everything. Asserts nothing.
 
-Usage: python bench/many_guests.py [--count 40] [--cores 1] [--memory 1024] [--mem-scale 1]
+Usage: python -m bench.many_guests [--count 40] [--cores 1] [--memory 1024] [--mem-scale 1]
 """
 
 from __future__ import annotations
@@ -23,16 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import requests
+from proxmoxer import ProxmoxAPI, ResourceException
+from proxmoxer.tools import Tasks
 
-import requests  # noqa: E402
-from proxmoxer import ProxmoxAPI, ResourceException  # noqa: E402
-from proxmoxer.tools import Tasks  # noqa: E402
-
-from provision.sim.guests.capacity import HostReader, HostUsage  # noqa: E402
-from provision.sim.guests.container import ssh_banner  # noqa: E402
-from provision.sim.server import SimServer  # noqa: E402
+from provision.sim.guests.capacity import HostReader, HostUsage
+from provision.sim.guests.container import ssh_banner
+from provision.sim.server import SimServer
 
 BRIDGE, SUBNET, PREFIX = "llbr42", "10.213.42.0/24", "ll42"
 FIRST_VMID = 400
@@ -186,7 +183,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=300, help="seconds for all to come up")
     args = parser.parse_args()
     if os.geteuid() != 0:
-        print("bench/many_guests.py needs root for the container guests", file=sys.stderr)
+        print("bench.many_guests needs root for the container guests", file=sys.stderr)
         return 2
     from provision.sim.guests.container import ContainerBackend
 

@@ -17,7 +17,7 @@ from provision.sim.guests.base import SYSTEMD_INOTIFY_FAILURE, GuestSpec
 from provision.sim.guests.errors import HostCapacityError
 from provision.sim.guests.null import NoGuestBackend
 from provision.sim.server import SimServer
-from tests.sim.conftest import FAST, Raw, token_api, wait
+from tests.support.sim_api import FAST, Raw, token_api, wait
 
 CAPACITY = (
     "cannot start VM {vmid}: 40 guests need ~320 inotify instances, "

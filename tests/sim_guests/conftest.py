@@ -6,7 +6,6 @@ and a cached (or buildable, ~1 min) Debian template. Elsewhere they skip, saying
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,17 +13,17 @@ import pytest
 
 from provision.sim.guests.container import ContainerBackend
 from provision.sim.guests.errors import GuestsUnavailable
-from tests.support.guests import Booted, make_spec, next_vmid, pinned_client
+from tests.support.guests import (
+    Booted,
+    guests_skip_reason,
+    make_spec,
+    next_vmid,
+    pinned_client,
+)
 
 BRIDGE, SUBNET, PREFIX = "lgbr20", "10.213.20.0/24", "lg20"
 # A second, independent backend for the cleanup tests.
 BRIDGE2, SUBNET2, PREFIX2 = "lgbr21", "10.213.21.0/24", "lg21"
-
-
-def guests_skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "guest tests need root (netns, overlayfs, cgroups)"
-    return None
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ from provision.sim.guests.capacity import HostReader, HostUsage
 from provision.sim.guests.container import ContainerBackend, ssh_banner
 from provision.sim.guests.errors import GuestsUnavailable
 from provision.sim.server import SimServer
-from tests.sim.conftest import FAST, Raw, token_api, wait
-from tests.sim_guests.conftest import guests_skip_reason
+from tests.support.guests import guests_skip_reason
+from tests.support.sim_api import FAST, Raw, token_api, wait
 
 pytestmark = pytest.mark.guests
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,3 +86,10 @@ def ssh_run(
         return stdout.channel.recv_exit_status(), out, err
     finally:
         client.close()
+
+
+def guests_skip_reason() -> str | None:
+    """Why container guests cannot run here (None when they can)."""
+    if os.geteuid() != 0:
+        return "guest tests need root (netns, overlayfs, cgroups)"
+    return None
