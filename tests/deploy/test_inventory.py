@@ -6,6 +6,7 @@ import json
 import stat
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,7 +38,7 @@ def render(tmp_path: Path, options: DeployOptions | None = None) -> Path:
     return target
 
 
-def ansible_inventory(path: Path) -> dict:  # type: ignore[type-arg]
+def ansible_inventory(path: Path) -> dict[str, Any]:
     out = subprocess.run(["ansible-inventory", "-i", str(path), "--list"], capture_output=True,
                          text=True, timeout=60, check=True).stdout
     return dict(json.loads(out))

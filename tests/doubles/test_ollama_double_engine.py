@@ -201,7 +201,7 @@ def test_probe_of_a_broken_model_file_fails_with_ollamas_message_exit_7(
     assert code == 0 and run["ok"] is False and run["oom"]["likely"] is False
     with pytest.raises(ProbeError) as raised:
         collect([json.dumps(e) for e in events], options, RecordingReporter(), vm="vm1")
-    assert raised.value.exit_code == ExitCode.PROBE == 7
+    assert raised.value.exit_code == ExitCode.PROBE and int(ExitCode.PROBE) == 7
     assert "llama-server process has terminated: exit status" in str(raised.value)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from provision.errors import ExitCode, ModelDoesNotFit
+from provision.probe.parse import RunResult
 from provision.probe.run import ProbeOptions, collect
 from tests.support.agent import of_kind, run_agent
 from tests.support.installed_double import DoubleOllama, start_double, stop_double
@@ -59,7 +60,7 @@ def test_runner_killed_by_the_kernel_for_memory_is_model_does_not_fit(
     assert any("OOM kill" in e or "kernel:" in e for e in runs[0]["oom"]["evidence"])
 
     lines = [json.dumps(e) for e in events]
-    kept = []
+    kept: list[RunResult] = []
     with pytest.raises(ModelDoesNotFit) as raised:
         collect(lines, options, RecordingReporter(), _Keep(kept), vm="tiny")
     assert raised.value.exit_code == ExitCode.MODEL_DOES_NOT_FIT
@@ -69,11 +70,11 @@ def test_runner_killed_by_the_kernel_for_memory_is_model_does_not_fit(
 
 
 class _Keep:
-    def __init__(self, into: list) -> None:  # type: ignore[type-arg]
+    def __init__(self, into: list[RunResult]) -> None:
         self.into = into
 
     def on_facts(self, facts: object) -> None:
         pass
 
-    def on_run(self, run: object) -> None:
+    def on_run(self, run: RunResult) -> None:
         self.into.append(run)

@@ -4,8 +4,9 @@ upgrade (CPU, dpkg lock) and `cloud-init status --wait`, as on a freshly cloned 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,7 +54,7 @@ def test_host_keys_appear_after_the_agent_answers_and_sshd_waits_for_them(
 
 
 def test_package_upgrade_keeps_the_dpkg_lock_and_a_cpu_busy_until_cloud_init_is_done(
-        boot) -> None:  # type: ignore[no-untyped-def]
+        boot: Callable[..., Any]) -> None:
     guest = boot(package_upgrade=True, upgrade_seconds=6.0)
     backend: ContainerBackend = guest.backend
     rc, out, _err = guest.ssh(APT_INSTALL)

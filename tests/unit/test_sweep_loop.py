@@ -29,7 +29,7 @@ def store(tmp_path: Path) -> SweepStore:
 def plan(**changes: object) -> SweepPlan:
     base = SweepPlan(vm="gemma", space=MATRIX, targets=Targets(min_tps=10),
                      probe_options={"model": "gemma2:2b", "runs": 3})
-    return SweepPlan(**{**base.__dict__, **changes})  # type: ignore[arg-type]
+    return SweepPlan(**{**base.__dict__, **changes})
 
 
 def loop_for(store: SweepStore, vm: FakeVm, prober: TableProber) -> SweepLoop:

@@ -788,17 +788,21 @@ class LlamaServerLoaded(RunnerProcess):
 
 
 
+# the model held in RAM: the real llama-server, or the hashing stand-in without it
+Runner = Loaded | LlamaServerLoaded
+
+
 class Scheduler:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.loaded: dict[str, Loaded] = {}
+        self.loaded: dict[str, Runner] = {}
         self.lock = threading.Lock()
         self.keep_alive_s = parse_duration(_env("OLLAMA_KEEP_ALIVE"), KEEP_ALIVE_DEFAULT_S)
         self.parallel = max(1, _int_env("OLLAMA_NUM_PARALLEL", 1))
         self.default_ctx = _int_env("OLLAMA_CONTEXT_LENGTH", 0) or 4096
         threading.Thread(target=self._expire_loop, daemon=True).start()
 
-    def get(self, model: LocalModel, options: dict[str, Any]) -> tuple[Loaded, int]:
+    def get(self, model: LocalModel, options: dict[str, Any]) -> tuple[Runner, int]:
         """The runner for model with these runner options, loading it if needed; load ns."""
         key = tuple(options.get(k) for k in RUNNER_OPTIONS)
         with self.lock:
@@ -810,7 +814,7 @@ class Scheduler:
                 del self.loaded[model.name.display]
             t0 = time.perf_counter_ns()
             ctx = int(options.get("num_ctx") or self.default_ctx)
-            runner = LlamaServerLoaded if _real_llama_server() else Loaded
+            runner: type[Runner] = LlamaServerLoaded if _real_llama_server() else Loaded
             loaded = runner(model, options, key, ctx, self.parallel)
             self.loaded[model.name.display] = loaded
             return loaded, time.perf_counter_ns() - t0
@@ -821,7 +825,7 @@ class Scheduler:
         if current:
             current.stop()
 
-    def forget(self, loaded: Loaded) -> None:
+    def forget(self, loaded: Runner) -> None:
         with self.lock:
             if self.loaded.get(loaded.model.name.display) is loaded:
                 del self.loaded[loaded.model.name.display]
@@ -912,7 +916,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         try:
             body = json.loads(raw)
         except ValueError as err:
-            raise ApiError(400, f"invalid character in request body: {err.msg}") from err
+            reason = getattr(err, "msg", err)  # JSONDecodeError's own text, else the decode error
+            raise ApiError(400, f"invalid character in request body: {reason}") from err
         if not isinstance(body, dict):
             raise ApiError(400, "json: cannot unmarshal into Go value of type api.Request")
         return body
@@ -1058,7 +1063,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return prompt
         return render_prompt(str(body.get("template") or model_template(model)), prompt)
 
-    def _load(self, model: LocalModel, options: dict[str, Any]) -> tuple[Loaded, int]:
+    def _load(self, model: LocalModel, options: dict[str, Any]) -> tuple[Runner, int]:
         try:
             return self.scheduler.get(model, options)
         except RunnerDied as err:
@@ -1076,7 +1081,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         else:
             self._send_json(200, final)
 
-    def _run(self, loaded: Loaded, body: dict[str, Any], prompt: str, options: dict[str, Any],
+    def _run(self, loaded: Runner, body: dict[str, Any], prompt: str, options: dict[str, Any],
              chat: bool, stream: bool, t_start: int, load_ns: int, keep_alive: float) -> None:
         seed = int(options.get("seed", -1))
         if seed < 0:
@@ -1172,6 +1177,10 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     allow_reuse_address = True
 
 
+class Server6(Server):
+    address_family = socket.AF_INET6
+
+
 def serve() -> int:
     _scheme, host, port, _path = parse_host(_env("OLLAMA_HOST"))
     root = models_dir()
@@ -1180,7 +1189,7 @@ def serve() -> int:
     handler = type("BoundHandler", (Handler,), {"scheduler": scheduler})
     server_cls = Server
     if ":" in host:
-        server_cls = type("Server6", (Server,), {"address_family": socket.AF_INET6})
+        server_cls = Server6
     try:
         httpd = server_cls((host or "0.0.0.0", port), handler)
     except OSError as err:
