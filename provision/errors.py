@@ -14,7 +14,7 @@ class ExitCode(IntEnum):
     OK = 0
     ERROR = 1  # unexpected failure (a bug): the traceback goes to a crash log in the state dir
     USAGE = 2  # bad command-line input (also Click's own usage errors)
-    CONFIG = 3  # lab file / environment / secrets problem
+    CONFIG = 3  # lab file / environment / secrets problem; `doctor` found a problem
     PROXMOX = 4  # the Proxmox API refused, a task failed or timed out, TLS pin mismatch
     GUEST = 5  # guest agent, IP or SSH problem
     DEPLOY = 6  # an Ansible task failed
@@ -28,7 +28,7 @@ EXIT_CODE_HELP: dict[ExitCode, str] = {
     ExitCode.OK: "success",
     ExitCode.ERROR: "unexpected error (a bug; its traceback is in a crash log in the state dir)",
     ExitCode.USAGE: "bad command-line input",
-    ExitCode.CONFIG: "bad lab file, environment override or secret",
+    ExitCode.CONFIG: "bad lab file, environment override or secret; `doctor` found a problem",
     ExitCode.PROXMOX: "Proxmox API error, failed/timed-out task, TLS mismatch, refused VM",
     ExitCode.GUEST: "guest agent, IP discovery or SSH failure",
     ExitCode.DEPLOY: "an Ansible task failed",
@@ -63,6 +63,10 @@ class ConfigError(LabctlError):
     """The lab file, an environment override or a secret is wrong."""
 
     exit_code = ExitCode.CONFIG
+
+
+class DoctorFound(ConfigError):
+    """`labctl doctor` found at least one problem with the lab, its template or the node."""
 
 
 class ProxmoxError(LabctlError):

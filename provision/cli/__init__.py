@@ -21,6 +21,7 @@ _EPILOG = "Exit codes: " + "; ".join(f"{int(c)} {h}" for c, h in EXIT_CODE_HELP.
 # them all (rich, proxmoxer, the probe) would triple its start-up time.
 COMMANDS: dict[str, tuple[str, str]] = {
     "init": ("init", "Write labctl.toml, then check the connection and the template."),
+    "doctor": ("doctor", "Check the Proxmox VE node, the template and the lab file for labctl."),
     "up": ("lifecycle", "Create or reconcile a VM at a shape, until SSH answers; then deploy."),
     "ls": ("lifecycle", "List labctl's VMs: name, vmid, node, status, shape, IP, uptime."),
     "resize": ("lifecycle", "Change the cores / RAM / cpu type of a VM."),

@@ -240,6 +240,22 @@ class Access:
             privs |= roles_privs.get(role, frozenset())
         return frozenset(privs)
 
+    def permissions_of(self, caller: str, path: str | None, userid: str | None) -> dict[str, Any]:
+        """GET /access/permissions (pve-access-control src/PVE/API2/AccessControl.pm, method
+        `permissions`): `{path: {privilege: 1}}` for `path`, else for every ACL path of the
+        user (get_effective_permissions). Another user's, not one's own token's, needs
+        Sys.Audit on /access."""
+        who = userid or caller
+        if who != caller and who.partition("!")[0] != caller:
+            self.check(caller, "/access", ["Sys.Audit"])
+        if path:
+            return {path: dict.fromkeys(sorted(self.privileges(who, normalize_path(path))), 1)}
+        owners = {who, who.partition("!")[0]}
+        with self.lock:
+            paths = {"/"} | {a.path for a in self.acl if a.ugid in owners}
+        tree = {p: dict.fromkeys(sorted(self.privileges(who, p)), 1) for p in sorted(paths)}
+        return {p: privs for p, privs in tree.items() if privs}
+
     def check(
         self, authid: str, path: str, privs: Iterable[str], any_of: bool = False,
         noerr: bool = False,

@@ -77,6 +77,8 @@ AGENT_PRIVILEGE = {
 
 ENDPOINT_CHECKS: dict[tuple[str, str], Check] = {
     ("GET", "/version"): EVERYONE,  # pve-manager PVE/API2.pm:89
+    # pve-access-control API2/AccessControl.pm `permissions`: one's own; others: see Access
+    ("GET", "/access/permissions"): EVERYONE,
     ("GET", "/cluster"): EVERYONE,  # Cluster.pm:143
     ("GET", "/cluster/nextid"): EVERYONE,  # Cluster.pm:1018
     ("GET", "/cluster/resources"): EVERYONE,  # Cluster.pm:267; entries filtered, see below
@@ -86,6 +88,7 @@ ENDPOINT_CHECKS: dict[tuple[str, str], Check] = {
     ("GET", "/nodes/{node}/status"): Perm("/nodes/{node}", ("Sys.Audit",)),  # Nodes.pm:356-358
     # pve-storage src/PVE/API2/Storage/Status.pm:72-76, entries filtered at :244-245
     ("GET", "/nodes/{node}/storage"): EVERYONE,
+    ("GET", "/nodes/{node}/network"): EVERYONE,  # pve-manager PVE/API2/Network.pm `index`
     ("GET", "/nodes/{node}/qemu"): EVERYONE,  # Qemu.pm:1078-1081, filtered at :1113
     ("GET", VM): EVERYONE,  # Qemu.pm:1636-1638
     ("DELETE", VM): Perm("/vms/{vmid}", ("VM.Allocate",)),  # Qemu.pm:2784-2786

@@ -42,6 +42,10 @@ def version(cluster: Cluster, call: Call) -> Any:
     return {"version": "9.2.0", "release": "9.2", "repoid": "simulated", "console": "xtermjs"}
 
 
+def access_permissions(cluster: Cluster, call: Call) -> Any:
+    return cluster.access.permissions_of(call.user, call.get("path"), call.get("userid"))
+
+
 def cluster_index(cluster: Cluster, call: Call) -> Any:
     return [{"name": n} for n in ("nextid", "resources", "status", "tasks")]
 
@@ -97,6 +101,10 @@ def node_status(cluster: Cluster, call: Call) -> Any:
 
 def node_storage(cluster: Cluster, call: Call) -> Any:
     return cluster.node_storages(call.node, call.get("content"), call.user)
+
+
+def node_network(cluster: Cluster, call: Call) -> Any:
+    return cluster.node_network(call.node, call.get("type"))
 
 
 def vm_list(cluster: Cluster, call: Call) -> Any:

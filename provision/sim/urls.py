@@ -26,6 +26,7 @@ AGENT_COMMANDS = {
 
 ROUTES: dict[tuple[str, str], Handler] = {
     ("GET", "/version"): r.version,
+    ("GET", "/access/permissions"): r.access_permissions,
     ("GET", "/cluster"): r.cluster_index,
     ("GET", "/cluster/nextid"): r.nextid,
     ("GET", "/cluster/resources"): r.resources,
@@ -34,6 +35,7 @@ ROUTES: dict[tuple[str, str], Handler] = {
     ("GET", "/nodes/{node}"): r.node_index,
     ("GET", "/nodes/{node}/status"): r.node_status,
     ("GET", "/nodes/{node}/storage"): r.node_storage,
+    ("GET", "/nodes/{node}/network"): r.node_network,
     ("GET", "/nodes/{node}/qemu"): r.vm_list,
     ("GET", VM): r.vm_index,
     ("DELETE", VM): r.destroy,

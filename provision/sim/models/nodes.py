@@ -170,6 +170,34 @@ class NodeMixin(VmMixin):
             and permissions.sees(self.access, user, f"/storage/{s.storage}", privs, any_of=True)
         ]
 
+    def node_network(self, name: str, kind: str | None) -> list[dict[str, Any]]:
+        """GET /nodes/{node}/network (pve-manager PVE/API2/Network.pm `index`): the node's
+        interfaces from /etc/network/interfaces, `lo` left out, filtered by `type`. Here: eno1,
+        the bridge vmbr0 on it, and a bridge for every other one the node's VMs' NICs name.
+
+        Not simulated: bonds, VLANs, OVS, addresses beyond vmbr0's, pending `changes`.
+        """
+        self.node(name)
+        with self.lock:
+            configs = [v.config for v in self.vms.values() if v.node == name]
+        bridges = {"vmbr0"} | {
+            bridge
+            for config in configs
+            for key, value in config.items()
+            if vmconfig.NET_KEY.match(key)
+            and (bridge := vmconfig.drive_option(value, "bridge"))
+        }
+        eth = {"iface": "eno1", "type": "eth", "active": 1, "exists": 1, "families": ["inet"],
+               "method": "manual", "priority": 1}  # fmt: skip
+        interfaces: list[dict[str, Any]] = [eth]
+        for index, bridge in enumerate(sorted(bridges), start=2):
+            ports = "eno1" if bridge == "vmbr0" else ""
+            interfaces.append({"iface": bridge, "type": "bridge", "active": 1, "autostart": 1,
+                               "families": ["inet"], "method": "manual", "priority": index,
+                               "bridge_ports": ports, "bridge_stp": "off", "bridge_fd": "0"})
+        wanted = {"any_bridge": {"bridge", "OVSBridge"}}.get(kind or "", {kind})
+        return [i for i in interfaces if kind is None or i["type"] in wanted]
+
 
 def _without_stats(entry: dict[str, Any]) -> dict[str, Any]:
     """A node entry as a caller without Sys.Audit sees it (pve-manager API2Tools.pm:38-79)."""
