@@ -452,6 +452,9 @@ def main() -> int:
             )
             try:
                 return measure(launcher, log, server, args)
+            except KeyboardInterrupt:
+                print("interrupted: stopping the labctl processes, down --all, the simulator")
+                return 130
             finally:
                 launcher.close()
                 leftover = launcher.run("cleanup", "down", "--all", "--yes")

@@ -462,6 +462,9 @@ def main() -> int:
             sim.start()
             sim.write_lab(lab, key)
             return soak(args, procs, sim, counter, idle, key, state, env, labctl)
+        except KeyboardInterrupt:
+            print("interrupted: stopping the commands, down --all, stopping the simulator")
+            return 130
         finally:
             procs.stop_all()
             procs.stopping.clear()
