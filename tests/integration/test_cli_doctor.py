@@ -7,9 +7,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from tests.integration.conftest import CliResult, Lab
-from tests.integration.test_cli_privileges import use_readme_token
-from tests.integration.test_cli_refusals import clone_untagged, one_error_line
+from tests.support.cli import CliResult, one_error_line
+from tests.support.lab import Lab, clone_untagged, use_readme_token
 
 TEMPLATE = "/nodes/pve/qemu/9000/config"
 

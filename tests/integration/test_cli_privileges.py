@@ -14,15 +14,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from provision.sim.guests.null import NoGuestBackend
 from provision.sim.server import SimServer
 from tests.support.cli import one_error_line
-from tests.support.lab import FAST, Lab
-from tests.support.readme_pveum import access_spec, readme_commands, role_privileges
+from tests.support.lab import FAST, Lab, use_readme_token
+from tests.support.readme_pveum import role_privileges
 
 HOST_KEY = "/etc/ssh/ssh_host_ed25519_key.pub"
 
@@ -50,19 +49,6 @@ def lab(key_sim: SimServer, tmp_path: Path, ssh_key: Path) -> Iterator[Lab]:
     yield lab
     lab.api("DELETE", "/_sim/access")
     lab.empty()  # with root's token
-
-
-def use_readme_token(lab: Lab, without: str | None = None, **sections: dict[str, Any]) -> str:
-    """Replay README's pveum commands (minus one privilege) and point the lab file at the token."""
-    spec = access_spec(readme_commands())
-    if without is not None:
-        privs = spec["roles"]["LabctlRole"].split()
-        spec["roles"]["LabctlRole"] = " ".join(p for p in privs if p != without)
-    (token_id,) = spec["tokens"]
-    data = lab.api("POST", "/_sim/access", json=spec)
-    lab.write(proxmox={"token_id": token_id, "token_secret": data["tokens"][token_id]["value"]},
-              timeouts={"agent": 10, "ssh": 1, "shutdown": 1}, **sections)
-    return str(token_id)
 
 
 def test_readme_role_is_enough_for_up_ls_resize_and_down(lab: Lab) -> None:

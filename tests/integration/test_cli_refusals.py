@@ -14,7 +14,7 @@ import pytest
 from provision.sim.models import TEMPLATE_NAME
 from provision.sim.server import SimServer
 from tests.support.cli import one_error_line, run_on_terminal
-from tests.support.lab import FAST, Lab
+from tests.support.lab import FAST, Lab, clone_untagged
 
 
 @pytest.mark.parametrize(
@@ -117,17 +117,6 @@ def test_rollback_destroys_the_vm_when_a_later_step_fails(api_lab: Lab) -> None:
     assert result.code == 5, result
     assert "rolled back" in one_error_line(result.stderr)
     assert api_lab.vm_named("rolled") is None
-
-
-def clone_untagged(lab: Lab, name: str) -> int:
-    """A VM made outside labctl (cloned straight through the API, no `labctl` tag): its vmid."""
-    newid = int(lab.api("GET", "/cluster/nextid"))
-    lab.api("POST", "/nodes/pve/qemu/9000/clone", data={"newid": newid, "name": name})
-    for _ in range(100):
-        vm = lab.vm_named(name)
-        if vm is not None and not vm.get("lock"):
-            break
-    return newid
 
 
 def test_down_refuses_a_vm_without_the_labctl_tag_even_with_yes(api_lab: Lab) -> None:

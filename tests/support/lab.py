@@ -19,6 +19,7 @@ import requests
 
 from provision.sim.server import SimServer
 from tests.support.cli import REPO, CliResult, labctl, labctl_process, start_labctl
+from tests.support.readme_pveum import access_spec, readme_commands
 
 __all__ = ["FAST", "REPO", "CliResult", "Lab", "guest_backend", "wait_gone", "wait_stopped"]
 
@@ -169,3 +170,27 @@ def guest_backend(
         )
     except GuestsUnavailable as error:
         pytest.skip(f"container guests unavailable here: {error}")
+
+
+def clone_untagged(lab: Lab, name: str) -> int:
+    """A VM made outside labctl (cloned straight through the API, no `labctl` tag): its vmid."""
+    newid = int(lab.api("GET", "/cluster/nextid"))
+    lab.api("POST", "/nodes/pve/qemu/9000/clone", data={"newid": newid, "name": name})
+    for _ in range(100):
+        vm = lab.vm_named(name)
+        if vm is not None and not vm.get("lock"):
+            break
+    return newid
+
+
+def use_readme_token(lab: Lab, without: str | None = None, **sections: dict[str, Any]) -> str:
+    """Replay README's pveum commands (minus one privilege) and point the lab file at the token."""
+    spec = access_spec(readme_commands())
+    if without is not None:
+        privs = spec["roles"]["LabctlRole"].split()
+        spec["roles"]["LabctlRole"] = " ".join(p for p in privs if p != without)
+    (token_id,) = spec["tokens"]
+    data = lab.api("POST", "/_sim/access", json=spec)
+    lab.write(proxmox={"token_id": token_id, "token_secret": data["tokens"][token_id]["value"]},
+              timeouts={"agent": 10, "ssh": 1, "shutdown": 1}, **sections)
+    return str(token_id)

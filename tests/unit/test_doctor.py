@@ -25,7 +25,7 @@ from provision.pve.doctor import (
     parse_property_string,
     supports_linked_clone,
 )
-from tests.unit.readme_pveum import role_privileges
+from tests.support.readme_pveum import role_privileges
 
 
 def lab_config(**values: Any) -> LabConfig:
