@@ -55,17 +55,22 @@ def children_cpu() -> float:
 
 def timed_deploy(the_lab: Lab, host: DeployHost) -> Run:
     cpu0, t0 = children_cpu(), time.monotonic()
-    result: DeployResult = deploy([host], the_lab.ssh, state_dir=the_lab.state_dir,
-                                  options=the_lab.options(),
-                                  inventory_out=the_lab.inventory)
+    result: DeployResult = deploy(
+        [host],
+        the_lab.ssh,
+        state_dir=the_lab.state_dir,
+        options=the_lab.options(),
+        inventory_out=the_lab.inventory,
+    )
     return Run(time.monotonic() - t0, children_cpu() - cpu0, result.changed)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", type=int, default=2, help="fresh guests to measure")
-    parser.add_argument("--model-mib", type=int,
-                        default=round(GEMMA2_2B_BLOB_BYTES * DEFAULT_MEM_SCALE / 2**20))
+    parser.add_argument(
+        "--model-mib", type=int, default=round(GEMMA2_2B_BLOB_BYTES * DEFAULT_MEM_SCALE / 2**20)
+    )
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--ram-mib", type=int, default=8192, help="VM RAM before mem_scale")
     parser.add_argument("--workdir", type=Path, default=None)
@@ -86,9 +91,11 @@ def measure(args: argparse.Namespace, workdir: Path) -> int:
     agains: list[Run] = []
     colds: list[Run] = []
     with lab(workdir, model_bytes=args.model_mib << 20) as the_lab:
-        print(f"guest: {args.cores} cores, {args.ram_mib} MiB "
-              f"(limit {the_lab.backend.memory_limit(args.ram_mib) >> 20} MiB); "
-              f"model weights {args.model_mib} MiB; release {the_lab.release.version}")
+        print(
+            f"guest: {args.cores} cores, {args.ram_mib} MiB "
+            f"(limit {the_lab.backend.memory_limit(args.ram_mib) >> 20} MiB); "
+            f"model weights {args.model_mib} MiB; release {the_lab.release.version}"
+        )
         print(f"{'pair':>4} {'run':<10} {'wall s':>8} {'cpu s':>8} {'changed':>8}")
         for pair in range(1, args.pairs + 1):
             host = the_lab.boot(cores=args.cores, memory_mib=args.ram_mib)
@@ -100,11 +107,12 @@ def measure(args: argparse.Namespace, workdir: Path) -> int:
             finally:
                 the_lab.destroy(host)
             for name, run in (("first", first), ("re-deploy", again), ("re-cold", cold)):
-                print(f"{pair:>4} {name:<10} {run.wall_s:>8.2f} {run.cpu_s:>8.2f} "
-                      f"{run.changed:>8}")
+                print(f"{pair:>4} {name:<10} {run.wall_s:>8.2f} {run.cpu_s:>8.2f} {run.changed:>8}")
             if first.changed == 0 or again.changed != 0 or cold.changed != 0:
-                print("unexpected: the first deploy must change things, the others nothing",
-                      file=sys.stderr)
+                print(
+                    "unexpected: the first deploy must change things, the others nothing",
+                    file=sys.stderr,
+                )
                 return 1
             firsts.append(first)
             agains.append(again)
@@ -113,12 +121,16 @@ def measure(args: argparse.Namespace, workdir: Path) -> int:
     for name, runs in (("re-deploy", agains), ("re-cold", colds)):
         wall = statistics.median(a.wall_s / f.wall_s for f, a in zip(firsts, runs, strict=True))
         cpu = statistics.median(a.cpu_s / f.cpu_s for f, a in zip(firsts, runs, strict=True))
-        print(f"median ratio {name}/first: wall {wall:.2f}, controller cpu {cpu:.2f} "
-              f"(target wall <= 0.30: {'met' if wall <= 0.30 else 'NOT met'})")
-    print(f"median wall s: first {statistics.median(r.wall_s for r in firsts):.2f}, "
-          f"re-deploy {statistics.median(r.wall_s for r in agains):.2f}, "
-          f"re-cold {statistics.median(r.wall_s for r in colds):.2f}; "
-          f"1-min load average at the end {load:.1f} on {os.cpu_count()} CPUs")
+        print(
+            f"median ratio {name}/first: wall {wall:.2f}, controller cpu {cpu:.2f} "
+            f"(target wall <= 0.30: {'met' if wall <= 0.30 else 'NOT met'})"
+        )
+    print(
+        f"median wall s: first {statistics.median(r.wall_s for r in firsts):.2f}, "
+        f"re-deploy {statistics.median(r.wall_s for r in agains):.2f}, "
+        f"re-cold {statistics.median(r.wall_s for r in colds):.2f}; "
+        f"1-min load average at the end {load:.1f} on {os.cpu_count()} CPUs"
+    )
     return 0
 
 

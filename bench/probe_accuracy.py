@@ -43,17 +43,33 @@ MODELS_DIR = "/usr/share/ollama/.ollama/models"  # the role's ollama_models_dir
 PROMPT = " ".join(
     f"Paragraph {i}: the sky is blue because sunlight scatters off the molecules of the air, "
     "and short wavelengths scatter more than long ones, so the whole dome looks blue at noon."
-    for i in range(6))
+    for i in range(6)
+)
 LIMIT_PCT = 5.0
 
 
-def ssh(lab: Lab, ip: str, command: str, stdin: bytes | None = None, timeout: float = 900
-        ) -> str:
+def ssh(lab: Lab, ip: str, command: str, stdin: bytes | None = None, timeout: float = 900) -> str:
     done = subprocess.run(
-        ["ssh", "-i", str(lab.key), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
-         "-o", "StrictHostKeyChecking=yes", "-o",
-         f"UserKnownHostsFile={lab.state / 'known_hosts'}", f"labctl@{ip}", command],
-        input=stdin, capture_output=True, timeout=timeout, check=False)
+        [
+            "ssh",
+            "-i",
+            str(lab.key),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            f"UserKnownHostsFile={lab.state / 'known_hosts'}",
+            f"labctl@{ip}",
+            command,
+        ],
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
     if done.returncode != 0:
         raise SystemExit(f"ssh {command!r} failed: {done.stderr.decode(errors='replace')}")
     return done.stdout.decode()
@@ -71,29 +87,45 @@ def copy_llama_bench(lab: Lab, ip: str) -> str:
     engine = ensure_engine()
     ssh(lab, ip, "mkdir -p /tmp/llama-bench")
     for path in [engine.bench, *engine.libraries]:
-        ssh(lab, ip, f"cat > /tmp/llama-bench/{path.name} && chmod 755 /tmp/llama-bench/"
-                     f"{path.name}", stdin=path.read_bytes())
+        ssh(
+            lab,
+            ip,
+            f"cat > /tmp/llama-bench/{path.name} && chmod 755 /tmp/llama-bench/{path.name}",
+            stdin=path.read_bytes(),
+        )
     return "LD_LIBRARY_PATH=/tmp/llama-bench /tmp/llama-bench/llama-bench"
 
 
-def probe(lab: Lab, cores: int, runs: int, num_predict: int, prompt_file: Path
-          ) -> dict[str, Any]:
+def probe(lab: Lab, cores: int, runs: int, num_predict: int, prompt_file: Path) -> dict[str, Any]:
     prompt = ["--prompt-file", str(prompt_file)] if prompt_file.read_text() else []
-    document = cli(lab, "probe", VM, "--runs", str(runs), "--warmup", "1", "--num-predict",
-                   str(num_predict), "--num-thread", str(cores), *prompt, "--json").json
+    document = cli(
+        lab,
+        "probe",
+        VM,
+        "--runs",
+        str(runs),
+        "--warmup",
+        "1",
+        "--num-predict",
+        str(num_predict),
+        "--num-thread",
+        str(cores),
+        *prompt,
+        "--json",
+    ).json
     measured = [r for r in document["runs"] if not r["warmup"] and r["ok"]]
     return {
         "eval_tps": statistics.median(r["eval_tps"] for r in measured),
         "prompt_tps": statistics.median(r["prompt_tps"] for r in measured),
-        "prompt_tokens": int(statistics.median(r["ollama"]["prompt_eval_count"]
-                                               for r in measured)),
+        "prompt_tokens": int(statistics.median(r["ollama"]["prompt_eval_count"] for r in measured)),
         "eval_tokens": int(statistics.median(r["ollama"]["eval_count"] for r in measured)),
         "cache_bust": document["cache_bust"],
     }
 
 
-def llama_bench(lab: Lab, ip: str, command: str, blob: str, threads: int, prompt: int,
-                generate: int, runs: int) -> dict[str, float]:
+def llama_bench(
+    lab: Lab, ip: str, command: str, blob: str, threads: int, prompt: int, generate: int, runs: int
+) -> dict[str, float]:
     """pp at the probe's prompt length; tg after that many tokens are in the KV cache (-d), as
     in the probe, where each generated token attends to the whole prompt."""
     # the loading mode Ollama uses on CPU (no mmap) and its flash-attention setting
@@ -113,8 +145,10 @@ def main() -> int:
     cores_list = [int(c) for c in args.cores.split(",")]
     blob = f"{MODELS_DIR}/blobs/{model_digest(ensure_model(GEMMA2_2B)).replace(':', '-')}"
     rows = []
-    with tempfile.TemporaryDirectory(prefix="probe-accuracy-") as scratch, guest_lab(
-            Path(scratch), bridge=BRIDGE, subnet=SUBNET, prefix=PREFIX, vms=(VM,)) as lab:
+    with (
+        tempfile.TemporaryDirectory(prefix="probe-accuracy-") as scratch,
+        guest_lab(Path(scratch), bridge=BRIDGE, subnet=SUBNET, prefix=PREFIX, vms=(VM,)) as lab,
+    ):
         prompt_file = Path(scratch) / "prompt.txt"
         prompt_file.write_text(PROMPT if args.prompt == "long" else "")
         cli(lab.cli, "up", VM, "--cores", str(max(cores_list)), "--ram", "4G")
@@ -124,18 +158,31 @@ def main() -> int:
             command = copy_llama_bench(lab.cli, ip)
             measured = probe(lab.cli, cores, args.runs, args.num_predict, prompt_file)
             ssh(lab.cli, ip, "sudo systemctl stop ollama")  # no runner competing for the CPUs
-            reference = llama_bench(lab.cli, ip, command, blob, cores, measured["prompt_tokens"],
-                                    measured["eval_tokens"], args.runs)
+            reference = llama_bench(
+                lab.cli,
+                ip,
+                command,
+                blob,
+                cores,
+                measured["prompt_tokens"],
+                measured["eval_tokens"],
+                args.runs,
+            )
             ssh(lab.cli, ip, "sudo systemctl start ollama")
             rows.append((cores, measured, reference))
-            print(f"{cores} vCPU: probe eval {measured['eval_tps']:.2f} / prompt "
-                  f"{measured['prompt_tps']:.2f} tok/s ({measured['prompt_tokens']} prompt "
-                  f"tokens); llama-bench tg{measured['eval_tokens']}@d{measured['prompt_tokens']} "
-                  f"{reference['eval_tps']:.2f} / pp{measured['prompt_tokens']} "
-                  f"{reference['prompt_tps']:.2f} tok/s; cached tokens kept out by "
-                  f"{measured['cache_bust']}", flush=True)
-    print(f"\nprobe / llama-bench, same guest, model file and threads (target within "
-          f"+-{LIMIT_PCT:g} %):")
+            print(
+                f"{cores} vCPU: probe eval {measured['eval_tps']:.2f} / prompt "
+                f"{measured['prompt_tps']:.2f} tok/s ({measured['prompt_tokens']} prompt "
+                f"tokens); llama-bench tg{measured['eval_tokens']}@d{measured['prompt_tokens']} "
+                f"{reference['eval_tps']:.2f} / pp{measured['prompt_tokens']} "
+                f"{reference['prompt_tps']:.2f} tok/s; cached tokens kept out by "
+                f"{measured['cache_bust']}",
+                flush=True,
+            )
+    print(
+        f"\nprobe / llama-bench, same guest, model file and threads (target within "
+        f"+-{LIMIT_PCT:g} %):"
+    )
     print(f"{'vCPUs':>5}  {'eval (tg)':>10}  {'prompt (pp)':>11}")
     for cores, measured, reference in rows:
         eval_ratio = measured["eval_tps"] / reference["eval_tps"]

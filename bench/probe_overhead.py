@@ -34,16 +34,23 @@ SAMPLER_LIMIT_PCT = 1.0
 RATE_LIMIT_PCT = 1.0
 
 
-def run_probe(options: ProbeOptions, state: Path) -> tuple[ProbeResult, list[dict[str, object]],
-                                                           list[dict[str, object]]]:
+def run_probe(
+    options: ProbeOptions, state: Path
+) -> tuple[ProbeResult, list[dict[str, object]], list[dict[str, object]]]:
     """The agent on this host, its lines through labctl's own collector and store."""
     encoded = base64.b64encode(json.dumps(options.agent_options()).encode()).decode()
-    done = subprocess.run([sys.executable, "-", encoded], input=AGENT_PATH.read_bytes(),
-                          capture_output=True, check=True, timeout=3600)
+    done = subprocess.run(
+        [sys.executable, "-", encoded],
+        input=AGENT_PATH.read_bytes(),
+        capture_output=True,
+        check=True,
+        timeout=3600,
+    )
     lines = done.stdout.decode().splitlines()
     conn = store.connect(state)
-    recorder = store.ProbeRecorder(conn, store.VmRecord(name="bench"), options.model,
-                                   options.agent_options(), "nonce")
+    recorder = store.ProbeRecorder(
+        conn, store.VmRecord(name="bench"), options.model, options.agent_options(), "nonce"
+    )
     result = collect(lines, options, NullReporter(), recorder, vm="bench")
     raw = [json.loads(line) for line in lines if '"event":"run"' in line]
     return result, raw, store.list_runs(conn, "bench")
@@ -67,8 +74,9 @@ def main() -> int:
             url = double.url
             print(f"Ollama TEST DOUBLE on {url} (64 MiB weights; CPU work, not a real model)")
         try:
-            options = ProbeOptions(runs=args.runs, warmup=args.warmup,
-                                   num_predict=args.num_predict, ollama_url=url)
+            options = ProbeOptions(
+                runs=args.runs, warmup=args.warmup, num_predict=args.num_predict, ollama_url=url
+            )
             result, raw, rows = run_probe(options, Path(tmp) / "state")
         finally:
             if double is not None:
@@ -78,13 +86,14 @@ def main() -> int:
     return report(result, raw, rows)
 
 
-def report(result: ProbeResult, raw: list[dict[str, object]],
-           rows: list[dict[str, object]]) -> int:
+def report(result: ProbeResult, raw: list[dict[str, object]], rows: list[dict[str, object]]) -> int:
     by_index = {int(e["run"]): e for e in raw}  # type: ignore[call-overload]
     stored = {int(r["run_index"]): r for r in rows}  # type: ignore[call-overload]
-    print(f"{'run':>4} {'samples':>7} {'Hz':>5} {'sampler %core':>13} {'agent %core':>11} "
-          f"{'reported tok/s':>14} {'count/duration':>14} {'stored':>9} {'dev %':>6} "
-          f"{'stream tok/s':>12}")
+    print(
+        f"{'run':>4} {'samples':>7} {'Hz':>5} {'sampler %core':>13} {'agent %core':>11} "
+        f"{'reported tok/s':>14} {'count/duration':>14} {'stored':>9} {'dev %':>6} "
+        f"{'stream tok/s':>12}"
+    )
     worst_sampler, worst_dev = 0.0, 0.0
     for run in result.measured:
         event = by_index[run.index]
@@ -95,25 +104,38 @@ def report(result: ProbeResult, raw: list[dict[str, object]],
         kept = float(stored[run.index]["eval_tps"] or 0)  # type: ignore[arg-type]
         dev = max(abs(reported - recomputed), abs(kept - recomputed)) / recomputed * 100
         agent_pct = 100 * (run.agent_cpu_s or 0) / (run.wall_s or 1)
-        stream = ((run.stream_tokens or 1) - 1) / run.stream_decode_s \
-            if run.stream_decode_s else float("nan")
+        stream = (
+            ((run.stream_tokens or 1) - 1) / run.stream_decode_s
+            if run.stream_decode_s
+            else float("nan")
+        )
         sampler = run.sampler_cpu_pct or 0.0
         worst_sampler, worst_dev = max(worst_sampler, sampler), max(worst_dev, dev)
-        print(f"{run.index:>4} {run.peaks.samples:>7} {run.sample_hz or 0:>5.1f} "
-              f"{sampler:>13.3f} {agent_pct:>11.3f} {reported:>14.3f} {recomputed:>14.3f} "
-              f"{kept:>9.3f} {dev:>6.3f} {stream:>12.3f}")
+        print(
+            f"{run.index:>4} {run.peaks.samples:>7} {run.sample_hz or 0:>5.1f} "
+            f"{sampler:>13.3f} {agent_pct:>11.3f} {reported:>14.3f} {recomputed:>14.3f} "
+            f"{kept:>9.3f} {dev:>6.3f} {stream:>12.3f}"
+        )
     median = result.summary["eval_tps"]
     recomputed_median = statistics.median(
         e["ollama"]["eval_count"] / (e["ollama"]["eval_duration"] / 1e9)  # type: ignore[index]
-        for e in raw if not e["warmup"])
-    print(f"summary median eval tok/s: reported {median.median if median else float('nan'):.3f},"
-          f" recomputed {recomputed_median:.3f}")
+        for e in raw
+        if not e["warmup"]
+    )
+    print(
+        f"summary median eval tok/s: reported {median.median if median else float('nan'):.3f},"
+        f" recomputed {recomputed_median:.3f}"
+    )
     ok_sampler = worst_sampler < SAMPLER_LIMIT_PCT
     ok_rate = worst_dev < RATE_LIMIT_PCT
-    print(f"sampler CPU, worst run: {worst_sampler:.3f} % of one core "
-          f"(limit {SAMPLER_LIMIT_PCT} %): {'OK' if ok_sampler else 'OVER'}")
-    print(f"eval tok/s vs eval_count/eval_duration, worst run: {worst_dev:.4f} % "
-          f"(limit {RATE_LIMIT_PCT} %): {'OK' if ok_rate else 'OVER'}")
+    print(
+        f"sampler CPU, worst run: {worst_sampler:.3f} % of one core "
+        f"(limit {SAMPLER_LIMIT_PCT} %): {'OK' if ok_sampler else 'OVER'}"
+    )
+    print(
+        f"eval tok/s vs eval_count/eval_duration, worst run: {worst_dev:.4f} % "
+        f"(limit {RATE_LIMIT_PCT} %): {'OK' if ok_rate else 'OVER'}"
+    )
     return 0 if ok_sampler and ok_rate else 1
 
 

@@ -53,7 +53,8 @@ def write_lab(path: Path, server: SimServer, key: Path) -> None:
         f'[proxmox]\nhost = "127.0.0.1"\nport = {server.port}\n'
         f'token_id = "{creds["token_id"]}"\ntoken_secret = "{creds["token_secret"]}"\n'
         f'fingerprint = "{server.fingerprint}"\n\n[template]\nname = "9000"\n\n'
-        f'[ssh]\nuser = "labctl"\nkey = "{key}"\n\n[timeouts]\nagent = 120\nssh = 120\n')
+        f'[ssh]\nuser = "labctl"\nkey = "{key}"\n\n[timeouts]\nagent = 120\nssh = 120\n'
+    )
     path.chmod(0o600)
 
 
@@ -62,8 +63,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--clone", type=float, default=4.0, help="qmclone task seconds")
     parser.add_argument("--start", type=float, default=1.0, help="qmstart task seconds")
-    parser.add_argument("--boot", type=float, default=8.0,
-                        help="seconds from start until the guest agent answers")
+    parser.add_argument(
+        "--boot", type=float, default=8.0, help="seconds from start until the guest agent answers"
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("python -m bench.up_floor needs root for the container guests", file=sys.stderr)
@@ -76,13 +78,22 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="labctl-bench-") as tmp:
         base = Path(tmp)
         key = base / "id_ed25519"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
-                       check=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
         backend = ContainerBackend(base / "guests", bridge=BRIDGE, subnet=SUBNET, prefix=PREFIX)
-        settings = {"agent_delay": args.boot, "agent_timeout": 3.0, "auth_failure_delay": 3.0,
-                    "task_durations": {"qmclone": args.clone, "qmstart": args.start,
-                                       "qmconfig": 0.5, "qmshutdown": 1.0, "qmstop": 0.5,
-                                       "qmdestroy": 0.5, "resize": 0.5}}
+        settings = {
+            "agent_delay": args.boot,
+            "agent_timeout": 3.0,
+            "auth_failure_delay": 3.0,
+            "task_durations": {
+                "qmclone": args.clone,
+                "qmstart": args.start,
+                "qmconfig": 0.5,
+                "qmshutdown": 1.0,
+                "qmstop": 0.5,
+                "qmdestroy": 0.5,
+                "resize": 0.5,
+            },
+        }
         with SimServer(base / "sim", backend=backend, **settings) as server:
             lab = base / "labctl.toml"
             write_lab(lab, server, key)
@@ -91,8 +102,10 @@ def main() -> int:
             walls, calls, polls = [], [], []
             for run in range(args.runs):
                 name = f"bench{run}"
-                wall, done = timed([*labctl, "--json", "up", name, "--cores", "1", "--ram", "1G",
-                                    "--no-deploy"], env)
+                wall, done = timed(
+                    [*labctl, "--json", "up", name, "--cores", "1", "--ram", "1G", "--no-deploy"],
+                    env,
+                )
                 if done.returncode != 0:
                     print(done.stderr, file=sys.stderr)
                     return 1
@@ -100,20 +113,30 @@ def main() -> int:
                 walls.append(wall)
                 calls.append(stats["calls"])
                 polls.append(stats["polls"])
-                print(f"run {run}: up {wall:.2f}s (floor {floor:.2f}s, ratio {wall / floor:.3f}); "
-                      f"{stats['calls']} API requests + {stats['polls']} polls", flush=True)
-                subprocess.run([*labctl, "down", name, "--yes"], env=env, check=True,
-                               capture_output=True)
+                print(
+                    f"run {run}: up {wall:.2f}s (floor {floor:.2f}s, ratio {wall / floor:.3f}); "
+                    f"{stats['calls']} API requests + {stats['polls']} polls",
+                    flush=True,
+                )
+                subprocess.run(
+                    [*labctl, "down", name, "--yes"], env=env, check=True, capture_output=True
+                )
             help_s, pass_s, help_ratio = startup_ratio(env)
     wall = statistics.median(walls)
     print()
-    print(f"labctl up (no deploy), median of {args.runs}: {wall:.2f}s; simulated floor "
-          f"{floor:.2f}s (clone {args.clone:g}s + max(start {args.start:g}s, agent "
-          f"{args.boot:g}s)) -> ratio {wall / floor:.3f}  (target <= 1.15)")
-    print(f"API requests per up besides polls: {max(calls)} (target <= 30); polls: "
-          f"median {statistics.median(polls):g}")
-    print(f"labctl --help {help_s * 1000:.0f} ms / python -c pass {pass_s * 1000:.0f} ms -> "
-          f"ratio {help_ratio:.2f}  (target <= 2)")
+    print(
+        f"labctl up (no deploy), median of {args.runs}: {wall:.2f}s; simulated floor "
+        f"{floor:.2f}s (clone {args.clone:g}s + max(start {args.start:g}s, agent "
+        f"{args.boot:g}s)) -> ratio {wall / floor:.3f}  (target <= 1.15)"
+    )
+    print(
+        f"API requests per up besides polls: {max(calls)} (target <= 30); polls: "
+        f"median {statistics.median(polls):g}"
+    )
+    print(
+        f"labctl --help {help_s * 1000:.0f} ms / python -c pass {pass_s * 1000:.0f} ms -> "
+        f"ratio {help_ratio:.2f}  (target <= 2)"
+    )
     return 0
 
 

@@ -80,25 +80,52 @@ KEYS: tuple[Key, ...] = (
     Key("proxmox", "port", int, 8006, "Proxmox VE API port"),
     Key("proxmox", "node", str, "", "node for new VMs; empty = the online node with most free RAM"),
     Key("proxmox", "token_id", str, "", "API token id, e.g. root@pam!labctl (token auth)"),
-    Key("proxmox", "token_secret", str, "", "API token secret (prefer env or token_secret_cmd)",
-        secret=True),
-    Key("proxmox", "token_secret_cmd", str, "",
-        "command printing the token secret, e.g. `pass show pve/labctl`"),
+    Key(
+        "proxmox",
+        "token_secret",
+        str,
+        "",
+        "API token secret (prefer env or token_secret_cmd)",
+        secret=True,
+    ),
+    Key(
+        "proxmox",
+        "token_secret_cmd",
+        str,
+        "",
+        "command printing the token secret, e.g. `pass show pve/labctl`",
+    ),
     Key("proxmox", "user", str, "", "user@realm for ticket (password) auth"),
-    Key("proxmox", "password", str, "", "password for ticket auth (prefer env or password_cmd)",
-        secret=True),
+    Key(
+        "proxmox",
+        "password",
+        str,
+        "",
+        "password for ticket auth (prefer env or password_cmd)",
+        secret=True,
+    ),
     Key("proxmox", "password_cmd", str, "", "command printing the password"),
     Key("proxmox", "verify", bool, True, "verify the server's TLS certificate against CAs"),
     Key("proxmox", "ca_bundle", str, "", "CA bundle (PEM) to verify the server with"),
-    Key("proxmox", "fingerprint", str, "",
-        "SHA-256 fingerprint of the server certificate to pin (Proxmox's self-signed cert)"),
+    Key(
+        "proxmox",
+        "fingerprint",
+        str,
+        "",
+        "SHA-256 fingerprint of the server certificate to pin (Proxmox's self-signed cert)",
+    ),
     Key("proxmox", "timeout", int, 30, "seconds per API request"),
     Key("template", "name", str, "ubuntu-2404-cloud", "template VM to clone: name or VMID"),
     Key("template", "storage", str, "local-lvm", "storage for full clones"),
     Key("template", "bridge", str, "vmbr0", "bridge of the VM's first NIC"),
-    Key("template", "ciupgrade", bool, False,
+    Key(
+        "template",
+        "ciupgrade",
+        bool,
+        False,
         "PVE's ciupgrade for new VMs: true has cloud-init upgrade all packages at first boot "
-        "(PVE's default); labctl waits for cloud-init before deploying either way"),
+        "(PVE's default); labctl waits for cloud-init before deploying either way",
+    ),
     Key("ssh", "user", str, "ubuntu", "cloud-init user labctl creates and logs in as"),
     Key("ssh", "key", str, "~/.ssh/id_ed25519", "private key; its .pub is given to cloud-init"),
     Key("network", "ip", str, "dhcp", "ipconfig0 address: dhcp or CIDR like 192.168.1.50/24"),
@@ -107,19 +134,34 @@ KEYS: tuple[Key, ...] = (
     Key("defaults", "cores", int, 4, "vCPUs of a VM when neither CLI nor [vm.NAME] say"),
     Key("defaults", "ram", str, "8G", "RAM of a VM when neither CLI nor [vm.NAME] say"),
     Key("defaults", "cpu_type", str, DEFAULT_CPU_TYPE, "Proxmox cpu type (host keeps AVX2)"),
-    Key("defaults", "disk", str, "",
+    Key(
+        "defaults",
+        "disk",
+        str,
+        "",
         f"grow the boot disk to this size (grow only); empty = {DEFAULT_DISK_GIB}G for new VMs, "
-        "a template disk already bigger stays"),
+        "a template disk already bigger stays",
+    ),
     Key("timeouts", "clone", int, 600, "seconds to wait for a clone task"),
     Key("timeouts", "task", int, 120, "seconds to wait for other tasks"),
     Key("timeouts", "agent", int, 300, "seconds to wait for the guest agent to report an IP"),
-    Key("timeouts", "ssh", int, 180,
-        "seconds to wait until SSH answers, then again for cloud-init to finish"),
+    Key(
+        "timeouts",
+        "ssh",
+        int,
+        180,
+        "seconds to wait until SSH answers, then again for cloud-init to finish",
+    ),
     Key("timeouts", "shutdown", int, 120, "seconds of graceful shutdown before a hard stop"),
     Key("deploy", "models", list, ["gemma2:2b"], "models pulled by the playbook"),
     Key("deploy", "ollama_version", str, "", "Ollama version to install; empty = role default"),
-    Key("deploy", "ollama_base_url", str, "",
-        "mirror for the Ollama release download; empty = the official download"),
+    Key(
+        "deploy",
+        "ollama_base_url",
+        str,
+        "",
+        "mirror for the Ollama release download; empty = the official download",
+    ),
     Key("deploy", "extra_vars", dict, {}, "extra Ansible variables (role variables ollama_*)"),
     Key("probe", "model", str, "gemma2:2b", "model the probe runs"),
     Key("probe", "runs", int, 3, "measured runs per probe"),
@@ -255,8 +297,10 @@ def _check_type(key: Key, value: Any, where: str) -> Any:
 def _resolve_secrets(config: LabConfig, path: Path | None) -> None:
     """Fill secrets from *_cmd; refuse a lab file holding a secret readable by others."""
     values = dict(config.values)
-    for secret_key, cmd_key in (("proxmox.token_secret", "proxmox.token_secret_cmd"),
-                                ("proxmox.password", "proxmox.password_cmd")):
+    for secret_key, cmd_key in (
+        ("proxmox.token_secret", "proxmox.token_secret_cmd"),
+        ("proxmox.password", "proxmox.password_cmd"),
+    ):
         command = values[cmd_key]
         if command and not config.secret(secret_key):
             values[secret_key] = Secret(_run_secret_command(str(command), cmd_key))
@@ -277,15 +321,14 @@ def _file_holds_secret(path: Path) -> bool:
 
 def _run_secret_command(command: str, key: str) -> str:
     try:
-        done = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=30,
-                              check=False)
+        done = subprocess.run(
+            shlex.split(command), capture_output=True, text=True, timeout=30, check=False
+        )
     except (OSError, subprocess.TimeoutExpired) as error:
         raise ConfigError(f"{key}: could not run the command: {error}") from None
     if done.returncode != 0:
         # stderr of a password manager may be useful and holds no secret; stdout might.
-        raise ConfigError(
-            f"{key}: command exited {done.returncode}: {done.stderr.strip()[:200]}"
-        )
+        raise ConfigError(f"{key}: command exited {done.returncode}: {done.stderr.strip()[:200]}")
     secret = done.stdout.strip().splitlines()[0] if done.stdout.strip() else ""
     if not secret:
         raise ConfigError(f"{key}: command printed nothing")

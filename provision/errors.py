@@ -79,7 +79,11 @@ class ProxmoxAPIError(ProxmoxError):
     """The PVE API answered with an HTTP error."""
 
     def __init__(
-        self, message: str, *, status: int = 0, errors: dict[str, str] | None = None,
+        self,
+        message: str,
+        *,
+        status: int = 0,
+        errors: dict[str, str] | None = None,
         hint: str | None = None,
     ) -> None:
         super().__init__(message, hint=hint)

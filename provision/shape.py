@@ -19,8 +19,18 @@ DEFAULT_CPU_TYPE = "host"  # x86-64-v2-AES and kvm64 hide AVX2, which llama.cpp 
 # adds 1.6 GB: ~9 GiB on top of the system. 32G leaves room for a few more models.
 DEFAULT_DISK_GIB = 32
 
-_UNIT_MIB = {"": 1, "m": 1, "mb": 1, "mib": 1, "g": 1024, "gb": 1024, "gib": 1024,
-             "t": 1024 * 1024, "tb": 1024 * 1024, "tib": 1024 * 1024}
+_UNIT_MIB = {
+    "": 1,
+    "m": 1,
+    "mb": 1,
+    "mib": 1,
+    "g": 1024,
+    "gb": 1024,
+    "gib": 1024,
+    "t": 1024 * 1024,
+    "tb": 1024 * 1024,
+    "tib": 1024 * 1024,
+}
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 _EXAMPLES = "use e.g. 512M, 8G, 8GiB, 1.5G or a plain number of MiB"
 
@@ -131,8 +141,13 @@ class NodeCapacity:
     memory_free_mib: int
 
 
-def check_fits(shape: Shape, node: NodeCapacity, *, allow_overcommit: bool = False,
-               already_reserved_mib: int = 0) -> None:
+def check_fits(
+    shape: Shape,
+    node: NodeCapacity,
+    *,
+    allow_overcommit: bool = False,
+    already_reserved_mib: int = 0,
+) -> None:
     """Refuse shapes larger than the node before anything is created."""
     if allow_overcommit:
         return

@@ -8,7 +8,8 @@ export PATH="$PWD/.venv/bin:$PATH"
 
 echo "== ruff" >&2
 ruff check provision tests bench
-echo "== mypy" >&2
+ruff format --check provision tests bench
+echo "== mypy (provision, tests, bench)" >&2
 mypy
 echo "== engine: llama.cpp (built once per machine, cached) and the gemma2:2b-shaped model" >&2
 python -m tests.doubles.engine

@@ -52,19 +52,35 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]},
-             epilog=_EPILOG)
-@click.option("--config", "config_path", metavar="FILE", envvar="LABCTL_CONFIG",
-              help="lab file (default: ./labctl.toml)")
+@click.group(
+    cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=_EPILOG
+)
+@click.option(
+    "--config",
+    "config_path",
+    metavar="FILE",
+    envvar="LABCTL_CONFIG",
+    help="lab file (default: ./labctl.toml)",
+)
 @click.option("--json", "json_output", is_flag=True, help="print one JSON document on stdout")
 @click.option("-v", "--verbose", "verbosity", count=True, help="more detail (-vv: debug)")
 @click.option("-q", "--quiet", is_flag=True, help="no progress output")
-@click.option("--state-dir", metavar="DIR", envvar="LABCTL_STATE_DIR",
-              help="labctl's state (default: $XDG_STATE_HOME/labctl)")
+@click.option(
+    "--state-dir",
+    metavar="DIR",
+    envvar="LABCTL_STATE_DIR",
+    help="labctl's state (default: $XDG_STATE_HOME/labctl)",
+)
 @click.version_option(__version__, "--version", prog_name="labctl")
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None, json_output: bool, verbosity: int,
-        quiet: bool, state_dir: str | None) -> None:
+def cli(
+    ctx: click.Context,
+    config_path: str | None,
+    json_output: bool,
+    verbosity: int,
+    quiet: bool,
+    state_dir: str | None,
+) -> None:
     """Find the smallest Proxmox VE VM that runs a small language model on CPU."""
     from provision.cli.log_setup import configure_logging, reset_logging
     from provision.cli.signals import interrupt_on_sigterm

@@ -105,11 +105,20 @@ pass_app = click.make_pass_decorator(AppContext)
 
 # --wait [SECONDS]: a bare --wait waits up to 600 s (provision/pve/lease.py parse_wait)
 wait_option = click.option(
-    "--wait", "wait", is_flag=False, flag_value="", default=None, metavar="[SECONDS]",
+    "--wait",
+    "wait",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[SECONDS]",
     help="when another labctl command holds the VM, wait for it (a bare --wait: up to 10 min) "
-         "instead of failing at once")
+    "instead of failing at once",
+)
 
 # --jobs N: how many VMs `down --all` and `up` (every VM of the lab file) work on at once
 jobs_option = click.option(
-    "--jobs", "jobs_text", metavar="N",
-    help="work on N VMs at once (default 8); one VM failing does not stop the others")
+    "--jobs",
+    "jobs_text",
+    metavar="N",
+    help="work on N VMs at once (default 8); one VM failing does not stop the others",
+)

@@ -10,14 +10,25 @@ from provision.cli.app import AppContext, pass_app, wait_option
 
 @cli.command()
 @click.argument("name")
-@click.option("--model", "models", multiple=True, metavar="MODEL",
-              help="model to have on the VM (repeatable; default: the lab file's)")
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    metavar="MODEL",
+    help="model to have on the VM (repeatable; default: the lab file's)",
+)
 @click.option("--ollama-version", metavar="X.Y.Z", help="Ollama release to install")
 @click.option("--check", is_flag=True, help="Ansible check mode: show what would change")
 @wait_option
 @pass_app
-def deploy(app: AppContext, name: str, models: tuple[str, ...], ollama_version: str | None,
-           check: bool, wait: str | None) -> None:
+def deploy(
+    app: AppContext,
+    name: str,
+    models: tuple[str, ...],
+    ollama_version: str | None,
+    check: bool,
+    wait: str | None,
+) -> None:
     """Install Ollama on VM NAME and pull its models (idempotent: a re-run changes nothing)."""
     from provision.deploy import deploy_guests
 
@@ -25,9 +36,15 @@ def deploy(app: AppContext, name: str, models: tuple[str, ...], ollama_version: 
     with app.hold(lab, name, f"deploy {name}", wait):
         address = lab.guest(name)  # a labctl VM, running, its host key pinned
         app.reporter.stage("check" if check else "deploy")
-        result = deploy_guests(app.config, app.state_dir, [address], reporter=app.reporter,
-                               models=models or None, ollama_version=ollama_version,
-                               check=check)
+        result = deploy_guests(
+            app.config,
+            app.state_dir,
+            [address],
+            reporter=app.reporter,
+            models=models or None,
+            ollama_version=ollama_version,
+            check=check,
+        )
     app.emit(result.to_json(), _human(result.to_json()))
 
 

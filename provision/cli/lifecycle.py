@@ -23,8 +23,9 @@ if TYPE_CHECKING:
     from provision.pve.lifecycle import Lab, ShapeRequest, VmInfo
 
 
-def _shape_request(cores: str | None, ram: str | None, cpu_type: str | None,
-                   disk: str | None) -> ShapeRequest:
+def _shape_request(
+    cores: str | None, ram: str | None, cpu_type: str | None, disk: str | None
+) -> ShapeRequest:
     from provision.pve.lifecycle import ShapeRequest
     from provision.shape import parse_cores, parse_disk_gib, parse_ram
 
@@ -39,12 +40,15 @@ def _shape_request(cores: str | None, ram: str | None, cpu_type: str | None,
 def _cpu_type(text: str) -> str:
     value = text.strip()
     if not value or any(c in value for c in ",= "):
-        raise UsageError(f"invalid cpu type {text!r}: give a Proxmox CPU model such as host, "
-                         "x86-64-v3 or x86-64-v2-AES")
+        raise UsageError(
+            f"invalid cpu type {text!r}: give a Proxmox CPU model such as host, "
+            "x86-64-v3 or x86-64-v2-AES"
+        )
     return value
 
 
 # -- up ----------------------------------------------------------------------------------------
+
 
 @cli.command()
 @click.argument("name", required=False)
@@ -54,16 +58,31 @@ def _cpu_type(text: str) -> str:
 @click.option("--cpu-type", help="Proxmox CPU type (default: host)")
 @click.option("--node", default="", help="node to create the VM on")
 @click.option("--full", is_flag=True, help="full clone onto template.storage (default: linked)")
-@click.option("--allow-overcommit", is_flag=True,
-              help="allow more cores than the node has or more RAM than it has free")
+@click.option(
+    "--allow-overcommit",
+    is_flag=True,
+    help="allow more cores than the node has or more RAM than it has free",
+)
 @click.option("--rollback", is_flag=True, help="destroy the new VM if a later step fails")
 @click.option("--no-deploy", is_flag=True, help="stop once SSH answers (skip Ollama)")
 @wait_option
 @jobs_option
 @pass_app
-def up(app: AppContext, name: str | None, cores: str | None, ram: str | None,
-       disk: str | None, cpu_type: str | None, node: str, full: bool, allow_overcommit: bool,
-       rollback: bool, no_deploy: bool, wait: str | None, jobs_text: str | None) -> None:
+def up(
+    app: AppContext,
+    name: str | None,
+    cores: str | None,
+    ram: str | None,
+    disk: str | None,
+    cpu_type: str | None,
+    node: str,
+    full: bool,
+    allow_overcommit: bool,
+    rollback: bool,
+    no_deploy: bool,
+    wait: str | None,
+    jobs_text: str | None,
+) -> None:
     """Create (or reconcile) VM NAME at a shape until SSH answers; no NAME = every [vm.*],
     --jobs at a time (one VM failing does not stop the others)."""
     from provision.batch import each_vm, first_error, parse_jobs
@@ -77,8 +96,10 @@ def up(app: AppContext, name: str | None, cores: str | None, ram: str | None,
         if not config.vms:
             raise UsageError("no VM named, and the lab file declares no [vm.NAME] tables")
         if not flags.empty or node:
-            raise UsageError("shape and --node flags need a VM name; the lab file gives shapes "
-                             "when no name is given")
+            raise UsageError(
+                "shape and --node flags need a VM name; the lab file gives shapes "
+                "when no name is given"
+            )
         names = list(config.vms)
     else:
         names = [name]
@@ -89,10 +110,19 @@ def up(app: AppContext, name: str | None, cores: str | None, ram: str | None,
 
     def bring_up(vm_name: str) -> dict[str, Any]:
         # an existing VM is changed (reshaped, started, deployed): hold its lease meanwhile
-        with (app.hold(lab, vm_name, f"up {vm_name}", wait) if vm_name in existing
-              else nullcontext()):
-            info = _up_one(app, lab, vm_name, flags, node=node, full=full,
-                           allow_overcommit=allow_overcommit, rollback=rollback)
+        with (
+            app.hold(lab, vm_name, f"up {vm_name}", wait) if vm_name in existing else nullcontext()
+        ):
+            info = _up_one(
+                app,
+                lab,
+                vm_name,
+                flags,
+                node=node,
+                full=full,
+                allow_overcommit=allow_overcommit,
+                rollback=rollback,
+            )
             entry = info.to_json()
             with deploying:
                 entry["deploy"] = None if no_deploy else _deploy(app, info)
@@ -101,8 +131,10 @@ def up(app: AppContext, name: str | None, cores: str | None, ram: str | None,
 
     outcomes = each_vm(names, bring_up, jobs)
     results = [o.result for o in outcomes if o.result is not None]
-    ready = [f"{e['name']} is ready (vmid {e['vmid']} on {e['node']}, "
-             f"{_label(e)}): {e['ssh']}" for e in results]
+    ready = [
+        f"{e['name']} is ready (vmid {e['vmid']} on {e['node']}, {_label(e)}): {e['ssh']}"
+        for e in results
+    ]
     failures = [o for o in outcomes if o.error is not None]
     error = first_error(outcomes)
     if error is not None and name is not None:
@@ -131,12 +163,23 @@ def _ssh_command(app: AppContext, info: VmInfo) -> str:
     """How to log in by hand with the same pinned host key labctl uses."""
     key = Path(str(app.config.get("ssh.key"))).expanduser()
     known = app.state_dir / "known_hosts"
-    return (f"ssh -i {key} -o UserKnownHostsFile={known} -o StrictHostKeyChecking=yes "
-            f"{app.config.get('ssh.user')}@{info.ip}")
+    return (
+        f"ssh -i {key} -o UserKnownHostsFile={known} -o StrictHostKeyChecking=yes "
+        f"{app.config.get('ssh.user')}@{info.ip}"
+    )
 
 
-def _up_one(app: AppContext, lab: Lab, name: str, flags: ShapeRequest, *, node: str,
-            full: bool, allow_overcommit: bool, rollback: bool) -> VmInfo:
+def _up_one(
+    app: AppContext,
+    lab: Lab,
+    name: str,
+    flags: ShapeRequest,
+    *,
+    node: str,
+    full: bool,
+    allow_overcommit: bool,
+    rollback: bool,
+) -> VmInfo:
     from provision.config import validate_vm_name
     from provision.pve.lifecycle import ShapeRequest
 
@@ -147,16 +190,19 @@ def _up_one(app: AppContext, lab: Lab, name: str, flags: ShapeRequest, *, node: 
         declared = ShapeRequest.exactly(spec.shape)
         request = ShapeRequest(
             cores=flags.cores if flags.cores is not None else declared.cores,
-            memory_mib=flags.memory_mib if flags.memory_mib is not None
-            else declared.memory_mib,
+            memory_mib=flags.memory_mib if flags.memory_mib is not None else declared.memory_mib,
             cpu_type=flags.cpu_type if flags.cpu_type is not None else declared.cpu_type,
             disk_gib=flags.disk_gib if flags.disk_gib is not None else declared.disk_gib,
         )
     return lab.up(
-        name, request, node=node or (spec.node if spec else ""),
-        full=full or bool(spec and spec.full), allow_overcommit=allow_overcommit,
+        name,
+        request,
+        node=node or (spec.node if spec else ""),
+        full=full or bool(spec and spec.full),
+        allow_overcommit=allow_overcommit,
         rollback=rollback,
-        ip=spec.ip if spec else None, gateway=spec.gateway if spec else None,
+        ip=spec.ip if spec else None,
+        gateway=spec.gateway if spec else None,
     )
 
 
@@ -170,11 +216,15 @@ def _deploy(app: AppContext, info: VmInfo) -> dict[str, Any]:
         return deploy_after_up(app, info).to_json()
     except DeployError as error:
         # The VM itself is fine: say how to retry the deploy or remove the VM.
-        raise DeployError(error.message, hint=f"VM {info.name} is up; re-run `labctl deploy "
-                          f"{info.name}` or remove it with `labctl down {info.name}`") from error
+        raise DeployError(
+            error.message,
+            hint=f"VM {info.name} is up; re-run `labctl deploy "
+            f"{info.name}` or remove it with `labctl down {info.name}`",
+        ) from error
 
 
 # -- ls ----------------------------------------------------------------------------------------
+
 
 @cli.command("ls")
 @click.option("--all", "show_all", is_flag=True, help="also VMs labctl does not manage")
@@ -189,18 +239,30 @@ def ls(app: AppContext, show_all: bool) -> None:
 
 # -- resize ------------------------------------------------------------------------------------
 
+
 @cli.command()
 @click.argument("name")
 @click.option("--cores", help="vCPUs")
 @click.option("--ram", help="RAM: 512M, 8G, 8GiB, 1.5G or plain MiB")
 @click.option("--cpu-type", help="Proxmox CPU type")
 @click.option("--reboot", is_flag=True, help="reboot a running VM to apply what cannot hot-plug")
-@click.option("--allow-overcommit", is_flag=True,
-              help="allow more cores than the node has or more RAM than it has free")
+@click.option(
+    "--allow-overcommit",
+    is_flag=True,
+    help="allow more cores than the node has or more RAM than it has free",
+)
 @wait_option
 @pass_app
-def resize(app: AppContext, name: str, cores: str | None, ram: str | None,
-           cpu_type: str | None, reboot: bool, allow_overcommit: bool, wait: str | None) -> None:
+def resize(
+    app: AppContext,
+    name: str,
+    cores: str | None,
+    ram: str | None,
+    cpu_type: str | None,
+    reboot: bool,
+    allow_overcommit: bool,
+    wait: str | None,
+) -> None:
     """Change the cores / RAM / cpu type of VM NAME (running: hot-plug or pending)."""
     request = _shape_request(cores, ram, cpu_type, None)
     if request.empty:
@@ -222,6 +284,7 @@ def _forget_deployed(app: AppContext, names: list[str]) -> None:
 
 # -- down --------------------------------------------------------------------------------------
 
+
 @cli.command()
 @click.argument("name", required=False)
 @click.option("--all", "down_all", is_flag=True, help="every VM tagged labctl")
@@ -229,8 +292,14 @@ def _forget_deployed(app: AppContext, names: list[str]) -> None:
 @wait_option
 @jobs_option
 @pass_app
-def down(app: AppContext, name: str | None, down_all: bool, yes: bool, wait: str | None,
-         jobs_text: str | None) -> None:
+def down(
+    app: AppContext,
+    name: str | None,
+    down_all: bool,
+    yes: bool,
+    wait: str | None,
+    jobs_text: str | None,
+) -> None:
     """Shut down and destroy VM NAME (only VMs tagged labctl); its pinned host key goes too.
 
     With --all, the VMs are removed --jobs at a time; one that fails does not stop the others,
@@ -256,8 +325,10 @@ def down(app: AppContext, name: str | None, down_all: bool, yes: bool, wait: str
     listing = ", ".join(f"{vm.name} (vmid {vm.vmid} on {vm.node})" for vm in targets)
     if not yes:
         if not sys.stdin.isatty():
-            raise UsageError(f"refusing to destroy {listing} without confirmation: no terminal "
-                             "to ask on; pass --yes")
+            raise UsageError(
+                f"refusing to destroy {listing} without confirmation: no terminal "
+                "to ask on; pass --yes"
+            )
         if not click.confirm(f"Destroy {listing} and its disks?", default=False, err=True):
             app.say("nothing destroyed")
             app.emit({"destroyed": []}, None)
@@ -281,9 +352,16 @@ def down(app: AppContext, name: str | None, down_all: bool, yes: bool, wait: str
     error = first_error(outcomes)
     if error is not None and not down_all:
         raise error
-    app.emit({"destroyed": [{"name": n, "vmid": by_name[n].vmid, "node": by_name[n].node}
-                            for n in gone],
-              "failed": [{"name": o.name, "error": str(o.error)} for o in outcomes
-                         if o.error is not None]}, None)
+    app.emit(
+        {
+            "destroyed": [
+                {"name": n, "vmid": by_name[n].vmid, "node": by_name[n].node} for n in gone
+            ],
+            "failed": [
+                {"name": o.name, "error": str(o.error)} for o in outcomes if o.error is not None
+            ],
+        },
+        None,
+    )
     if error is not None:
         raise error

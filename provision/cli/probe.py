@@ -27,31 +27,56 @@ from provision.probe.run import ProbeResult
 @click.option("--num-predict", type=click.IntRange(1, 1_000_000), help="tokens to generate")
 @click.option("--num-thread", type=click.IntRange(1, 4096), help="Ollama num_thread (reloads)")
 @click.option("--num-ctx", type=click.IntRange(16, 1 << 21), help="Ollama num_ctx (reloads)")
-@click.option("--prompt-file", type=click.Path(dir_okay=False, path_type=Path),
-              help="file holding the prompt")
+@click.option(
+    "--prompt-file", type=click.Path(dir_okay=False, path_type=Path), help="file holding the prompt"
+)
 @click.option("--cold", is_flag=True, help="unload the model before each measured run")
 @click.option("--json", "json_flag", is_flag=True, help="print one JSON document on stdout")
 @wait_option
 @pass_app
-def probe(app: AppContext, name: str, model: str | None, runs: int | None, warmup: int | None,
-          num_predict: int | None, num_thread: int | None, num_ctx: int | None,
-          prompt_file: Path | None, cold: bool, json_flag: bool, wait: str | None) -> None:
+def probe(
+    app: AppContext,
+    name: str,
+    model: str | None,
+    runs: int | None,
+    warmup: int | None,
+    num_predict: int | None,
+    num_thread: int | None,
+    num_ctx: int | None,
+    prompt_file: Path | None,
+    cold: bool,
+    json_flag: bool,
+    wait: str | None,
+) -> None:
     """Measure tokens/s, time to first token, load and memory inside VM NAME."""
     from provision import store
     from provision.probe.record import record_probe
     from provision.probe.run import options_from_config
 
     app.json_output = app.json_output or json_flag
-    options = options_from_config(app.config, model=model, runs=runs, warmup=warmup,
-                                  num_predict=num_predict, num_thread=num_thread,
-                                  num_ctx=num_ctx, prompt_file=prompt_file, cold=cold)
+    options = options_from_config(
+        app.config,
+        model=model,
+        runs=runs,
+        warmup=warmup,
+        num_predict=num_predict,
+        num_thread=num_thread,
+        num_ctx=num_ctx,
+        prompt_file=prompt_file,
+        cold=cold,
+    )
     lab = app.lab()
     with app.hold(lab, name, f"probe {name}", wait):
         info = lab.find(name)
         address = lab.guest(name)
-        vm = store.VmRecord(name=info.name, vmid=info.vmid, node=info.node,
-                            cores=info.shape.cores, memory_mib=info.shape.memory_mib,
-                            cpu_type=info.shape.cpu_type)
+        vm = store.VmRecord(
+            name=info.name,
+            vmid=info.vmid,
+            node=info.node,
+            cores=info.shape.cores,
+            memory_mib=info.shape.memory_mib,
+            cpu_type=info.shape.cpu_type,
+        )
         recorded = record_probe(app.state_dir, vm, address, options, app.reporter)
     result = recorded.completed()
     document = result.to_json()
@@ -66,8 +91,9 @@ def probe(app: AppContext, name: str, model: str | None, runs: int | None, warmu
 @click.option("--json", "json_flag", is_flag=True, help="one JSON document on stdout")
 @click.option("--csv", "csv_flag", is_flag=True, help="CSV on stdout")
 @pass_app
-def results(app: AppContext, vm_name: str | None, include_warmup: bool, json_flag: bool,
-            csv_flag: bool) -> None:
+def results(
+    app: AppContext, vm_name: str | None, include_warmup: bool, json_flag: bool, csv_flag: bool
+) -> None:
     """Show the probe runs kept in labctl's results database."""
     from provision import store
 
@@ -110,8 +136,9 @@ def _size(value: float | None) -> str:
 
 
 def _console(width: int = 120) -> Console:
-    return Console(file=io.StringIO(), force_terminal=False, no_color=True, width=width,
-                   highlight=False)
+    return Console(
+        file=io.StringIO(), force_terminal=False, no_color=True, width=width, highlight=False
+    )
 
 
 def _text(console: Console) -> str:
@@ -121,11 +148,10 @@ def _text(console: Console) -> str:
 CACHE_BUST_TEXT = {
     "nonce-first": "a per-run nonce before the chat template's first token (no cached prefix)",
     "nonce-in-prompt": "a per-run nonce leading the prompt (the template's first tokens may "
-                       "be cached and counted)",
+    "be cached and counted)",
     "unload+nonce-first": "model unloaded before each run + a per-run nonce before the chat "
-                          "template",
-    "unload+nonce-in-prompt": "model unloaded before each run + a per-run nonce leading the "
-                              "prompt",
+    "template",
+    "unload+nonce-in-prompt": "model unloaded before each run + a per-run nonce leading the prompt",
     "nonce": "a new first prompt line per run",
     "unload+nonce": "model unloaded before each run + a new first prompt line per run",
 }
@@ -137,32 +163,60 @@ def render_probe(result: ProbeResult, *, shape: str = "") -> str:
     if facts is not None:
         avx2 = {True: "yes", False: "NO", None: "?"}[facts.has_flag("avx2")]
         processor = facts.ps.processor if facts.ps else "not reported"
-        console.print(Text(
-            f"{result.vm} {shape}: {facts.vcpus} vCPU {facts.cpu_model or ''} (AVX2 {avx2}), "
-            f"{_size(facts.mem_total_bytes)} RAM, kernel {facts.kernel}"))
-        console.print(Text(
-            f"Ollama {facts.ollama_version}: {facts.model.name} "
-            f"{(facts.model.digest or '')[:12]} ({_size(facts.model.size_bytes)}), {processor}"))
+        console.print(
+            Text(
+                f"{result.vm} {shape}: {facts.vcpus} vCPU {facts.cpu_model or ''} (AVX2 {avx2}), "
+                f"{_size(facts.mem_total_bytes)} RAM, kernel {facts.kernel}"
+            )
+        )
+        console.print(
+            Text(
+                f"Ollama {facts.ollama_version}: {facts.model.name} "
+                f"{(facts.model.digest or '')[:12]} ({_size(facts.model.size_bytes)}), {processor}"
+            )
+        )
     console.print(_runs_table(result))
     console.print(_summary_table(result))
     cache = CACHE_BUST_TEXT.get(result.cache_bust, result.cache_bust)
     overhead = result.sampler_overhead()
-    console.print(Text(
-        f"prompt cache defeated by: {cache}; sampler: >= {_num(overhead['min_sample_hz'])} Hz, "
-        f"<= {_num(overhead['max_cpu_pct_of_one_core'], 2)} % of one core", style="dim"))
+    console.print(
+        Text(
+            f"prompt cache defeated by: {cache}; sampler: >= {_num(overhead['min_sample_hz'])} Hz, "
+            f"<= {_num(overhead['max_cpu_pct_of_one_core'], 2)} % of one core",
+            style="dim",
+        )
+    )
     return _text(console)
 
 
 def _runs_table(result: ProbeResult) -> Table:
-    table = Table(title=f"{result.options.model} on {result.vm}: runs", title_justify="left",
-                  header_style="bold")
-    for name in ("run", "load", "eval tok/s", "prompt tok/s", "TTFT s", "load s", "peak used",
-                 "peak RSS", "peak load", "busiest core %", "result"):
-        table.add_column(name, justify="left" if name in ("run", "load", "result") else "right",
-                         no_wrap=name == "run")
+    table = Table(
+        title=f"{result.options.model} on {result.vm}: runs",
+        title_justify="left",
+        header_style="bold",
+    )
+    for name in (
+        "run",
+        "load",
+        "eval tok/s",
+        "prompt tok/s",
+        "TTFT s",
+        "load s",
+        "peak used",
+        "peak RSS",
+        "peak load",
+        "busiest core %",
+        "result",
+    ):
+        table.add_column(
+            name,
+            justify="left" if name in ("run", "load", "result") else "right",
+            no_wrap=name == "run",
+        )
     for run in result.runs:
-        table.add_row(*_run_cells(run, result.options.num_predict),
-                      style="dim" if run.warmup else None)
+        table.add_row(
+            *_run_cells(run, result.options.num_predict), style="dim" if run.warmup else None
+        )
     return table
 
 
@@ -171,10 +225,19 @@ def _run_cells(run: RunResult, num_predict: int) -> list[str]:
     outcome = "ok" if run.ok else ("OOM-killed" if run.oom_likely else f"failed: {run.error}")
     if run.ended_early(num_predict):
         outcome = f"ok, EOS at {run.metrics.eval_count}/{num_predict}"
-    return [label, run.load_kind or "—", _num(run.eval_tps, 2), _num(run.prompt_tps, 1),
-            _num(run.ttft_s, 3), _num(run.load_s, 3), _size(run.peaks.peak_mem_used),
-            _size(run.peaks.peak_rss), _num(run.peaks.peak_load1, 2),
-            _num(run.peaks.peak_busiest_core_pct, 0), outcome]
+    return [
+        label,
+        run.load_kind or "—",
+        _num(run.eval_tps, 2),
+        _num(run.prompt_tps, 1),
+        _num(run.ttft_s, 3),
+        _num(run.load_s, 3),
+        _size(run.peaks.peak_mem_used),
+        _size(run.peaks.peak_rss),
+        _num(run.peaks.peak_load1, 2),
+        _num(run.peaks.peak_busiest_core_pct, 0),
+        outcome,
+    ]
 
 
 _SUMMARY_ROWS = (
@@ -192,8 +255,11 @@ _SUMMARY_ROWS = (
 def _summary_table(result: ProbeResult) -> Table:
     summary = result.summary
     counted = sum(1 for r in result.measured if r.ok)
-    table = Table(title=f"summary of {counted} measured run(s) (warm-up not counted)",
-                  title_justify="left", header_style="bold")
+    table = Table(
+        title=f"summary of {counted} measured run(s) (warm-up not counted)",
+        title_justify="left",
+        header_style="bold",
+    )
     for name in ("metric", "median", "min", "max"):
         table.add_column(name, justify="left" if name == "metric" else "right")
     for label, key, fmt in _SUMMARY_ROWS:
@@ -209,20 +275,47 @@ def _summary_table(result: ProbeResult) -> Table:
 def render_results(rows: list[dict[str, Any]]) -> str:
     console = _console(160)
     table = Table(title="kept probe runs", title_justify="left", header_style="bold")
-    for name in ("probe", "vm", "shape", "node", "model", "when (UTC)", "run", "eval tok/s",
-                 "prompt tok/s", "TTFT s", "load s", "peak used", "peak RSS", "result"):
-        table.add_column(name, justify="right" if "/" in name or name.endswith(" s")
-                         or name.startswith("peak") else "left",
-                         no_wrap=name in ("shape", "when (UTC)"))
+    for name in (
+        "probe",
+        "vm",
+        "shape",
+        "node",
+        "model",
+        "when (UTC)",
+        "run",
+        "eval tok/s",
+        "prompt tok/s",
+        "TTFT s",
+        "load s",
+        "peak used",
+        "peak RSS",
+        "result",
+    ):
+        table.add_column(
+            name,
+            justify="right"
+            if "/" in name or name.endswith(" s") or name.startswith("peak")
+            else "left",
+            no_wrap=name in ("shape", "when (UTC)"),
+        )
     for row in rows:
         shape = f"{row['cores']}c/{(row['memory_mib'] or 0) / 1024:g}G/{row['cpu_type']}"
         outcome = "ok" if row["ok"] else ("OOM" if row["oom"] else f"failed: {row['error']}")
-        table.add_row(str(row["probe_id"]), row["vm_name"], shape, row["node"] or "—",
-                      row["model"], str(row["started_at"] or "")[:16].replace("T", " "),
-                      str(row["run_index"] + 1),
-                      _num(row["eval_tps"], 2), _num(row["prompt_tps"], 1),
-                      _num(row["ttft_s"], 3), _num(row["load_s"], 3),
-                      _size(row["peak_mem_used_bytes"]), _size(row["peak_rss_bytes"]),
-                      Text(outcome, style="" if row["ok"] else "red"))
+        table.add_row(
+            str(row["probe_id"]),
+            row["vm_name"],
+            shape,
+            row["node"] or "—",
+            row["model"],
+            str(row["started_at"] or "")[:16].replace("T", " "),
+            str(row["run_index"] + 1),
+            _num(row["eval_tps"], 2),
+            _num(row["prompt_tps"], 1),
+            _num(row["ttft_s"], 3),
+            _num(row["load_s"], 3),
+            _size(row["peak_mem_used_bytes"]),
+            _size(row["peak_rss_bytes"]),
+            Text(outcome, style="" if row["ok"] else "red"),
+        )
     console.print(table)
     return _text(console)

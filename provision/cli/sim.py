@@ -38,8 +38,10 @@ def _needs_sim_extra() -> Iterator[None]:
         package = (error.name or "").split(".")[0]
         if package not in SIM_EXTRA_MODULES:
             raise
-        raise ConfigError(f"the simulator needs {package}, which a plain install leaves out: "
-                          "pip install 'labctl[sim]'") from None
+        raise ConfigError(
+            f"the simulator needs {package}, which a plain install leaves out: "
+            "pip install 'labctl[sim]'"
+        ) from None
 
 
 @cli.group()

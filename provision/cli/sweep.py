@@ -20,20 +20,40 @@ if TYPE_CHECKING:
 @click.argument("name")
 @click.option("--cores", metavar="LIST", required=True, help="core counts: 1,2,4,8 or 2-12")
 @click.option("--ram", metavar="LIST", required=True, help="RAM sizes: 2G,4G,8G")
-@click.option("--cpu-type", "cpu_types", metavar="LIST",
-              help="Proxmox cpu types to compare, e.g. host,x86-64-v2-AES (default: the VM's)")
+@click.option(
+    "--cpu-type",
+    "cpu_types",
+    metavar="LIST",
+    help="Proxmox cpu types to compare, e.g. host,x86-64-v2-AES (default: the VM's)",
+)
 @click.option("--min-tps", metavar="N", help="target: median eval tokens/s at least N")
 @click.option("--max-ttft", metavar="TIME", help="target: median time to first token, e.g. 2s")
-@click.option("--min-free-mem", metavar="PCT|SIZE",
-              help="target: memory free at the probe's peak, e.g. 15% (of MemTotal) or 1G")
-@click.option("--strategy", type=click.Choice(["smart", "grid"]), default="smart",
-              show_default=True, help="smart: bisect using the monotone structure; grid: all")
-@click.option("--parallel", type=click.IntRange(1, 8), default=1, show_default=True,
-              help="measure on N VMs at once: clones NAME-2..NAME-N (on other nodes when the "
-                   "template can go there), deploys them like NAME, removes them at the end")
-@click.option("--keep-clones", is_flag=True,
-              help="with --parallel N >= 2 (refused without): keep the clones (put back to "
-                   "NAME's shape) after the sweep")
+@click.option(
+    "--min-free-mem",
+    metavar="PCT|SIZE",
+    help="target: memory free at the probe's peak, e.g. 15% (of MemTotal) or 1G",
+)
+@click.option(
+    "--strategy",
+    type=click.Choice(["smart", "grid"]),
+    default="smart",
+    show_default=True,
+    help="smart: bisect using the monotone structure; grid: all",
+)
+@click.option(
+    "--parallel",
+    type=click.IntRange(1, 8),
+    default=1,
+    show_default=True,
+    help="measure on N VMs at once: clones NAME-2..NAME-N (on other nodes when the "
+    "template can go there), deploys them like NAME, removes them at the end",
+)
+@click.option(
+    "--keep-clones",
+    is_flag=True,
+    help="with --parallel N >= 2 (refused without): keep the clones (put back to "
+    "NAME's shape) after the sweep",
+)
 @click.option("--fresh", is_flag=True, help="ignore earlier results of this same sweep")
 @click.option("--keep-shape", is_flag=True, help="leave the VM in the last shape probed")
 @click.option("--allow-overcommit", is_flag=True, help="allow shapes larger than the node")
@@ -41,21 +61,50 @@ if TYPE_CHECKING:
 @click.option("--runs", type=click.IntRange(1, 100), help="measured runs per shape")
 @click.option("--warmup", type=click.IntRange(0, 10), help="warm-up runs per shape")
 @click.option("--num-predict", type=click.IntRange(1, 1_000_000), help="tokens per run")
-@click.option("--prompt-file", type=click.Path(dir_okay=False, path_type=Path),
-              help="file holding the prompt")
-@click.option("--report", "report_format", type=click.Choice(["html", "md"]), default="html",
-              show_default=True, help="the report file written at the end")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="report file (default: <state>/reports/SWEEP_ID/report.html)")
+@click.option(
+    "--prompt-file", type=click.Path(dir_okay=False, path_type=Path), help="file holding the prompt"
+)
+@click.option(
+    "--report",
+    "report_format",
+    type=click.Choice(["html", "md"]),
+    default="html",
+    show_default=True,
+    help="the report file written at the end",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="report file (default: <state>/reports/SWEEP_ID/report.html)",
+)
 @click.option("--json", "json_flag", is_flag=True, help="print one JSON document on stdout")
 @wait_option
 @pass_app
-def sweep(app: AppContext, name: str, cores: str, ram: str, cpu_types: str | None,
-          min_tps: str | None, max_ttft: str | None, min_free_mem: str | None, strategy: str,
-          parallel: int, keep_clones: bool, fresh: bool, keep_shape: bool, allow_overcommit: bool,
-          model: str | None, runs: int | None, warmup: int | None, num_predict: int | None,
-          prompt_file: Path | None, report_format: str, out: Path | None,
-          json_flag: bool, wait: str | None) -> None:
+def sweep(
+    app: AppContext,
+    name: str,
+    cores: str,
+    ram: str,
+    cpu_types: str | None,
+    min_tps: str | None,
+    max_ttft: str | None,
+    min_free_mem: str | None,
+    strategy: str,
+    parallel: int,
+    keep_clones: bool,
+    fresh: bool,
+    keep_shape: bool,
+    allow_overcommit: bool,
+    model: str | None,
+    runs: int | None,
+    warmup: int | None,
+    num_predict: int | None,
+    prompt_file: Path | None,
+    report_format: str,
+    out: Path | None,
+    json_flag: bool,
+    wait: str | None,
+) -> None:
     """Find the smallest shape of VM NAME that meets every target.
 
     Each shape: resize (reboot), wait for SSH, probe, record. Results are kept as they come: the
@@ -76,39 +125,69 @@ def sweep(app: AppContext, name: str, cores: str, ram: str, cpu_types: str | Non
     app.json_output = app.json_output or json_flag
     # Everything the user typed is checked before the VM is touched.
     if keep_clones and parallel < 2:
-        raise UsageError("--keep-clones needs --parallel N (N >= 2): only a parallel sweep makes "
-                         "clones to keep")
+        raise UsageError(
+            "--keep-clones needs --parallel N (N >= 2): only a parallel sweep makes clones to keep"
+        )
     wait_s = parse_wait(wait)
     space = parse_space(cores, ram, cpu_types or "host")
     targets = parse_targets(min_tps, max_ttft, min_free_mem, space)
-    options = options_from_config(app.config, model=model, runs=runs, warmup=warmup,
-                                  num_predict=num_predict, prompt_file=prompt_file)
+    options = options_from_config(
+        app.config,
+        model=model,
+        runs=runs,
+        warmup=warmup,
+        num_predict=num_predict,
+        prompt_file=prompt_file,
+    )
     lab = app.lab()
     info = running_vm(lab, name)
     if cpu_types is None:
         space = parse_space(cores, ram, info.shape.cpu_type)
     if not allow_overcommit:
         check_space_fits(space, lab.node_capacity(info.node), info.shape)
-    plan = SweepPlan(vm=name, space=space, targets=targets, strategy=strategy,
-                     probe_options=identity_options(options), fresh=fresh, keep_shape=keep_shape)
-    session = SweepSession(app.config, app.state_dir, lab, options, kept_options(options),
-                           app.reporter, notify=app.say, parallel=parallel,
-                           keep_clones=keep_clones, allow_overcommit=allow_overcommit,
-                           wait_s=wait_s)
+    plan = SweepPlan(
+        vm=name,
+        space=space,
+        targets=targets,
+        strategy=strategy,
+        probe_options=identity_options(options),
+        fresh=fresh,
+        keep_shape=keep_shape,
+    )
+    session = SweepSession(
+        app.config,
+        app.state_dir,
+        lab,
+        options,
+        kept_options(options),
+        app.reporter,
+        notify=app.say,
+        parallel=parallel,
+        keep_clones=keep_clones,
+        allow_overcommit=allow_overcommit,
+        wait_s=wait_s,
+    )
     done = session.run(info, plan)
     _finish(app, done.store, done.sweep_id, report_format, out, done.clones.to_json())
 
 
-def _finish(app: AppContext, store: Any, sweep_id: str, report_format: str,
-            out: Path | None, clones: dict[str, list[str]]) -> None:
+def _finish(
+    app: AppContext,
+    store: Any,
+    sweep_id: str,
+    report_format: str,
+    out: Path | None,
+    clones: dict[str, list[str]],
+) -> None:
     from provision.report.export import to_json
     from provision.report.files import default_path, write_report
     from provision.report.model import report_from_store
     from provision.report.table import render_table
 
     report = report_from_store(store, sweep_id)
-    files = write_report(report, out or default_path(app.state_dir, sweep_id, report_format),
-                         report_format)
+    files = write_report(
+        report, out or default_path(app.state_dir, sweep_id, report_format), report_format
+    )
     document = to_json(report)
     document["report_files"] = [str(f) for f in files]
     document["clones"] = clones
@@ -122,8 +201,10 @@ def _raise_for_outcome(report: SweepReport) -> None:
     result = report.result
     if result.failed:
         first = result.failed[0]
-        raise SweepError(f"{len(result.failed)} shape(s) could not be probed ({first.shape.label}:"
-                         f" {first.error}); the same command again retries them")
+        raise SweepError(
+            f"{len(result.failed)} shape(s) could not be probed ({first.shape.label}:"
+            f" {first.error}); the same command again retries them"
+        )
     if result.minimum is None:
         raise SweepError(report.recommendation)
 
@@ -135,12 +216,16 @@ def _raise_for_outcome(report: SweepReport) -> None:
 @click.option("--png", "fmt", flag_value="png", help="the plot alone")
 @click.option("--csv", "fmt", flag_value="csv", help="one row per shape")
 @click.option("--json", "fmt", flag_value="json", help="one JSON document")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="write here (html/md/png default: <state>/reports/SWEEP_ID/)")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="write here (html/md/png default: <state>/reports/SWEEP_ID/)",
+)
 @click.option("--list", "list_sweeps", is_flag=True, help="list the sweeps kept")
 @pass_app
-def report(app: AppContext, sweep_id: str | None, fmt: str | None, out: Path | None,
-           list_sweeps: bool) -> None:
+def report(
+    app: AppContext, sweep_id: str | None, fmt: str | None, out: Path | None, list_sweeps: bool
+) -> None:
     """Show or write the report of sweep SWEEP_ID (any unique prefix; default: the latest).
 
     With no SWEEP_ID and no format, list the sweeps kept.
@@ -179,12 +264,24 @@ def _list(app: AppContext, store: Any) -> None:
     from provision.report.model import report_from_store
 
     reports = [report_from_store(store, record.id) for record in store.all()]
-    rows = [{"id": r.sweep_id, "vm": r.vm, "status": r.status, "strategy": r.strategy,
-             "probes": r.probes, "created_at": r.created_at, "recommendation": r.recommendation}
-            for r in reports]
+    rows = [
+        {
+            "id": r.sweep_id,
+            "vm": r.vm,
+            "status": r.status,
+            "strategy": r.strategy,
+            "probes": r.probes,
+            "created_at": r.created_at,
+            "recommendation": r.recommendation,
+        }
+        for r in reports
+    ]
     if not rows and not app.json_output:
         app.say("no sweeps kept yet: run `labctl sweep NAME --cores ... --ram ...`")
         return
-    human = "\n".join(f"{r['id']:<12} {r['vm']:<12} {r['status']:<11} {r['strategy']:<6} "
-                      f"{r['probes']:>3} probes  {r['recommendation']}" for r in rows)
+    human = "\n".join(
+        f"{r['id']:<12} {r['vm']:<12} {r['status']:<11} {r['strategy']:<6} "
+        f"{r['probes']:>3} probes  {r['recommendation']}"
+        for r in rows
+    )
     app.emit(rows, human=human)

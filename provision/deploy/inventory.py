@@ -49,13 +49,20 @@ class SshSettings:
     def common_args(self) -> str:
         # StrictHostKeyChecking=yes + labctl's own known_hosts: the keys pinned at `up` time are
         # the only ones accepted; nothing gets added to the user's ~/.ssh/known_hosts.
-        return " ".join([
-            "-o", "StrictHostKeyChecking=yes",
-            "-o", f"UserKnownHostsFile={shlex.quote(str(self.known_hosts))}",
-            "-o", "GlobalKnownHostsFile=/dev/null",
-            "-o", "IdentitiesOnly=yes",
-            "-o", "PasswordAuthentication=no",
-        ])
+        return " ".join(
+            [
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                f"UserKnownHostsFile={shlex.quote(str(self.known_hosts))}",
+                "-o",
+                "GlobalKnownHostsFile=/dev/null",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "PasswordAuthentication=no",
+            ]
+        )
 
 
 def control_path_dir(host: DeployHost, ssh: SshSettings) -> str:
@@ -76,9 +83,11 @@ def _pinned_keys(known_hosts: Path, host: DeployHost) -> list[str]:
         lines = known_hosts.read_text().splitlines()
     except OSError:
         return []
-    return [line.strip() for line in lines
-            if line.strip() and not line.startswith("#")
-            and names & set(line.split()[0].split(","))]
+    return [
+        line.strip()
+        for line in lines
+        if line.strip() and not line.startswith("#") and names & set(line.split()[0].split(","))
+    ]
 
 
 def _environment(templates_dir: Path) -> jinja2.Environment:
@@ -167,11 +176,13 @@ def update_registry(
     return known
 
 
-def render_ansible_cfg(templates_dir: Path, *, roles_path: Path, forks: int,
-                       connect_timeout_s: int) -> str:
+def render_ansible_cfg(
+    templates_dir: Path, *, roles_path: Path, forks: int, connect_timeout_s: int
+) -> str:
     template = _environment(templates_dir).get_template(ANSIBLE_CFG_TEMPLATE)
-    return template.render(roles_path=str(roles_path), forks=forks,
-                           connect_timeout=connect_timeout_s)
+    return template.render(
+        roles_path=str(roles_path), forks=forks, connect_timeout=connect_timeout_s
+    )
 
 
 def write_private(path: Path, text: str) -> None:

@@ -20,8 +20,10 @@ from provision.progress import Reporter
 
 def ssh_settings(config: LabConfig, state_dir: Path) -> SshSettings:
     """labctl's key and the known_hosts where `up` pinned each VM's host key."""
-    return SshSettings(private_key=Path(str(config.get("ssh.key"))).expanduser(),
-                       known_hosts=state_dir / "known_hosts")
+    return SshSettings(
+        private_key=Path(str(config.get("ssh.key"))).expanduser(),
+        known_hosts=state_dir / "known_hosts",
+    )
 
 
 def deploy_options(
@@ -50,8 +52,12 @@ def deploy_options(
 
 
 def host_for(address: GuestAddress) -> DeployHost:
-    return DeployHost(name=address.name or address.host, address=address.host,
-                      user=address.user, port=address.port)
+    return DeployHost(
+        name=address.name or address.host,
+        address=address.host,
+        user=address.user,
+        port=address.port,
+    )
 
 
 def deploy_guests(
@@ -67,20 +73,33 @@ def deploy_guests(
 ) -> DeployResult:
     """Run the playbook on these guests (GuestAddress from Lab.guest(), key already pinned)."""
     name = addresses[0].name if len(addresses) == 1 else None
-    options = deploy_options(config, vm_name=name, models=models,
-                             ollama_version=ollama_version, check=check)
-    return deploy([host_for(a) for a in addresses], ssh_settings(config, state_dir),
-                  state_dir=state_dir, options=options, reporter=reporter, run_id=run_id)
+    options = deploy_options(
+        config, vm_name=name, models=models, ollama_version=ollama_version, check=check
+    )
+    return deploy(
+        [host_for(a) for a in addresses],
+        ssh_settings(config, state_dir),
+        state_dir=state_dir,
+        options=options,
+        reporter=reporter,
+        run_id=run_id,
+    )
 
 
 def deploy_after_up(app: Any, info: Any) -> DeployResult:
     """`labctl up` -> deploy: app is the CLI's AppContext (config, state_dir, reporter), info the
     VmInfo `up` returned (running, its host key pinned in <state>/known_hosts)."""
     if not info.ip:
-        raise DeployError(f"VM {info.name} has no address to deploy to",
-                          hint=f"labctl deploy {info.name} once the guest agent reports one")
+        raise DeployError(
+            f"VM {info.name} has no address to deploy to",
+            hint=f"labctl deploy {info.name} once the guest agent reports one",
+        )
     config: LabConfig = app.config
-    address = GuestAddress(host=str(info.ip), user=str(config.get("ssh.user")),
-                           key_path=Path(str(config.get("ssh.key"))).expanduser(),
-                           known_hosts=app.state_dir / "known_hosts", name=str(info.name))
+    address = GuestAddress(
+        host=str(info.ip),
+        user=str(config.get("ssh.user")),
+        key_path=Path(str(config.get("ssh.key"))).expanduser(),
+        known_hosts=app.state_dir / "known_hosts",
+        name=str(info.name),
+    )
     return deploy_guests(config, app.state_dir, [address], reporter=app.reporter)

@@ -177,45 +177,63 @@ def deploy(
 
     role_vars = options.to_role_vars()
     # This run targets only `hosts`; the shared inventory keeps every VM labctl deployed to.
-    write_private(private_inventory, render_inventory(
-        templates, hosts, ssh, {h.name: role_vars for h in hosts},
-        inventory_path=inventory_out, playbook_path=playbooks / PLAYBOOK,
-    ))
+    write_private(
+        private_inventory,
+        render_inventory(
+            templates,
+            hosts,
+            ssh,
+            {h.name: role_vars for h in hosts},
+            inventory_path=inventory_out,
+            playbook_path=playbooks / PLAYBOOK,
+        ),
+    )
     if not options.check:
         known = update_registry(state_dir, hosts, role_vars)
         _write_shared_inventory(templates, known, ssh, inventory_out, playbooks)
     cfg = private / "ansible.cfg"
-    write_private(cfg, render_ansible_cfg(
-        templates, roles_path=playbooks / "roles", forks=options.forks,
-        connect_timeout_s=ssh.connect_timeout_s,
-    ))
+    write_private(
+        cfg,
+        render_ansible_cfg(
+            templates,
+            roles_path=playbooks / "roles",
+            forks=options.forks,
+            connect_timeout_s=ssh.connect_timeout_s,
+        ),
+    )
 
     _prune_control_dirs()
     reporter.stage("check" if options.check else "deploy")
     tracker = _EventTracker(reporter, check=options.check)
     started = time.monotonic()
     try:
-        runner = run_cancellable(lambda cancelled: ansible_runner.run(
-            private_data_dir=str(private),
-            project_dir=str(playbooks),
-            playbook=PLAYBOOK,
-            inventory=str(private_inventory),
-            envvars={"ANSIBLE_CONFIG": str(cfg), "ANSIBLE_NOCOLOR": "1",
-                     "PATH": _path_with_ansible()},
-            cmdline="--check" if options.check else None,
-            ident=run_id,
-            quiet=True,
-            timeout=options.timeout_s,
-            # ansible-runner asks cancel_callback and checks the time limit once per pexpect
-            # wait: every second instead of every 5 (output and the end are read as they come).
-            settings={"pexpect_timeout": 1},
-            event_handler=tracker,
-            # Given a cancel_callback, ansible-runner installs no SIGINT/SIGTERM handlers.
-            cancel_callback=cancelled,
-        ))
+        runner = run_cancellable(
+            lambda cancelled: ansible_runner.run(
+                private_data_dir=str(private),
+                project_dir=str(playbooks),
+                playbook=PLAYBOOK,
+                inventory=str(private_inventory),
+                envvars={
+                    "ANSIBLE_CONFIG": str(cfg),
+                    "ANSIBLE_NOCOLOR": "1",
+                    "PATH": _path_with_ansible(),
+                },
+                cmdline="--check" if options.check else None,
+                ident=run_id,
+                quiet=True,
+                timeout=options.timeout_s,
+                # ansible-runner asks cancel_callback and checks the time limit once per pexpect
+                # wait: every second instead of every 5 (output and the end are read as they come).
+                settings={"pexpect_timeout": 1},
+                event_handler=tracker,
+                # Given a cancel_callback, ansible-runner installs no SIGINT/SIGTERM handlers.
+                cancel_callback=cancelled,
+            )
+        )
     except Exception as exc:  # ansible-runner's ConfigurationError, OSError, ...
-        raise DeployError(f"could not start ansible-playbook: {exc}",
-                          hint=f"run dir: {private}") from exc
+        raise DeployError(
+            f"could not start ansible-playbook: {exc}", hint=f"run dir: {private}"
+        ) from exc
     result = _result(runner, tracker, options.check, time.monotonic() - started, inventory_out)
     if result.status == "canceled":  # Ctrl-C (or SIGTERM): ansible-runner stopped the playbook
         raise Interrupted(f"deploy interrupted; artifacts: {result.artifact_dir}")
@@ -225,8 +243,9 @@ def deploy(
     return result
 
 
-def forget_hosts(state_dir: Path, names: Sequence[str], ssh: SshSettings,
-                 inventory_out: Path | None = None) -> None:
+def forget_hosts(
+    state_dir: Path, names: Sequence[str], ssh: SshSettings, inventory_out: Path | None = None
+) -> None:
     """Drop VMs (e.g. after `labctl down`) from the shared inventory/labctl.yml."""
     inventory_out = inventory_out or default_inventory_path(state_dir)
     known = update_registry(state_dir, forget=names)
@@ -234,23 +253,38 @@ def forget_hosts(state_dir: Path, names: Sequence[str], ssh: SshSettings,
     _write_shared_inventory(data / "templates", known, ssh, inventory_out, data / "playbooks")
 
 
-def _write_shared_inventory(templates: Path, known: Sequence[KnownDeploy], ssh: SshSettings,
-                            inventory_out: Path, playbooks: Path) -> None:
+def _write_shared_inventory(
+    templates: Path,
+    known: Sequence[KnownDeploy],
+    ssh: SshSettings,
+    inventory_out: Path,
+    playbooks: Path,
+) -> None:
     if not known:
         inventory_out.unlink(missing_ok=True)
         return
-    write_private(inventory_out, render_inventory(
-        templates, [k.host for k in known], ssh, {k.host.name: k.role_vars for k in known},
-        inventory_path=inventory_out, playbook_path=playbooks / PLAYBOOK,
-    ))
+    write_private(
+        inventory_out,
+        render_inventory(
+            templates,
+            [k.host for k in known],
+            ssh,
+            {k.host.name: k.role_vars for k in known},
+            inventory_path=inventory_out,
+            playbook_path=playbooks / PLAYBOOK,
+        ),
+    )
 
 
 class _EventTracker:
     """ansible-runner event_handler: one progress line per finished task and host."""
 
-    _STATUS: ClassVar[dict[str, str]] = {"runner_on_ok": "ok", "runner_on_failed": "failed",
-                                         "runner_on_unreachable": "unreachable",
-                                         "runner_on_skipped": "skipped"}
+    _STATUS: ClassVar[dict[str, str]] = {
+        "runner_on_ok": "ok",
+        "runner_on_failed": "failed",
+        "runner_on_unreachable": "unreachable",
+        "runner_on_skipped": "skipped",
+    }
 
     def __init__(self, reporter: Reporter, *, check: bool) -> None:
         self.reporter = reporter
@@ -268,8 +302,10 @@ class _EventTracker:
         if status == "failed" and data.get("ignore_errors"):
             status = "ignored"
         outcome = TaskOutcome(
-            host=str(data.get("host", "?")), task=str(data.get("task", "?")).strip(),
-            status=status, duration_s=float(data.get("duration") or 0.0),
+            host=str(data.get("host", "?")),
+            task=str(data.get("task", "?")).strip(),
+            status=status,
+            duration_s=float(data.get("duration") or 0.0),
             message=_message(res) if status in ("failed", "unreachable", "ignored") else "",
         )
         self.outcomes.append(outcome)
@@ -298,22 +334,35 @@ def _message(res: Mapping[str, Any]) -> str:
     return " ".join(text.split())[:MESSAGE_LIMIT]
 
 
-def _result(runner: Any, tracker: _EventTracker, check: bool, duration_s: float,
-            inventory_path: Path) -> DeployResult:
+def _result(
+    runner: Any, tracker: _EventTracker, check: bool, duration_s: float, inventory_path: Path
+) -> DeployResult:
     raw = runner.stats or {}
     hosts = sorted({h for counts in raw.values() if isinstance(counts, dict) for h in counts})
 
     def count(key: str, host: str) -> int:
         return int((raw.get(key) or {}).get(host, 0))
 
-    stats = {h: HostStats(ok=count("ok", h), changed=count("changed", h),
-                          failed=count("failures", h), unreachable=count("dark", h),
-                          skipped=count("skipped", h), rescued=count("rescued", h),
-                          ignored=count("ignored", h)) for h in hosts}
+    stats = {
+        h: HostStats(
+            ok=count("ok", h),
+            changed=count("changed", h),
+            failed=count("failures", h),
+            unreachable=count("dark", h),
+            skipped=count("skipped", h),
+            rescued=count("rescued", h),
+            ignored=count("ignored", h),
+        )
+        for h in hosts
+    }
     return DeployResult(
-        status=str(runner.status), rc=int(runner.rc if runner.rc is not None else -1),
-        stats=stats, changed=sum(s.changed for s in stats.values()),
-        artifact_dir=Path(runner.config.artifact_dir), duration_s=duration_s, check=check,
+        status=str(runner.status),
+        rc=int(runner.rc if runner.rc is not None else -1),
+        stats=stats,
+        changed=sum(s.changed for s in stats.values()),
+        artifact_dir=Path(runner.config.artifact_dir),
+        duration_s=duration_s,
+        check=check,
         inventory_path=inventory_path,
         changes=tuple(o for o in tracker.outcomes if o.status == "changed"),
         failures=tuple(o for o in tracker.outcomes if o.status in ("failed", "unreachable")),

@@ -52,14 +52,15 @@ def parse_status(result: CommandResult) -> CloudInitStatus:
     if code == 0 and shown in ("done", "disabled"):
         return CloudInitStatus(shown, code, detail, result.duration_s)
     if code == 2:
-        return CloudInitStatus("degraded", code, detail or "recoverable errors",
-                               result.duration_s)
+        return CloudInitStatus("degraded", code, detail or "recoverable errors", result.duration_s)
     if code == 1 or shown == "error":
-        return CloudInitStatus("error", code, detail or "cloud-init reported an error",
-                               result.duration_s)
+        return CloudInitStatus(
+            "error", code, detail or "cloud-init reported an error", result.duration_s
+        )
     tail = (result.stderr.strip() or out.strip()).splitlines()[-3:]
-    return CloudInitStatus("unknown", code, " | ".join(tail) or f"exit code {code}",
-                           result.duration_s)
+    return CloudInitStatus(
+        "unknown", code, " | ".join(tail) or f"exit code {code}", result.duration_s
+    )
 
 
 def wait_for_cloud_init(address: GuestAddress, timeout_s: float) -> CloudInitStatus:

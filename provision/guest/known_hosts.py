@@ -16,8 +16,14 @@ from pathlib import Path
 
 from provision.errors import GuestError
 
-_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
-              "ssh-rsa", "sk-ssh-ed25519@openssh.com")
+_KEY_TYPES = (
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "ssh-rsa",
+    "sk-ssh-ed25519@openssh.com",
+)
 
 
 def host_entry(host: str, port: int = 22) -> str:
@@ -74,8 +80,9 @@ def _names(line: str) -> set[str]:
     return set(first.split(","))
 
 
-def pin_host_key(known_hosts: Path, host: str, key_line: str, *, port: int = 22,
-                 aliases: Sequence[str] = ()) -> str:
+def pin_host_key(
+    known_hosts: Path, host: str, key_line: str, *, port: int = 22, aliases: Sequence[str] = ()
+) -> str:
     """Make `key_line` the only key known for host (and aliases). Returns the line written."""
     key_type, key_b64 = parse_public_key(key_line)
     names = [host_entry(host, port), *(host_entry(a, port) for a in aliases if a and a != host)]

@@ -40,8 +40,12 @@ class SshSession:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     def close(self) -> None:
@@ -61,8 +65,14 @@ class SshSession:
             raise GuestUnreachable(f"SSH to {self.address.label} failed: {error}") from error
         return channel
 
-    def run(self, command: str, *, stdin: bytes | None = None, timeout: float | None = None,
-            check: bool = False) -> CommandResult:
+    def run(
+        self,
+        command: str,
+        *,
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+        check: bool = False,
+    ) -> CommandResult:
         """Run a command; its output is collected. CommandFailed if check and it exits non-zero."""
         started = time.monotonic()
         channel = self._open(command, stdin)
@@ -78,8 +88,11 @@ class SshSession:
                 while channel.recv_stderr_ready():
                     err += channel.recv_stderr(_READ_CHUNK)
                     got = True
-                if channel.exit_status_ready() and not channel.recv_ready() \
-                        and not channel.recv_stderr_ready():
+                if (
+                    channel.exit_status_ready()
+                    and not channel.recv_ready()
+                    and not channel.recv_stderr_ready()
+                ):
                     break
                 if channel.closed and not got:
                     break
@@ -94,22 +107,30 @@ class SshSession:
             code = channel.recv_exit_status()
         except (paramiko.SSHException, OSError, EOFError) as error:
             raise GuestUnreachable(
-                f"SSH connection to {self.address.label} dropped: {error}") from error
+                f"SSH connection to {self.address.label} dropped: {error}"
+            ) from error
         finally:
             channel.close()
         if code == -1:
             raise GuestUnreachable(
                 f"SSH connection to {self.address.label} dropped while running "
-                f"`{short_command(command)}`")
-        result = CommandResult(command, code, out.decode("utf-8", "replace"),
-                               err.decode("utf-8", "replace"), time.monotonic() - started)
+                f"`{short_command(command)}`"
+            )
+        result = CommandResult(
+            command,
+            code,
+            out.decode("utf-8", "replace"),
+            err.decode("utf-8", "replace"),
+            time.monotonic() - started,
+        )
         self.last_exit_code, self.last_stderr = code, result.stderr
         if check and not result.ok:
             raise CommandFailed(f"on {self.address.label}: {result.describe()}")
         return result
 
-    def stream_lines(self, command: str, *, stdin: bytes | None = None,
-                     timeout: float | None = None) -> Iterator[str]:
+    def stream_lines(
+        self, command: str, *, stdin: bytes | None = None, timeout: float | None = None
+    ) -> Iterator[str]:
         """Yield stdout lines as they arrive; exit code in `.last_exit_code` afterwards."""
         self.last_exit_code = None
         channel = self._open(command, stdin)
@@ -144,14 +165,16 @@ class SshSession:
             code = channel.recv_exit_status()
         except (paramiko.SSHException, OSError, EOFError) as error:
             raise GuestUnreachable(
-                f"SSH connection to {self.address.label} dropped: {error}") from error
+                f"SSH connection to {self.address.label} dropped: {error}"
+            ) from error
         finally:
             channel.close()
         self.last_stderr = err.decode("utf-8", "replace")
         if code == -1:
             raise GuestUnreachable(
                 f"SSH connection to {self.address.label} dropped while running "
-                f"`{short_command(command)}`")
+                f"`{short_command(command)}`"
+            )
         self.last_exit_code = code
 
 
@@ -179,8 +202,10 @@ def _load_key(path: Path) -> paramiko.PKey:
     try:
         return paramiko.PKey.from_path(expanded)
     except paramiko.PasswordRequiredException:
-        raise ConfigError(f"SSH key {expanded} is passphrase-protected",
-                          hint="point ssh.key at a key without a passphrase for labctl") from None
+        raise ConfigError(
+            f"SSH key {expanded} is passphrase-protected",
+            hint="point ssh.key at a key without a passphrase for labctl",
+        ) from None
     except (paramiko.SSHException, ValueError, OSError) as error:
         raise ConfigError(f"cannot read SSH key {expanded}: {error}") from None
 
@@ -191,9 +216,15 @@ def connect(address: GuestAddress, timeout: float = 10.0) -> SshSession:
     key = _load_key(address.key_path)
     try:
         client.connect(
-            address.host, port=address.port, username=address.user, pkey=key,
-            look_for_keys=False, allow_agent=False, timeout=timeout,
-            banner_timeout=timeout, auth_timeout=timeout,
+            address.host,
+            port=address.port,
+            username=address.user,
+            pkey=key,
+            look_for_keys=False,
+            allow_agent=False,
+            timeout=timeout,
+            banner_timeout=timeout,
+            auth_timeout=timeout,
         )
     except paramiko.BadHostKeyException as error:
         client.close()
@@ -224,9 +255,14 @@ def _reason(error: BaseException) -> str:
 ALIVE_CHECK_S = 2.0  # how often a failing SSH wait asks whether the VM still runs
 
 
-def wait_for_ssh(address: GuestAddress, timeout_s: float, reporter: Reporter | None = None,
-                 *, note_every_s: float = 5.0,
-                 check_alive: Callable[[], None] | None = None) -> None:
+def wait_for_ssh(
+    address: GuestAddress,
+    timeout_s: float,
+    reporter: Reporter | None = None,
+    *,
+    note_every_s: float = 5.0,
+    check_alive: Callable[[], None] | None = None,
+) -> None:
     """Retry until SSH answers with key auth and runs `true`; a changed host key fails at once.
 
     check_alive (called every ALIVE_CHECK_S while SSH fails) raises when the VM has stopped,
@@ -259,8 +295,9 @@ def wait_for_ssh(address: GuestAddress, timeout_s: float, reporter: Reporter | N
             check_alive()
             next_alive_check = now + ALIVE_CHECK_S
         if now >= next_note:
-            reporter.step(f"waiting for SSH on {address.host}:{address.port} "
-                          f"({deadline - now:.0f}s left)")
+            reporter.step(
+                f"waiting for SSH on {address.host}:{address.port} ({deadline - now:.0f}s left)"
+            )
             next_note = now + note_every_s
         time.sleep(min(delay, max(0.0, deadline - now)))
         delay = min(1.0, delay * 1.5)

@@ -47,5 +47,3 @@ class CommandResult:
 def short_command(command: str) -> str:
     one_line = " ".join(command.split())
     return one_line if len(one_line) <= 80 else one_line[:77] + "..."
-
-

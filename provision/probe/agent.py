@@ -49,13 +49,16 @@ KILLED_PROCESS = re.compile(r"Killed process (\d+) \(([^)]*)\)")
 MEMORY_TEXT = re.compile(
     r"(out of memory|out-of-memory|requires more system memory|failed to allocate|"
     r"allocation failed|not enough memory|insufficient memory|cannot allocate|\boom\b)",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 # Ollama 0.32.15's words for a runner that died (killed at load, or the stream broke: llm/
 # llama_server.go:1300-1325, 1642, 1766): the runner is gone, memory must be shown separately.
 RUNNER_DIED_TEXT = re.compile(
     r"(signal: killed|model runner has unexpectedly stopped|an error was encountered while "
     r"running the model|llama-server process has terminated|llama runner process has "
-    r"terminated)", re.IGNORECASE)
+    r"terminated)",
+    re.IGNORECASE,
+)
 SAMPLER_BUDGET = 0.005  # the sampler's own CPU, as a fraction of one core: half the 1 % limit
 MAX_INTERVAL_S = 0.2  # 5 Hz, the slowest sampling allowed
 AT_LIMIT_FRACTION = 0.10  # MemAvailable below 10 % of MemTotal = memory at the limit
@@ -112,8 +115,12 @@ def read_cpu_times() -> list[tuple[int, int]]:
     return times
 
 
-_MEMINFO_KEYS = {b"MemTotal": "MemTotal", b"MemAvailable": "MemAvailable",
-                 b"SwapTotal": "SwapTotal", b"SwapFree": "SwapFree"}
+_MEMINFO_KEYS = {
+    b"MemTotal": "MemTotal",
+    b"MemAvailable": "MemAvailable",
+    b"SwapTotal": "SwapTotal",
+    b"SwapFree": "SwapFree",
+}
 
 
 def read_meminfo() -> dict[str, int]:
@@ -162,8 +169,7 @@ def find_ollama_servers() -> set[int]:
     """PIDs of Ollama servers: processes named like Ollama whose parent is not one (one scan)."""
     found = set()
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid() and \
-                _process_names(entry) & OLLAMA_NAMES:
+        if entry.isdigit() and int(entry) != os.getpid() and _process_names(entry) & OLLAMA_NAMES:
             found.add(int(entry))
     return {pid for pid in found if _parent_of(pid) not in found}
 
@@ -202,8 +208,11 @@ def listening_inodes(port: int) -> set[str]:
             continue
         for line in lines:
             fields = line.split()
-            if len(fields) > 9 and fields[3] == "0A" and \
-                    int(fields[1].rsplit(":", 1)[1], 16) == port:
+            if (
+                len(fields) > 9
+                and fields[3] == "0A"
+                and int(fields[1].rsplit(":", 1)[1], 16) == port
+            ):
                 found.add(fields[9])
     return found
 
@@ -333,22 +342,34 @@ class Sampler(threading.Thread):
         swap_used = mem.get("SwapTotal", 0) - mem.get("SwapFree", 0)
         available = mem.get("MemAvailable")
         if available is not None:
-            self.min_available = available if self.min_available is None else \
-                min(self.min_available, available)
+            self.min_available = (
+                available if self.min_available is None else min(self.min_available, available)
+            )
         self.mem_total = mem.get("MemTotal")
         self.swap_total = mem.get("SwapTotal", 0)
         self.swap_peak = max(self.swap_peak, swap_used)
         self.samples += 1
-        emit("sample", run=self.run_index, t=round(t, 3), load1=read_load1(),
-             cpu_pct=utils[0] if utils else None,
-             busiest_core_pct=max((u for u in utils[1:] if u is not None), default=None),
-             mem_total=self.mem_total, mem_available=available, swap_used=swap_used,
-             ollama_rss=rss, ollama_pids=len(members))
+        emit(
+            "sample",
+            run=self.run_index,
+            t=round(t, 3),
+            load1=read_load1(),
+            cpu_pct=utils[0] if utils else None,
+            busiest_core_pct=max((u for u in utils[1:] if u is not None), default=None),
+            mem_total=self.mem_total,
+            mem_available=available,
+            swap_used=swap_used,
+            ollama_rss=rss,
+            ollama_pids=len(members),
+        )
         return now
 
     def memory_at_limit(self) -> bool:
-        if self.min_available is not None and self.mem_total and \
-                self.min_available <= AT_LIMIT_FRACTION * self.mem_total:
+        if (
+            self.min_available is not None
+            and self.mem_total
+            and self.min_available <= AT_LIMIT_FRACTION * self.mem_total
+        ):
             return True
         return bool(self.swap_total) and self.swap_peak >= 0.9 * self.swap_total
 
@@ -378,17 +399,25 @@ def cpu_facts() -> dict[str, Any]:
         vcpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         vcpus = os.cpu_count() or 0
-    return {"vcpus": vcpus, "cpu_model": model,
-            "flags": {f: f in flags for f in FLAGS_OF_INTEREST} if flags else None}
+    return {
+        "vcpus": vcpus,
+        "cpu_model": model,
+        "flags": {f: f in flags for f in FLAGS_OF_INTEREST} if flags else None,
+    }
 
 
 def host_facts() -> dict[str, Any]:
     mem = read_meminfo()
     uname = os.uname()
     facts = cpu_facts()
-    facts.update(kernel=uname.release, machine=uname.machine, hostname=uname.nodename,
-                 mem_total=mem.get("MemTotal"), swap_total=mem.get("SwapTotal"),
-                 python=".".join(str(v) for v in sys.version_info[:3]))
+    facts.update(
+        kernel=uname.release,
+        machine=uname.machine,
+        hostname=uname.nodename,
+        mem_total=mem.get("MemTotal"),
+        swap_total=mem.get("SwapTotal"),
+        python=".".join(str(v) for v in sys.version_info[:3]),
+    )
     return facts
 
 
@@ -412,8 +441,9 @@ class Ollama:
     def post(self, path: str, body: dict[str, Any], timeout: float = 120.0) -> tuple[int, Any]:
         return self._json("POST", path, body, timeout=timeout)
 
-    def _json(self, method: str, path: str, body: dict[str, Any] | None,
-              timeout: float) -> tuple[int, Any]:
+    def _json(
+        self, method: str, path: str, body: dict[str, Any] | None, timeout: float
+    ) -> tuple[int, Any]:
         conn = self.connection(timeout)
         try:
             data = json.dumps(body).encode() if body is not None else None
@@ -445,14 +475,17 @@ def check_ollama(api: Ollama) -> dict[str, Any]:
     except OSError as error:
         binary = ollama_binary()
         if binary is None:
-            raise Fatal("ollama_not_installed",
-                        "no `ollama` on PATH, in /usr/local/bin or in /usr/bin") from None
-        raise Fatal("ollama_not_running",
-                    f"{binary} is installed but its API at {api.url} does not answer "
-                    f"({error})") from None
+            raise Fatal(
+                "ollama_not_installed", "no `ollama` on PATH, in /usr/local/bin or in /usr/bin"
+            ) from None
+        raise Fatal(
+            "ollama_not_running",
+            f"{binary} is installed but its API at {api.url} does not answer ({error})",
+        ) from None
     if status != 200 or not isinstance(body, dict):
-        raise Fatal("ollama_not_running",
-                    f"its API at {api.url} answered HTTP {status} to /api/version")
+        raise Fatal(
+            "ollama_not_running", f"its API at {api.url} answered HTTP {status} to /api/version"
+        )
     return body
 
 
@@ -534,8 +567,16 @@ def cache_bust(options: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- one run
 
 
-METRIC_KEYS = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
-               "eval_count", "eval_duration", "done_reason", "done")
+METRIC_KEYS = (
+    "total_duration",
+    "load_duration",
+    "prompt_eval_count",
+    "prompt_eval_duration",
+    "eval_count",
+    "eval_duration",
+    "done_reason",
+    "done",
+)
 
 
 class RunOutcome:
@@ -555,8 +596,12 @@ def stream_generate(api: Ollama, request: dict[str, Any], timeout_s: float) -> R
     conn = api.connection(timeout_s)
     started = time.perf_counter()
     try:
-        conn.request("POST", "/api/generate", body=json.dumps(request).encode(),
-                     headers={"Content-Type": "application/json"})
+        conn.request(
+            "POST",
+            "/api/generate",
+            body=json.dumps(request).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         response = conn.getresponse()
         outcome.http_status = response.status
         if response.status != 200:
@@ -568,8 +613,9 @@ def stream_generate(api: Ollama, request: dict[str, Any], timeout_s: float) -> R
             return outcome
         _read_stream(response, outcome, started)
     except (OSError, http.client.HTTPException) as error:
-        outcome.error = "connection to Ollama failed during the run: %s" % (error or
-                                                                             type(error).__name__)
+        outcome.error = "connection to Ollama failed during the run: %s" % (
+            error or type(error).__name__
+        )
     finally:
         conn.close()
     if outcome.final is None and outcome.error is None:
@@ -577,8 +623,7 @@ def stream_generate(api: Ollama, request: dict[str, Any], timeout_s: float) -> R
     return outcome
 
 
-def _read_stream(response: http.client.HTTPResponse, outcome: RunOutcome,
-                 started: float) -> None:
+def _read_stream(response: http.client.HTTPResponse, outcome: RunOutcome, started: float) -> None:
     while True:
         line = response.readline()
         if not line:
@@ -642,8 +687,14 @@ def oom_kill_counts() -> dict[str, int]:
 
 def _run_quiet(argv: list[str]) -> str | None:
     try:
-        done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              stdin=subprocess.DEVNULL, timeout=10, check=False)
+        done = subprocess.run(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            timeout=10,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.decode("utf-8", "replace") if done.returncode == 0 else None
@@ -667,13 +718,19 @@ def _dmesg_since(since_epoch: float) -> list[str] | None:
 
 
 def _journal_kernel_since(since_epoch: float) -> list[str] | None:
-    text = _run_quiet(["journalctl", "-k", "-q", "--no-pager", "--since",
-                       f"@{int(since_epoch - 2)}"])
+    text = _run_quiet(
+        ["journalctl", "-k", "-q", "--no-pager", "--since", f"@{int(since_epoch - 2)}"]
+    )
     return text.splitlines() if text is not None else None
 
 
-def oom_verdict(error: str, sampler: Sampler, processes: OllamaProcesses,
-                started_epoch: float, counts_before: dict[str, int]) -> dict[str, Any]:
+def oom_verdict(
+    error: str,
+    sampler: Sampler,
+    processes: OllamaProcesses,
+    started_epoch: float,
+    counts_before: dict[str, int],
+) -> dict[str, Any]:
     """Was the runner killed for lack of memory? Evidence from independent places.
 
     Strong on its own: a kernel log line naming an Ollama process, or Ollama's own error
@@ -690,27 +747,44 @@ def oom_verdict(error: str, sampler: Sampler, processes: OllamaProcesses,
     vanished = sorted(p for p in sampler.runner_pids if not os.path.exists(f"/proc/{p}"))
     killed = bool(RUNNER_DIED_TEXT.search(error)) or bool(vanished)
     counts_after = oom_kill_counts()
-    rose = {path: counts_after[path] - before for path, before in counts_before.items()
-            if counts_after.get(path, before) > before}
+    rose = {
+        path: counts_after[path] - before
+        for path, before in counts_before.items()
+        if counts_after.get(path, before) > before
+    }
     at_limit = sampler.memory_at_limit()
     evidence += ["kernel: " + line for line in (named or kernel)[-2:]]
     if killed:
-        what = (f"runner pid {vanished} vanished" if vanished else "runner was SIGKILLed"
-                if "signal: killed" in error else "runner died")
+        what = (
+            f"runner pid {vanished} vanished"
+            if vanished
+            else "runner was SIGKILLed"
+            if "signal: killed" in error
+            else "runner died"
+        )
         if rose:
-            evidence.append(f"{what}; the kernel counted {max(rose.values())} OOM kill(s) "
-                            f"in {', '.join(sorted(rose))}")
+            evidence.append(
+                f"{what}; the kernel counted {max(rose.values())} OOM kill(s) "
+                f"in {', '.join(sorted(rose))}"
+            )
         if at_limit:
-            evidence.append(f"{what} while MemAvailable fell to {sampler.min_available} "
-                            f"of {sampler.mem_total} bytes")
+            evidence.append(
+                f"{what} while MemAvailable fell to {sampler.min_available} "
+                f"of {sampler.mem_total} bytes"
+            )
     likely = bool(named) or text_says or (killed and bool(rose or kernel or at_limit))
-    return {"likely": likely, "evidence": evidence if likely else [],
-            "runner_vanished": vanished, "memory_at_limit": at_limit,
-            "oom_kills_counted": rose}
+    return {
+        "likely": likely,
+        "evidence": evidence if likely else [],
+        "runner_vanished": vanished,
+        "memory_at_limit": at_limit,
+        "oom_kills_counted": rose,
+    }
 
 
-def one_run(api: Ollama, options: dict[str, Any], index: int, warmup: bool,
-            processes: OllamaProcesses) -> bool:
+def one_run(
+    api: Ollama, options: dict[str, Any], index: int, warmup: bool, processes: OllamaProcesses
+) -> bool:
     """Measure one generate; emit its samples and result. False when the probe must stop."""
     model = options["model"]
     if options.get("cold") and not warmup:
@@ -724,8 +798,14 @@ def one_run(api: Ollama, options: dict[str, Any], index: int, warmup: bool,
         "keep_alive": options.get("keep_alive", "10m"),
         "options": runner_options(options),
     }
-    emit("run_start", run=index, warmup=warmup, nonce=nonce, loaded_before=loaded_before,
-         started_at=time.time())
+    emit(
+        "run_start",
+        run=index,
+        warmup=warmup,
+        nonce=nonce,
+        loaded_before=loaded_before,
+        started_at=time.time(),
+    )
     before_members = processes.current()
     sampler = Sampler(index, options.get("sample_interval_s", 0.1), processes)
     oom_counts = oom_kill_counts()
@@ -739,31 +819,45 @@ def one_run(api: Ollama, options: dict[str, Any], index: int, warmup: bool,
     usage1 = resource.getrusage(resource.RUSAGE_SELF)
     new_runner = bool(sampler.runner_pids - before_members)
     result: dict[str, Any] = {
-        "run": index, "warmup": warmup, "ok": outcome.error is None, "error": outcome.error,
-        "http_status": outcome.http_status, "ollama": outcome.final or {},
-        "ttft_s": _round(outcome.ttft_s), "wall_s": round(wall_s, 4),
+        "run": index,
+        "warmup": warmup,
+        "ok": outcome.error is None,
+        "error": outcome.error,
+        "http_status": outcome.http_status,
+        "ollama": outcome.final or {},
+        "ttft_s": _round(outcome.ttft_s),
+        "wall_s": round(wall_s, 4),
         "stream_tokens": outcome.chunks,
         "stream_decode_s": _round(outcome.last_token_at - outcome.first_token_at)
-        if outcome.first_token_at is not None and outcome.last_token_at is not None else None,
+        if outcome.first_token_at is not None and outcome.last_token_at is not None
+        else None,
         "load_kind": "warm" if loaded_before and not new_runner else "cold",
-        "nonce": nonce, "cache_bust": cache_bust(options),
+        "nonce": nonce,
+        "cache_bust": cache_bust(options),
         "started_at": started_epoch,
-        "sampler": {"samples": sampler.samples, "interval_s": round(sampler.interval_s, 4),
-                    "cpu_s": round(sampler.cpu_s, 6), "wall_s": round(sampler.wall_s, 4),
-                    "error": sampler.error},
-        "agent_cpu_s": round((usage1.ru_utime + usage1.ru_stime)
-                             - (usage0.ru_utime + usage0.ru_stime), 6),
+        "sampler": {
+            "samples": sampler.samples,
+            "interval_s": round(sampler.interval_s, 4),
+            "cpu_s": round(sampler.cpu_s, 6),
+            "wall_s": round(sampler.wall_s, 4),
+            "error": sampler.error,
+        },
+        "agent_cpu_s": round(
+            (usage1.ru_utime + usage1.ru_stime) - (usage0.ru_utime + usage0.ru_stime), 6
+        ),
     }
     if outcome.error is not None:
-        result["oom"] = oom_verdict(outcome.error, sampler, processes, started_epoch,
-                                    oom_counts)
+        result["oom"] = oom_verdict(outcome.error, sampler, processes, started_epoch, oom_counts)
     emit("run", **result)
     return outcome.error is None or not result["oom"]["likely"]
 
 
 def runner_options(options: dict[str, Any]) -> dict[str, Any]:
-    chosen = {"seed": int(options.get("seed", 42)), "temperature": 0,
-              "num_predict": int(options["num_predict"])}
+    chosen = {
+        "seed": int(options.get("seed", 42)),
+        "temperature": 0,
+        "num_predict": int(options["num_predict"]),
+    }
     for key in ("num_thread", "num_ctx"):
         if options.get(key):
             chosen[key] = int(options[key])
@@ -778,8 +872,10 @@ def _round(value: float | None) -> float | None:
 
 
 def probe(options: dict[str, Any]) -> int:
-    api = Ollama(options.get("ollama_url") or "http://127.0.0.1:11434",
-                 float(options.get("run_timeout_s", 900)))
+    api = Ollama(
+        options.get("ollama_url") or "http://127.0.0.1:11434",
+        float(options.get("run_timeout_s", 900)),
+    )
     facts = host_facts()
     version = check_ollama(api)
     facts["ollama_version"] = version.get("version")

@@ -124,8 +124,11 @@ class PsFacts:
 
     @classmethod
     def from_entry(cls, entry: Mapping[str, Any]) -> PsFacts:
-        return cls(size_bytes=_count(entry, "size"), size_vram_bytes=_count(entry, "size_vram"),
-                   context_length=_count(entry, "context_length"))
+        return cls(
+            size_bytes=_count(entry, "size"),
+            size_vram_bytes=_count(entry, "size_vram"),
+            context_length=_count(entry, "context_length"),
+        )
 
     @property
     def on_cpu(self) -> bool | None:
@@ -197,9 +200,11 @@ def avx_warning(facts: GuestFacts) -> str | None:
     if facts.has_flag("avx2") is not False:
         return None
     missing = [f for f in AVX_FLAGS if facts.has_flag(f) is False]
-    return (f"the guest CPU ({facts.cpu_model or 'unknown model'}) lacks {', '.join(missing)}: "
-            "llama.cpp falls back to a much slower kernel. The Proxmox cpu type is the likely "
-            "cause (kvm64 and x86-64-v2-AES hide AVX2); use cpu type host or x86-64-v3")
+    return (
+        f"the guest CPU ({facts.cpu_model or 'unknown model'}) lacks {', '.join(missing)}: "
+        "llama.cpp falls back to a much slower kernel. The Proxmox cpu type is the likely "
+        "cause (kvm64 and x86-64-v2-AES hide AVX2); use cpu type host or x86-64-v3"
+    )
 
 
 @dataclass(frozen=True)
@@ -217,12 +222,16 @@ class Sample:
 
     @classmethod
     def from_event(cls, event: Mapping[str, Any]) -> Sample:
-        return cls(t=float(event.get("t") or 0.0), load1=number(event, "load1"),
-                   cpu_pct=number(event, "cpu_pct"),
-                   busiest_core_pct=number(event, "busiest_core_pct"),
-                   mem_total=_count(event, "mem_total"),
-                   mem_available=_count(event, "mem_available"),
-                   swap_used=_count(event, "swap_used"), ollama_rss=_count(event, "ollama_rss"))
+        return cls(
+            t=float(event.get("t") or 0.0),
+            load1=number(event, "load1"),
+            cpu_pct=number(event, "cpu_pct"),
+            busiest_core_pct=number(event, "busiest_core_pct"),
+            mem_total=_count(event, "mem_total"),
+            mem_available=_count(event, "mem_available"),
+            swap_used=_count(event, "swap_used"),
+            ollama_rss=_count(event, "ollama_rss"),
+        )
 
     @property
     def mem_used(self) -> int | None:
@@ -328,19 +337,35 @@ class RunResult:
         """The model emitted end-of-sequence before num_predict tokens (Ollama has no
         ignore-EOS option): its eval tok/s covers fewer tokens than asked for."""
         count = self.metrics.eval_count
-        return (self.ok and self.metrics.done_reason == "stop" and count is not None
-                and count < num_predict)
+        return (
+            self.ok
+            and self.metrics.done_reason == "stop"
+            and count is not None
+            and count < num_predict
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "run": self.index, "warmup": self.warmup, "ok": self.ok, "error": self.error,
-            "eval_tps": self.eval_tps, "prompt_tps": self.prompt_tps, "ttft_s": self.ttft_s,
-            "load_s": self.load_s, "load_kind": self.load_kind, "wall_s": self.wall_s,
-            "ollama": asdict(self.metrics), **{f"{k}": v for k, v in asdict(self.peaks).items()},
-            "cache_bust": self.cache_bust, "started_at": self.started_at,
-            "stream_tokens": self.stream_tokens, "stream_decode_s": self.stream_decode_s,
-            "sampler_cpu_pct": self.sampler_cpu_pct, "sample_hz": self.sample_hz,
-            "agent_cpu_s": self.agent_cpu_s, "oom": self.oom,
+            "run": self.index,
+            "warmup": self.warmup,
+            "ok": self.ok,
+            "error": self.error,
+            "eval_tps": self.eval_tps,
+            "prompt_tps": self.prompt_tps,
+            "ttft_s": self.ttft_s,
+            "load_s": self.load_s,
+            "load_kind": self.load_kind,
+            "wall_s": self.wall_s,
+            "ollama": asdict(self.metrics),
+            **{f"{k}": v for k, v in asdict(self.peaks).items()},
+            "cache_bust": self.cache_bust,
+            "started_at": self.started_at,
+            "stream_tokens": self.stream_tokens,
+            "stream_decode_s": self.stream_decode_s,
+            "sampler_cpu_pct": self.sampler_cpu_pct,
+            "sample_hz": self.sample_hz,
+            "agent_cpu_s": self.agent_cpu_s,
+            "oom": self.oom,
         }
 
 
@@ -348,27 +373,45 @@ def run_from_event(event: Mapping[str, Any], samples: Sequence[Sample]) -> RunRe
     """A RunResult from the agent's "run" event and the samples streamed before it."""
     sampler = event.get("sampler") or {}
     return RunResult(
-        index=int(event["run"]), warmup=bool(event.get("warmup")), ok=bool(event.get("ok")),
+        index=int(event["run"]),
+        warmup=bool(event.get("warmup")),
+        ok=bool(event.get("ok")),
         error=event.get("error") or None,
         metrics=OllamaMetrics.from_response(event.get("ollama") or {}),
         peaks=RunPeaks.from_samples(samples),
-        ttft_s=number(event, "ttft_s"), wall_s=number(event, "wall_s"),
-        load_kind=event.get("load_kind"), cache_bust=event.get("cache_bust"),
+        ttft_s=number(event, "ttft_s"),
+        wall_s=number(event, "wall_s"),
+        load_kind=event.get("load_kind"),
+        cache_bust=event.get("cache_bust"),
         started_at=number(event, "started_at"),
         stream_tokens=_count(event, "stream_tokens"),
         stream_decode_s=number(event, "stream_decode_s"),
-        sampler_cpu_s=number(sampler, "cpu_s"), sampler_wall_s=number(sampler, "wall_s"),
-        agent_cpu_s=number(event, "agent_cpu_s"), oom=event.get("oom"),
+        sampler_cpu_s=number(sampler, "cpu_s"),
+        sampler_wall_s=number(sampler, "wall_s"),
+        agent_cpu_s=number(event, "agent_cpu_s"),
+        oom=event.get("oom"),
         samples=list(samples),
     )
 
 
-def failed_run(index: int, warmup: bool, reason: str, samples: Sequence[Sample],
-               started_at: float | None = None) -> RunResult:
+def failed_run(
+    index: int,
+    warmup: bool,
+    reason: str,
+    samples: Sequence[Sample],
+    started_at: float | None = None,
+) -> RunResult:
     """A run that never reported its end (the SSH connection dropped)."""
-    return RunResult(index=index, warmup=warmup, ok=False, error=reason,
-                     metrics=OllamaMetrics(), peaks=RunPeaks.from_samples(samples),
-                     started_at=started_at, samples=list(samples))
+    return RunResult(
+        index=index,
+        warmup=warmup,
+        ok=False,
+        error=reason,
+        metrics=OllamaMetrics(),
+        peaks=RunPeaks.from_samples(samples),
+        started_at=started_at,
+        samples=list(samples),
+    )
 
 
 @dataclass(frozen=True)
@@ -423,17 +466,27 @@ def fatal_error(event: Mapping[str, Any], vm: str) -> ProbeError:
     target = vm or "the guest"
     deploy = f"run `labctl deploy {target}`"
     known = {
-        "no_python": (f"python3 is not installed on {target}; the probe agent needs it",
-                      "install python3 on the guest (Ansible needs it too)"),
-        "old_python": (f"python3 on {target} is too old for the probe agent: {message}",
-                       "install python3 >= 3.10 on the guest"),
-        "broken_python": (f"python3 on {target} is on PATH but does not run",
-                          "check `python3 -V` on the guest"),
+        "no_python": (
+            f"python3 is not installed on {target}; the probe agent needs it",
+            "install python3 on the guest (Ansible needs it too)",
+        ),
+        "old_python": (
+            f"python3 on {target} is too old for the probe agent: {message}",
+            "install python3 >= 3.10 on the guest",
+        ),
+        "broken_python": (
+            f"python3 on {target} is on PATH but does not run",
+            "check `python3 -V` on the guest",
+        ),
         "ollama_not_installed": (f"Ollama is not installed on {target} ({message})", deploy),
-        "ollama_not_running": (f"Ollama is not running on {target}: {message}",
-                               f"start it (`sudo systemctl start ollama`) or {deploy}"),
-        "model_missing": (f"model {event.get('model')} is not pulled on {target} ({message})",
-                          f"{deploy} to pull it"),
+        "ollama_not_running": (
+            f"Ollama is not running on {target}: {message}",
+            f"start it (`sudo systemctl start ollama`) or {deploy}",
+        ),
+        "model_missing": (
+            f"model {event.get('model')} is not pulled on {target} ({message})",
+            f"{deploy} to pull it",
+        ),
     }
     if kind not in known:
         return ProbeError(f"the probe failed on {target}: {message}")

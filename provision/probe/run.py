@@ -31,8 +31,10 @@ if TYPE_CHECKING:
     from provision.config import LabConfig
 
 AGENT_PATH = Path(__file__).with_name("agent.py")
-DEFAULT_PROMPT = ("Explain in a few short paragraphs why the sky is blue, and why sunsets are "
-                  "red, for a curious twelve-year-old.")
+DEFAULT_PROMPT = (
+    "Explain in a few short paragraphs why the sky is blue, and why sunsets are "
+    "red, for a curious twelve-year-old."
+)
 MAX_PROMPT_BYTES = 64 * 1024  # the prompt travels as one command-line argument (128 KiB limit)
 NO_PYTHON_EXIT = 127
 AGENT_MIN_PYTHON = (3, 10)  # the agent uses zip(strict=...); Ubuntu 24.04 has 3.12, Debian 12 3.11
@@ -78,11 +80,18 @@ class ProbeOptions:
         return asdict(self)
 
 
-def options_from_config(config: LabConfig, *, model: str | None = None,
-                        runs: int | None = None, warmup: int | None = None,
-                        num_predict: int | None = None, num_thread: int | None = None,
-                        num_ctx: int | None = None, prompt_file: Path | None = None,
-                        cold: bool = False) -> ProbeOptions:
+def options_from_config(
+    config: LabConfig,
+    *,
+    model: str | None = None,
+    runs: int | None = None,
+    warmup: int | None = None,
+    num_predict: int | None = None,
+    num_thread: int | None = None,
+    num_ctx: int | None = None,
+    prompt_file: Path | None = None,
+    cold: bool = False,
+) -> ProbeOptions:
     """Command-line values over the lab file's [probe] section over labctl's defaults."""
     prompt = str(config.get("probe.prompt") or "") or DEFAULT_PROMPT
     if prompt_file is not None:
@@ -94,9 +103,13 @@ def options_from_config(config: LabConfig, *, model: str | None = None,
         model=model or str(config.get("probe.model")),
         runs=runs if runs is not None else int(config.get("probe.runs")),
         warmup=warmup if warmup is not None else int(config.get("probe.warmup")),
-        num_predict=num_predict if num_predict is not None else
-        int(config.get("probe.num_predict")),
-        num_thread=num_thread, num_ctx=num_ctx, prompt=prompt, cold=cold,
+        num_predict=num_predict
+        if num_predict is not None
+        else int(config.get("probe.num_predict")),
+        num_thread=num_thread,
+        num_ctx=num_ctx,
+        prompt=prompt,
+        cold=cold,
     ).validated()
 
 
@@ -137,13 +150,17 @@ class ProbeResult:
     def sampler_overhead(self) -> dict[str, float | None]:
         pcts = [r.sampler_cpu_pct for r in self.runs if r.sampler_cpu_pct is not None]
         rates = [r.sample_hz for r in self.runs if r.sample_hz is not None]
-        return {"max_cpu_pct_of_one_core": max(pcts) if pcts else None,
-                "min_sample_hz": min(rates) if rates else None}
+        return {
+            "max_cpu_pct_of_one_core": max(pcts) if pcts else None,
+            "min_sample_hz": min(rates) if rates else None,
+        }
 
     def to_json(self) -> dict[str, Any]:
         summary = {k: asdict(v) if v else None for k, v in self.summary.items()}
         return {
-            "vm": self.vm, "model": self.options.model, "complete": self.complete,
+            "vm": self.vm,
+            "model": self.options.model,
+            "complete": self.complete,
             "options": {k: v for k, v in asdict(self.options).items() if k != "prompt"},
             "prompt_chars": len(self.options.prompt),
             "cache_bust": self.cache_bust,
@@ -187,8 +204,9 @@ def agent_command(options: ProbeOptions) -> str:
     )
 
 
-def probe(address: Any, options: ProbeOptions, reporter: Reporter,
-          listener: ProbeListener | None = None) -> ProbeResult:
+def probe(
+    address: Any, options: ProbeOptions, reporter: Reporter, listener: ProbeListener | None = None
+) -> ProbeResult:
     """Run the probe on the guest at `address` (a provision.guest.GuestAddress)."""
     from provision import guest  # the lifecycle helper's paramiko wrapper
 
@@ -197,14 +215,17 @@ def probe(address: Any, options: ProbeOptions, reporter: Reporter,
     reporter.stage("probe")
     reporter.step(f"connecting to {vm} ...")
     with guest.connect(address) as session:
-        lines = session.stream_lines(agent_command(options), stdin=agent_source(),
-                                     timeout=_overall_timeout(options))
+        lines = session.stream_lines(
+            agent_command(options), stdin=agent_source(), timeout=_overall_timeout(options)
+        )
         result = collect(lines, options, reporter, listener, vm=vm)
         exit_code = getattr(session, "last_exit_code", None)
     if not result.complete:
         stderr = getattr(session, "last_stderr", "").strip().splitlines()
-        raise ProbeError(f"the probe agent on {vm} stopped without reporting its end "
-                         f"(exit code {exit_code})" + (f": {stderr[-1]}" if stderr else ""))
+        raise ProbeError(
+            f"the probe agent on {vm} stopped without reporting its end "
+            f"(exit code {exit_code})" + (f": {stderr[-1]}" if stderr else "")
+        )
     return result
 
 
@@ -215,8 +236,9 @@ def _overall_timeout(options: ProbeOptions) -> float:
 class _Collector:
     """Turns the agent's event stream into a ProbeResult, one event at a time."""
 
-    def __init__(self, options: ProbeOptions, reporter: Reporter,
-                 listener: ProbeListener | None, vm: str) -> None:
+    def __init__(
+        self, options: ProbeOptions, reporter: Reporter, listener: ProbeListener | None, vm: str
+    ) -> None:
         self.result = ProbeResult(vm=vm, options=options)
         self.reporter = reporter
         self.listener = listener
@@ -225,8 +247,13 @@ class _Collector:
         self.in_flight: dict[str, Any] | None = None
         self.total = options.warmup + options.runs
         self.handlers: dict[str, Callable[[dict[str, Any]], None]] = {
-            "facts": self.on_facts, "run_start": self.on_run_start, "sample": self.on_sample,
-            "run": self.on_run, "ps": self.on_ps, "error": self.on_error, "end": self.on_end,
+            "facts": self.on_facts,
+            "run_start": self.on_run_start,
+            "sample": self.on_sample,
+            "run": self.on_run,
+            "ps": self.on_ps,
+            "error": self.on_error,
+            "end": self.on_end,
         }
 
     def feed(self, event: dict[str, Any]) -> None:
@@ -242,7 +269,8 @@ class _Collector:
             self._warn(warning)
         self.reporter.step(
             f"{facts.vcpus} vCPU, {_gib(facts.mem_total_bytes)} RAM, Ollama "
-            f"{facts.ollama_version}, {facts.model.name} ({_gib(facts.model.size_bytes)})")
+            f"{facts.ollama_version}, {facts.model.name} ({_gib(facts.model.size_bytes)})"
+        )
         if self.listener:
             self.listener.on_facts(facts)
 
@@ -264,12 +292,16 @@ class _Collector:
         if sampler_error:
             self._warn(f"run {run.index + 1}: {sampler_error}; its peaks are partial")
         if run.ok:
-            self.reporter.step(f"run {run.index + 1}/{self.total}: {_fmt(run.eval_tps)} tok/s, "
-                               f"TTFT {_fmt(run.ttft_s, 's')}")
+            self.reporter.step(
+                f"run {run.index + 1}/{self.total}: {_fmt(run.eval_tps)} tok/s, "
+                f"TTFT {_fmt(run.ttft_s, 's')}"
+            )
             if run.ended_early(self.result.options.num_predict):
-                self._warn(f"run {run.index + 1} ended early: the model stopped (end of "
-                           f"sequence) after {run.metrics.eval_count} of "
-                           f"{self.result.options.num_predict} tokens; its eval tok/s covers those")
+                self._warn(
+                    f"run {run.index + 1} ended early: the model stopped (end of "
+                    f"sequence) after {run.metrics.eval_count} of "
+                    f"{self.result.options.num_predict} tokens; its eval tok/s covers those"
+                )
         elif not run.oom_likely:
             self._warn(f"run {run.index + 1} failed: {run.error}")
 
@@ -295,15 +327,23 @@ class _Collector:
             index = int(self.in_flight["run"])
             reason = "SSH connection lost during the run" if lost else "the run did not finish"
             reason += f": {detail}" if detail else ""
-            self._keep(parse.failed_run(index, bool(self.in_flight.get("warmup")), reason,
-                                        self.samples, parse.number(self.in_flight, "started_at")))
+            self._keep(
+                parse.failed_run(
+                    index,
+                    bool(self.in_flight.get("warmup")),
+                    reason,
+                    self.samples,
+                    parse.number(self.in_flight, "started_at"),
+                )
+            )
             where = f"during run {index + 1}/{self.total}"
         else:
             where = "between runs"
         what = f"SSH connection to {self.vm} lost" if lost else f"the probe on {self.vm} stopped"
-        return ProbeError(f"{what} {where}" + (f": {detail}" if detail else ""),
-                          hint=f"{kept} measured run(s) kept; see "
-                               f"`labctl results --vm {self.vm}`")
+        return ProbeError(
+            f"{what} {where}" + (f": {detail}" if detail else ""),
+            hint=f"{kept} measured run(s) kept; see `labctl results --vm {self.vm}`",
+        )
 
     def _keep(self, run: RunResult) -> None:
         self.result.runs.append(run)
@@ -315,8 +355,14 @@ class _Collector:
         self.reporter.warn(message)
 
 
-def collect(lines: Iterable[str], options: ProbeOptions, reporter: Reporter,
-            listener: ProbeListener | None = None, *, vm: str = "") -> ProbeResult:
+def collect(
+    lines: Iterable[str],
+    options: ProbeOptions,
+    reporter: Reporter,
+    listener: ProbeListener | None = None,
+    *,
+    vm: str = "",
+) -> ProbeResult:
     """Consume the agent's output lines; raises the right LabctlError for a bad outcome."""
     collector = _Collector(options, reporter, listener, vm)
     try:
@@ -344,12 +390,12 @@ def _raise_for_outcome(result: ProbeResult, vm: str) -> None:
             f"{vm} ({_gib(result.facts.mem_total_bytes if result.facts else None)} RAM); "
             f"{((oom.oom or {}).get('evidence') or [oom.error])[0]}",
             hint=f"give {vm} more RAM (`labctl resize {vm} --ram SIZE --reboot`) or probe a "
-                 "smaller model",
-            figure=oom_figure(oom, result.facts.mem_total_bytes if result.facts else None))
+            "smaller model",
+            figure=oom_figure(oom, result.facts.mem_total_bytes if result.facts else None),
+        )
     measured = result.measured
     if result.complete and measured and not any(r.ok for r in measured):
-        raise ProbeError(f"all {len(measured)} measured runs failed on {vm}: "
-                         f"{measured[0].error}")
+        raise ProbeError(f"all {len(measured)} measured runs failed on {vm}: {measured[0].error}")
 
 
 def oom_figure(run: RunResult, mem_total: int | None) -> str:

@@ -86,8 +86,12 @@ class Boot:
 
         for _ in range(HOST_KEY_REREADS):
             try:
-                wait_for_ssh(address, max(5.0, timeout - watch.elapsed), self.cluster.reporter,
-                             check_alive=lambda: self._check_running(ctx, res))
+                wait_for_ssh(
+                    address,
+                    max(5.0, timeout - watch.elapsed),
+                    self.cluster.reporter,
+                    check_alive=lambda: self._check_running(ctx, res),
+                )
                 return
             except HostKeyMismatch:
                 # cloud-init regenerates host keys on first boot: the agent may have shown the

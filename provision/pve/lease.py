@@ -55,8 +55,10 @@ class Lease:
         return now >= self.expires
 
     def describe(self) -> str:
-        return (f"held by `labctl {self.command}` on {self.holder} since {_clock(self.since)} "
-                f"(expires {_clock(self.expires)} unless renewed)")
+        return (
+            f"held by `labctl {self.command}` on {self.holder} since {_clock(self.since)} "
+            f"(expires {_clock(self.expires)} unless renewed)"
+        )
 
     def block(self) -> str:
         return f"<!-- labctl-lease {json.dumps(asdict(self), sort_keys=True)} -->\n"
@@ -73,13 +75,20 @@ def read_lease(description: str) -> Lease | UnreadableLease | None:
     """The lease in a VM's Notes, None when there is none."""
     found = _BLOCK.search(description or "")
     if found is None:
-        return UnreadableLease(_marker_line(description)) if "labctl-lease" in (
-            description or "") else None
+        return (
+            UnreadableLease(_marker_line(description))
+            if "labctl-lease" in (description or "")
+            else None
+        )
     try:
         data = json.loads(found.group(1))
-        return Lease(holder=str(data["holder"]), command=str(data["command"]),
-                     since=float(data["since"]), expires=float(data["expires"]),
-                     token=str(data["token"]))
+        return Lease(
+            holder=str(data["holder"]),
+            command=str(data["command"]),
+            since=float(data["since"]),
+            expires=float(data["expires"]),
+            token=str(data["token"]),
+        )
     except (ValueError, KeyError, TypeError):
         return UnreadableLease(found.group(0).strip())
 
@@ -119,8 +128,17 @@ def parse_wait(value: str | None) -> float | None:
 class VmLease:
     """Hold a VM's lease for a `with` block: take (or wait for) it, renew it, give it back."""
 
-    def __init__(self, api: ConfigApi, path: str, vm: str, command: str, reporter: Reporter,
-                 *, wait_s: float | None = None, ttl_s: float = DEFAULT_TTL_S) -> None:
+    def __init__(
+        self,
+        api: ConfigApi,
+        path: str,
+        vm: str,
+        command: str,
+        reporter: Reporter,
+        *,
+        wait_s: float | None = None,
+        ttl_s: float = DEFAULT_TTL_S,
+    ) -> None:
         self.api, self.path, self.vm, self.command = api, path, vm, command
         self.reporter, self.wait_s, self.ttl_s = reporter, wait_s, ttl_s
         self.token = uuid.uuid4().hex
@@ -132,8 +150,9 @@ class VmLease:
 
     def __enter__(self) -> Self:
         self.acquire()
-        self._renewer = threading.Thread(target=self._renew_loop, daemon=True,
-                                         name=f"lease-{self.vm}")
+        self._renewer = threading.Thread(
+            target=self._renew_loop, daemon=True, name=f"lease-{self.vm}"
+        )
         self._renewer.start()
         return self
 
@@ -168,35 +187,47 @@ class VmLease:
         if isinstance(current, UnreadableLease):
             first = self._unreadable_since.setdefault(current.text, now)
             if first == now:
-                self.reporter.warn(f"{self.vm}: its Notes hold a lease labctl cannot read "
-                                   f"({current.text[:120]!r}); treated as held for "
-                                   f"{self.ttl_s:.0f} s")
+                self.reporter.warn(
+                    f"{self.vm}: its Notes hold a lease labctl cannot read "
+                    f"({current.text[:120]!r}); treated as held for "
+                    f"{self.ttl_s:.0f} s"
+                )
             if now - first < self.ttl_s:
                 return "held under a lease labctl cannot read"
             return None
         if current.token == self.token:
             return None
         if _holder_gone(current.holder):
-            self.reporter.warn(f"{self.vm}: taking over the lease of `labctl {current.command}`"
-                               f" on {current.holder}: that process is gone from this machine")
+            self.reporter.warn(
+                f"{self.vm}: taking over the lease of `labctl {current.command}`"
+                f" on {current.holder}: that process is gone from this machine"
+            )
             return None
         if not current.expired(now):
             return current.describe()
-        self.reporter.warn(f"{self.vm}: taking over the expired lease of `labctl "
-                           f"{current.command}` on {current.holder} (expired "
-                           f"{_clock(current.expires)}; its holder stopped renewing it)")
+        self.reporter.warn(
+            f"{self.vm}: taking over the expired lease of `labctl "
+            f"{current.command}` on {current.holder} (expired "
+            f"{_clock(current.expires)}; its holder stopped renewing it)"
+        )
         return None
 
     def _mine(self) -> Lease:
         now = time.time()
-        return Lease(holder=self.holder, command=self.command, since=now,
-                     expires=now + self.ttl_s, token=self.token)
+        return Lease(
+            holder=self.holder,
+            command=self.command,
+            since=now,
+            expires=now + self.ttl_s,
+            token=self.token,
+        )
 
     def _write(self, description: str, digest: str, lease: Lease | None) -> bool:
         """Compare-and-swap the Notes; False when the config changed since it was read."""
         try:
-            self.api.put(f"{self.path}/config", description=with_lease(description, lease),
-                         digest=digest)
+            self.api.put(
+                f"{self.path}/config", description=with_lease(description, lease), digest=digest
+            )
         except ProxmoxAPIError as error:
             if _MISMATCH in str(error):
                 return False
@@ -218,14 +249,17 @@ class VmLease:
             description = str(config.get("description") or "")
             current = read_lease(description)
             if not isinstance(current, Lease) or current.token != self.token:
-                self.lost = (current.describe() if isinstance(current, Lease)
-                             else "no longer leased")
+                self.lost = current.describe() if isinstance(current, Lease) else "no longer leased"
                 self.reporter.warn(f"{self.vm}: lost its lease, now {self.lost}")
                 self._stop.set()
                 return
-            renewed = Lease(holder=current.holder, command=current.command,
-                            since=current.since, expires=time.time() + self.ttl_s,
-                            token=self.token)
+            renewed = Lease(
+                holder=current.holder,
+                command=current.command,
+                since=current.since,
+                expires=time.time() + self.ttl_s,
+                token=self.token,
+            )
             if self._write(description, str(config.get("digest") or ""), renewed):
                 return
 

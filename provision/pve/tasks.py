@@ -59,8 +59,9 @@ class TaskResult:
         return self.exitstatus.startswith("WARNINGS")
 
 
-def poll_delays(first: float = FIRST_POLL_S, maximum: float = MAX_POLL_S,
-                growth: float = POLL_GROWTH) -> Iterator[float]:
+def poll_delays(
+    first: float = FIRST_POLL_S, maximum: float = MAX_POLL_S, growth: float = POLL_GROWTH
+) -> Iterator[float]:
     """0.1, 0.14, 0.2, ... up to 1 s: quick tasks end quickly, long ones cost few requests."""
     delay = first
     while True:
@@ -72,10 +73,16 @@ def is_ok(exitstatus: str) -> bool:
     return bool(_OK_RE.match(exitstatus.strip()))
 
 
-def wait_task(api: ApiGetter, upid: str, *, timeout_s: float, what: str,
-              reporter: Reporter | None = None,
-              sleep: Callable[[float], None] = time.sleep,
-              clock: Callable[[], float] = time.monotonic) -> TaskResult:
+def wait_task(
+    api: ApiGetter,
+    upid: str,
+    *,
+    timeout_s: float,
+    what: str,
+    reporter: Reporter | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> TaskResult:
     """Poll the task until it stops; TaskFailed (with log tail) or TaskTimeout otherwise."""
     task = Upid.parse(upid)
     reporter = reporter or NullReporter()
@@ -96,13 +103,17 @@ def wait_task(api: ApiGetter, upid: str, *, timeout_s: float, what: str,
                 return TaskResult(task.raw, exitstatus, now - start)
             tail = task_log_tail(api, task)
             shown = " | ".join(tail) if tail else "(empty task log)"
-            raise TaskFailed(f"{what} failed: {exitstatus or 'unknown error'} — task log: {shown}",
-                             upid=task.raw, exitstatus=exitstatus, log_tail=tail)
+            raise TaskFailed(
+                f"{what} failed: {exitstatus or 'unknown error'} — task log: {shown}",
+                upid=task.raw,
+                exitstatus=exitstatus,
+                log_tail=tail,
+            )
         if now - start > timeout_s:
             raise TaskTimeout(
                 f"{what} did not finish within {timeout_s:g}s (task {task.raw} still running)",
                 hint="it may still complete; see the node's task log, or raise the timeout in "
-                     "[timeouts]",
+                "[timeouts]",
             )
         if now >= next_note:
             reporter.step(f"{what}: still running ({now - start:.0f}s of {timeout_s:g}s)")

@@ -57,14 +57,21 @@ class Row:
     def to_dict(self) -> dict[str, Any]:
         m = self.measurement
         return {
-            "cores": self.shape.cores, "memory_mib": self.shape.memory_mib,
-            "cpu_type": self.shape.cpu_type, "state": self.state, "probed": m is not None,
+            "cores": self.shape.cores,
+            "memory_mib": self.shape.memory_mib,
+            "cpu_type": self.shape.cpu_type,
+            "state": self.state,
+            "probed": m is not None,
             "feasible": self.feasible,
-            "why": self.why, "minimum": self.is_minimum, "pareto": self.on_frontier,
+            "why": self.why,
+            "minimum": self.is_minimum,
+            "pareto": self.on_frontier,
             "best_seen": self.is_best_seen,
-            "eval_tps": m.eval_tps if m else None, "ttft_s": m.ttft_s if m else None,
+            "eval_tps": m.eval_tps if m else None,
+            "ttft_s": m.ttft_s if m else None,
             "mem_total_mib": m.mem_total_mib if m else None,
-            "peak_used_mib": m.peak_used_mib if m else None, "free_pct": self.free_pct,
+            "peak_used_mib": m.peak_used_mib if m else None,
+            "free_pct": self.free_pct,
             "error": m.error if m else "",
         }
 
@@ -134,22 +141,46 @@ def _gib(mib: int) -> str:
 
 def isa_warnings(result: SearchResult) -> list[str]:
     """cpu types whose guests lacked AVX2 (the probe records the guest-visible flags)."""
-    hidden = sorted({m.shape.cpu_type for m in result.measurements
-                     if m.details.get("avx2") is False})
-    return [f"cpu={cpu}: the guest has no AVX2, so llama.cpp falls back to slower code; "
-            "cpu=host (or a cpu model with AVX2 such as x86-64-v3) passes it through"
-            for cpu in hidden]
+    hidden = sorted(
+        {m.shape.cpu_type for m in result.measurements if m.details.get("avx2") is False}
+    )
+    return [
+        f"cpu={cpu}: the guest has no AVX2, so llama.cpp falls back to slower code; "
+        "cpu=host (or a cpu model with AVX2 such as x86-64-v3) passes it through"
+        for cpu in hidden
+    ]
 
 
-def build_report(*, sweep_id: str, vm: str, status: str, created_at: str, updated_at: str,
-                 spec: dict[str, Any], result: SearchResult, probes: int, reboots: int,
-                 labctl_version: str = "") -> SweepReport:
+def build_report(
+    *,
+    sweep_id: str,
+    vm: str,
+    status: str,
+    created_at: str,
+    updated_at: str,
+    spec: dict[str, Any],
+    result: SearchResult,
+    probes: int,
+    reboots: int,
+    labctl_version: str = "",
+) -> SweepReport:
     rows = _rows(result)
     return SweepReport(
-        sweep_id=sweep_id, vm=vm, status=status, created_at=created_at, updated_at=updated_at,
-        strategy=str(spec.get("strategy", "")), model=str(spec.get("probe", {}).get("model", "")),
-        targets=result.targets, result=result, rows=rows, recommendation=recommendation(result),
-        probes=probes, reboots=reboots, labctl_version=labctl_version)
+        sweep_id=sweep_id,
+        vm=vm,
+        status=status,
+        created_at=created_at,
+        updated_at=updated_at,
+        strategy=str(spec.get("strategy", "")),
+        model=str(spec.get("probe", {}).get("model", "")),
+        targets=result.targets,
+        result=result,
+        rows=rows,
+        recommendation=recommendation(result),
+        probes=probes,
+        reboots=reboots,
+        labctl_version=labctl_version,
+    )
 
 
 def _rows(result: SearchResult) -> tuple[Row, ...]:
@@ -159,16 +190,27 @@ def _rows(result: SearchResult) -> tuple[Row, ...]:
     rows = []
     for m in result.measurements:
         verdict = evaluate(m, result.targets)
-        rows.append(Row(m.shape, m, verdict.feasible, verdict.why, m.shape == minimum,
-                        m.shape in frontier, m.shape == best))
+        rows.append(
+            Row(
+                m.shape,
+                m,
+                verdict.feasible,
+                verdict.why,
+                m.shape == minimum,
+                m.shape in frontier,
+                m.shape == best,
+            )
+        )
     for shape, why in result.inferred.items():
         rows.append(Row(shape, None, False, why))
     for shape, unprobed in result.unprobed.items():  # every shape of the matrix gets a row
-        rows.append(Row(shape, None, False if unprobed.misses else None, unprobed.why,
-                        skip=unprobed.skip))
+        rows.append(
+            Row(shape, None, False if unprobed.misses else None, unprobed.why, skip=unprobed.skip)
+        )
     order = {t: i for i, t in enumerate(result.space.cpu_types)}
-    rows.sort(key=lambda r: (order.get(r.shape.cpu_type, len(order)), r.shape.cores,
-                             r.shape.memory_mib))
+    rows.sort(
+        key=lambda r: (order.get(r.shape.cpu_type, len(order)), r.shape.cores, r.shape.memory_mib)
+    )
     return tuple(rows)
 
 
@@ -177,6 +219,14 @@ def report_from_store(store: SweepStore, sweep_id: str) -> SweepReport:
     record = store.get(sweep_id)
     stats = store.point_stats(record.id)
     return build_report(
-        sweep_id=record.id, vm=record.vm, status=record.status, created_at=record.created_at,
-        updated_at=record.updated_at, spec=record.spec, result=result_from_store(store, record),
-        probes=stats["probes"], reboots=stats["reboots"], labctl_version=record.labctl_version)
+        sweep_id=record.id,
+        vm=record.vm,
+        status=record.status,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+        spec=record.spec,
+        result=result_from_store(store, record),
+        probes=stats["probes"],
+        reboots=stats["reboots"],
+        labctl_version=record.labctl_version,
+    )

@@ -42,13 +42,19 @@ def _draw(axes: plt.Axes, report: SweepReport) -> None:
     rams = list(space.ram_mib)
     for type_index, cpu_type in enumerate(space.cpu_types):
         for ram_index, ram in enumerate(rams):
-            line = sorted((r for r in measured
-                           if r.shape.cpu_type == cpu_type and r.shape.memory_mib == ram),
-                          key=lambda r: r.shape.cores)
+            line = sorted(
+                (r for r in measured if r.shape.cpu_type == cpu_type and r.shape.memory_mib == ram),
+                key=lambda r: r.shape.cores,
+            )
             if line:
                 color = colors(0.1 + 0.75 * ram_index / max(len(rams) - 1, 1))
-                _draw_line(axes, line, color, _LINESTYLES[type_index % len(_LINESTYLES)],
-                           f"{format_mib(ram)}, cpu={cpu_type}")
+                _draw_line(
+                    axes,
+                    line,
+                    color,
+                    _LINESTYLES[type_index % len(_LINESTYLES)],
+                    f"{format_mib(ram)}, cpu={cpu_type}",
+                )
     _draw_marks(axes, measured, report)
     axes.set_xticks(list(space.cores))
     axes.set_xlabel("vCPUs")
@@ -56,18 +62,30 @@ def _draw(axes: plt.Axes, report: SweepReport) -> None:
     tops = [r.measurement.eval_tps or 0.0 for r in measured if r.measurement is not None]
     axes.set_ylim(0, max([*tops, report.targets.min_tps or 0.0, 1.0]) * 1.15)
     axes.grid(True, alpha=0.3)
-    axes.set_title(f"{report.model or 'model'} on {report.vm}: eval tok/s by vCPUs "
-                   f"(sweep {report.sweep_id})", fontsize=11, loc="left")
-    axes.text(0.0, -0.14, textwrap.fill(report.recommendation, 100), transform=axes.transAxes,
-              fontsize=9.5,
-              fontweight="bold", color="#1a7f37" if report.result.minimum else "#9a6700",
-              va="top")
+    axes.set_title(
+        f"{report.model or 'model'} on {report.vm}: eval tok/s by vCPUs (sweep {report.sweep_id})",
+        fontsize=11,
+        loc="left",
+    )
+    axes.text(
+        0.0,
+        -0.14,
+        textwrap.fill(report.recommendation, 100),
+        transform=axes.transAxes,
+        fontsize=9.5,
+        fontweight="bold",
+        color="#1a7f37" if report.result.minimum else "#9a6700",
+        va="top",
+    )
     _legend(axes, report)
 
 
 def _draw_line(axes: plt.Axes, line: list[Row], color: object, style: str, label: str) -> None:
-    points = [(r.shape.cores, r.measurement.eval_tps) for r in line
-              if r.measurement is not None and r.measurement.eval_tps is not None]
+    points = [
+        (r.shape.cores, r.measurement.eval_tps)
+        for r in line
+        if r.measurement is not None and r.measurement.eval_tps is not None
+    ]
     if points:
         xs, ys = zip(*points, strict=True)
         axes.plot(xs, ys, linestyle=style, color=color, marker="o", markersize=5, label=label)
@@ -79,43 +97,110 @@ def _draw_marks(axes: plt.Axes, measured: list[Row], report: SweepReport) -> Non
         m = row.measurement
         assert m is not None
         if row.state in ("oom", "failed") or m.eval_tps is None:
-            axes.scatter([row.shape.cores], [0], marker="x", color=_MISS_COLOR, s=60, zorder=4,
-                         clip_on=False)
+            axes.scatter(
+                [row.shape.cores], [0], marker="x", color=_MISS_COLOR, s=60, zorder=4, clip_on=False
+            )
         elif row.state == "misses":
-            axes.scatter([row.shape.cores], [m.eval_tps], marker="o", facecolors="none",
-                         edgecolors=_MISS_COLOR, s=120, linewidths=1.5, zorder=4)
+            axes.scatter(
+                [row.shape.cores],
+                [m.eval_tps],
+                marker="o",
+                facecolors="none",
+                edgecolors=_MISS_COLOR,
+                s=120,
+                linewidths=1.5,
+                zorder=4,
+            )
     minimum = report.minimum_row
     if minimum is not None and minimum.measurement is not None:
         tps = minimum.measurement.eval_tps or 0.0
-        axes.scatter([minimum.shape.cores], [tps], marker="*", s=380, color="#f2b807",
-                     edgecolors="black", linewidths=0.8, zorder=5)
-        axes.annotate(f"minimum\n{minimum.shape.label}", (minimum.shape.cores, tps),
-                      textcoords="offset points", xytext=(12, -30), fontsize=8.5)
+        axes.scatter(
+            [minimum.shape.cores],
+            [tps],
+            marker="*",
+            s=380,
+            color="#f2b807",
+            edgecolors="black",
+            linewidths=0.8,
+            zorder=5,
+        )
+        axes.annotate(
+            f"minimum\n{minimum.shape.label}",
+            (minimum.shape.cores, tps),
+            textcoords="offset points",
+            xytext=(12, -30),
+            fontsize=8.5,
+        )
     best = report.best_seen_row
     if best is not None and best.measurement is not None:
         tps = best.measurement.eval_tps or 0.0
         axes.scatter([best.shape.cores], [tps], marker="D", s=110, color="#9a6700", zorder=5)
-        axes.annotate(f"best seen\n{best.shape.label}", (best.shape.cores, tps),
-                      textcoords="offset points", xytext=(-150, 10), fontsize=8.5)
+        axes.annotate(
+            f"best seen\n{best.shape.label}",
+            (best.shape.cores, tps),
+            textcoords="offset points",
+            xytext=(-150, 10),
+            fontsize=8.5,
+        )
     if report.targets.min_tps is not None:
         axes.axhline(report.targets.min_tps, color=_MISS_COLOR, linestyle="--", linewidth=1.2)
-        axes.text(1.0, report.targets.min_tps, f" target {report.targets.min_tps:g} tok/s",
-                  transform=axes.get_yaxis_transform(), color=_MISS_COLOR, va="bottom",
-                  ha="right", fontsize=9)
+        axes.text(
+            1.0,
+            report.targets.min_tps,
+            f" target {report.targets.min_tps:g} tok/s",
+            transform=axes.get_yaxis_transform(),
+            color=_MISS_COLOR,
+            va="bottom",
+            ha="right",
+            fontsize=9,
+        )
 
 
 def _legend(axes: plt.Axes, report: SweepReport) -> None:
     handles, _ = axes.get_legend_handles_labels()
     extra = [
-        Line2D([], [], marker="o", linestyle="", markerfacecolor="none",
-               markeredgecolor=_MISS_COLOR, markersize=9, label="misses a target"),
+        Line2D(
+            [],
+            [],
+            marker="o",
+            linestyle="",
+            markerfacecolor="none",
+            markeredgecolor=_MISS_COLOR,
+            markersize=9,
+            label="misses a target",
+        ),
         Line2D([], [], marker="x", linestyle="", color=_MISS_COLOR, label="OOM / probe failed"),
     ]
     if report.best_seen_row is not None:
-        extra.append(Line2D([], [], marker="D", linestyle="", color="#9a6700",
-                            label="best seen (no shape meets the targets)"))
+        extra.append(
+            Line2D(
+                [],
+                [],
+                marker="D",
+                linestyle="",
+                color="#9a6700",
+                label="best seen (no shape meets the targets)",
+            )
+        )
     if report.minimum_row is not None:
-        extra.append(Line2D([], [], marker="*", linestyle="", color="#f2b807",
-                            markeredgecolor="black", markersize=13, label="minimum"))
-    axes.legend(handles=[*handles, *extra], loc="upper left", bbox_to_anchor=(1.01, 1.0),
-                fontsize=8.5, frameon=False, title="RAM, cpu type", title_fontsize=9)
+        extra.append(
+            Line2D(
+                [],
+                [],
+                marker="*",
+                linestyle="",
+                color="#f2b807",
+                markeredgecolor="black",
+                markersize=13,
+                label="minimum",
+            )
+        )
+    axes.legend(
+        handles=[*handles, *extra],
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        fontsize=8.5,
+        frameon=False,
+        title="RAM, cpu type",
+        title_fontsize=9,
+    )

@@ -12,15 +12,22 @@ from provision.report.model import Row, SweepReport
 from provision.shape import format_mib
 from provision.sweep.model import format_seconds
 
-_STATE_STYLE = {"meets": "green", "misses": "yellow", "oom": "red", "failed": "red",
-                "inferred": "dim", "skipped": "dim italic",
-                "unreached": "dim italic"}
+_STATE_STYLE = {
+    "meets": "green",
+    "misses": "yellow",
+    "oom": "red",
+    "failed": "red",
+    "inferred": "dim",
+    "skipped": "dim italic",
+    "unreached": "dim italic",
+}
 
 
 def render_table(report: SweepReport, *, color: bool = False, width: int = 110) -> str:
     """The table, the recommendation and the sweep's cost, as text (ANSI colours if asked)."""
-    console = Console(file=io.StringIO(), force_terminal=color, no_color=not color,
-                      width=width, highlight=False)
+    console = Console(
+        file=io.StringIO(), force_terminal=color, no_color=not color, width=width, highlight=False
+    )
     console.print(_table(report))
     style = "bold green" if report.result.minimum else "bold yellow"
     console.print(Text(report.recommendation, style=style), soft_wrap=True)
@@ -34,16 +41,23 @@ def render_table(report: SweepReport, *, color: bool = False, width: int = 110) 
 def summary_line(report: SweepReport) -> str:
     result = report.result
     ruled_out, skipped = report.count("inferred"), report.count("skipped")
-    parts = [(f"sweep {report.sweep_id} ({report.strategy}, {report.status}): "
-             f"{report.probes} of {len(result.space)} shapes probed, {report.reboots} reboots")]
+    parts = [
+        (
+            f"sweep {report.sweep_id} ({report.strategy}, {report.status}): "
+            f"{report.probes} of {len(result.space)} shapes probed, {report.reboots} reboots"
+        )
+    ]
     if ruled_out:
-        parts.append(f"{ruled_out} not probed: ruled out by a miss with as many or more cores "
-                     "and RAM")
+        parts.append(
+            f"{ruled_out} not probed: ruled out by a miss with as many or more cores and RAM"
+        )
     if skipped:
         parts.append(f"{skipped} not probed: cannot beat the minimum")
     if report.count("unreached"):
-        parts.append(f"{report.count('unreached')} not probed: not reached (the sweep stopped, "
-                     "or a probe failed)")
+        parts.append(
+            f"{report.count('unreached')} not probed: not reached (the sweep stopped, "
+            "or a probe failed)"
+        )
     if result.failed:
         parts.append(f"{len(result.failed)} probes failed")
     parts.append(f"targets: {report.targets.describe()}")
@@ -51,11 +65,21 @@ def summary_line(report: SweepReport) -> str:
 
 
 def _table(report: SweepReport) -> Table:
-    table = Table(title=f"{report.model or 'model'} on {report.vm}: sweep {report.sweep_id}",
-                  title_justify="left", header_style="bold")
-    for name, justify in (("vCPU", "right"), ("RAM", "right"), ("cpu type", "left"),
-                          ("eval tok/s", "right"), ("TTFT", "right"), ("peak used", "right"),
-                          ("free", "right"), ("verdict", "left")):
+    table = Table(
+        title=f"{report.model or 'model'} on {report.vm}: sweep {report.sweep_id}",
+        title_justify="left",
+        header_style="bold",
+    )
+    for name, justify in (
+        ("vCPU", "right"),
+        ("RAM", "right"),
+        ("cpu type", "left"),
+        ("eval tok/s", "right"),
+        ("TTFT", "right"),
+        ("peak used", "right"),
+        ("free", "right"),
+        ("verdict", "left"),
+    ):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for row in report.rows:
         style = "bold green" if row.is_minimum else "bold" if row.is_best_seen else None
@@ -73,7 +97,9 @@ def cells(row: Row) -> list[str | Text]:
     elif row.on_frontier:
         verdict.append(" (Pareto)", style="cyan")
     return [
-        str(row.shape.cores), format_mib(row.shape.memory_mib), row.shape.cpu_type,
+        str(row.shape.cores),
+        format_mib(row.shape.memory_mib),
+        row.shape.cpu_type,
         f"{m.eval_tps:.1f}" if m and m.eval_tps is not None else "-",
         format_seconds(m.ttft_s) if m and m.ttft_s is not None else "-",
         format_mib(m.peak_used_mib) if m and m.peak_used_mib is not None else "-",

@@ -141,9 +141,7 @@ class Access:
         for role, privs in dict(spec.get("roles") or {}).items():
             for priv in split_list(privs):
                 if priv not in PVE_PRIVILEGES:  # AccessControl.pm:1374-1383 verify_privname
-                    raise PveError.params(
-                        {"privs": f"invalid format - invalid privilege '{priv}'"}
-                    )
+                    raise PveError.params({"privs": f"invalid format - invalid privilege '{priv}'"})
             roles[str(role)] = frozenset(split_list(privs))
         users = {str(u) for u in spec.get("users") or []}
         for user in users:
@@ -257,7 +255,11 @@ class Access:
         return {p: privs for p, privs in tree.items() if privs}
 
     def check(
-        self, authid: str, path: str, privs: Iterable[str], any_of: bool = False,
+        self,
+        authid: str,
+        path: str,
+        privs: Iterable[str],
+        any_of: bool = False,
         noerr: bool = False,
     ) -> bool:
         """`check` (all of `privs`) or `check_any` (one of them), as RPCEnvironment.pm:291-326."""
@@ -287,7 +289,9 @@ class Access:
 
 
 def _acl_entries(
-    entry: dict[str, Any], roles: dict[str, frozenset[str]], users: set[str],
+    entry: dict[str, Any],
+    roles: dict[str, frozenset[str]],
+    users: set[str],
     tokens: dict[str, Token],
 ) -> list[AclEntry]:
     """One `pveum acl modify PATH --roles R --users U --tokens T` (API2/ACL.pm:106-240)."""

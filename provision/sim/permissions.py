@@ -240,9 +240,7 @@ def bridge_access(access: Access, authid: str, config: dict[str, str]) -> None:
             access.check(authid, zone_path, ["SDN.Use"])
 
 
-def clone_access(
-    access: Access, authid: str, config: dict[str, str], storage: str | None
-) -> None:
+def clone_access(access: Access, authid: str, config: dict[str, str], storage: str | None) -> None:
     """The clone handler's own checks (Qemu.pm:4490-4494): Datastore.AllocateSpace on the
     storage of every disk that is not a CD-ROM, or on the target `storage` of a full clone
     ($check_storage_access_clone, Qemu.pm:282-323), then SDN.Use on every bridge."""
@@ -251,8 +249,9 @@ def clone_access(
     for key, volid in vmconfig.drives(config):
         if vmconfig.is_cdrom(config[key]):  # cloud-init drives are media=cdrom: allowed
             continue
-        access.check(authid, f"/storage/{storage or volid.split(':', 1)[0]}",
-                     ["Datastore.AllocateSpace"])
+        access.check(
+            authid, f"/storage/{storage or volid.split(':', 1)[0]}", ["Datastore.AllocateSpace"]
+        )
     if "vmstatestorage" in config:
         access.check(authid, f"/storage/{config['vmstatestorage']}", ["Datastore.AllocateSpace"])
     bridge_access(access, authid, config)

@@ -56,38 +56,63 @@ def _set_owned(state_dir: Path, names: set[str]) -> None:
     os.replace(temporary, path)
 
 
-def ensure_clones(config: LabConfig, state_dir: Path, lab: Lab, info: VmInfo, parallel: int,
-                  space: Space, *, reporter: Reporter, allow_overcommit: bool) -> list[str]:
+def ensure_clones(
+    config: LabConfig,
+    state_dir: Path,
+    lab: Lab,
+    info: VmInfo,
+    parallel: int,
+    space: Space,
+    *,
+    reporter: Reporter,
+    allow_overcommit: bool,
+) -> list[str]:
     """Create (or reuse) NAME-2..NAME-N, SSH-ready and deployed like NAME; their names."""
     from provision.deploy.lab import deploy_options, host_for, ssh_settings
     from provision.deploy.runner import deploy
 
     names = clone_names(info.name, parallel)
-    online = [str(n["node"]) for n in (lab.client.get("nodes") or [])
-              if n.get("status") == "online"] or [info.node]
+    online = [
+        str(n["node"]) for n in (lab.client.get("nodes") or []) if n.get("status") == "online"
+    ] or [info.node]
     existing = set(lab.managed_names())
     placement = spread_nodes(online, info.node, len(names))
     local_only = False  # the template cannot leave NAME's node: stop trying other nodes
     hosts = []
     for clone, node in zip(names, placement, strict=True):
         if clone in existing and clone not in owned_clones(state_dir):
-            reporter.warn(f"{clone} exists and was not made by a sweep: using it as is "
-                          "(the sweep will not remove it)")
+            reporter.warn(
+                f"{clone} exists and was not made by a sweep: using it as is "
+                "(the sweep will not remove it)"
+            )
         if clone not in existing:
             _set_owned(state_dir, owned_clones(state_dir) | {clone})
         node = info.node if local_only else node
-        local_only = _up_clone(lab, clone, info, node, space, reporter, allow_overcommit) \
-            or local_only
+        local_only = (
+            _up_clone(lab, clone, info, node, space, reporter, allow_overcommit) or local_only
+        )
         address = lab.guest(clone)
         hosts.append(host_for(address))
-    deploy(hosts, ssh_settings(config, state_dir), state_dir=state_dir,
-           options=deploy_options(config, vm_name=info.name), reporter=reporter,
-           inventory_out=state_dir / "runs" / "sweep-clones-inventory.yml")
+    deploy(
+        hosts,
+        ssh_settings(config, state_dir),
+        state_dir=state_dir,
+        options=deploy_options(config, vm_name=info.name),
+        reporter=reporter,
+        inventory_out=state_dir / "runs" / "sweep-clones-inventory.yml",
+    )
     return names
 
 
-def _up_clone(lab: Lab, clone: str, info: VmInfo, node: str, space: Space, reporter: Reporter,
-              allow_overcommit: bool) -> bool:
+def _up_clone(
+    lab: Lab,
+    clone: str,
+    info: VmInfo,
+    node: str,
+    space: Space,
+    reporter: Reporter,
+    allow_overcommit: bool,
+) -> bool:
     """`Lab.up` the clone on `node`, else on NAME's node; True when the template is node-local."""
     if not allow_overcommit:
         check_space_fits(space, lab.node_capacity(node), None)
@@ -98,16 +123,19 @@ def _up_clone(lab: Lab, clone: str, info: VmInfo, node: str, space: Space, repor
     except ProxmoxAPIError as error:
         if "local storage" not in error.message or node == info.node:
             raise
-    reporter.warn(f"the template is on local storage of another node, so {clone} cannot go to "
-                  f"{node}; creating it on {info.node} next to {info.name} instead")
+    reporter.warn(
+        f"the template is on local storage of another node, so {clone} cannot go to "
+        f"{node}; creating it on {info.node} next to {info.name} instead"
+    )
     if not allow_overcommit:
         check_space_fits(space, lab.node_capacity(info.node), None)
     lab.up(clone, info.shape, node=info.node, allow_overcommit=allow_overcommit)
     return True
 
 
-def remove_clones(lab: Lab, state_dir: Path, name: str, parallel: int,
-                  reporter: Reporter) -> tuple[list[str], list[str]]:
+def remove_clones(
+    lab: Lab, state_dir: Path, name: str, parallel: int, reporter: Reporter
+) -> tuple[list[str], list[str]]:
     """Destroy the clones a sweep made for NAME; (removed, left with the reason in a warning)."""
     removed: list[str] = []
     left: list[str] = []
@@ -120,8 +148,9 @@ def remove_clones(lab: Lab, state_dir: Path, name: str, parallel: int,
             try:
                 lab.down(clone)
             except LabctlError as error:
-                reporter.warn(f"could not remove {clone}: {error}; `labctl down {clone}` "
-                              "removes it")
+                reporter.warn(
+                    f"could not remove {clone}: {error}; `labctl down {clone}` removes it"
+                )
                 left.append(clone)
                 continue
             removed.append(clone)

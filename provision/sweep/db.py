@@ -45,8 +45,15 @@ class SweepStore:
     def __init__(self, connection: sqlite3.Connection) -> None:
         self.db = connection
 
-    def begin(self, identity: str, vm: str, spec: dict[str, Any], original_shape: Shape | None,
-              *, fresh: bool = False) -> SweepRecord:
+    def begin(
+        self,
+        identity: str,
+        vm: str,
+        spec: dict[str, Any],
+        original_shape: Shape | None,
+        *,
+        fresh: bool = False,
+    ) -> SweepRecord:
         """The sweep to continue for this identity, or a new one (always new with fresh).
 
         A sweep left "running" was killed before it could put the VM back, so its recorded
@@ -61,24 +68,45 @@ class SweepStore:
                 self.db.execute(
                     "UPDATE sweeps SET status='running', updated_at=?, spec_json=?, "
                     "original_shape=? WHERE id=?",
-                    (_now(), json.dumps(spec), _shape_json(original), latest.id))
+                    (_now(), json.dumps(spec), _shape_json(original), latest.id),
+                )
                 self.db.commit()
-                return SweepRecord(**{**latest.__dict__, "status": "running", "spec": spec,
-                                      "original_shape": original, "resumed": True})
+                return SweepRecord(
+                    **{
+                        **latest.__dict__,
+                        "status": "running",
+                        "spec": spec,
+                        "original_shape": original,
+                        "resumed": True,
+                    }
+                )
         sweep_id = self._new_id(identity)
         now = _now()
         self.db.execute(
             "INSERT INTO sweeps (id, identity, vm, spec_json, original_shape, status, created_at,"
             " updated_at, labctl_version) VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?)",
-            (sweep_id, identity, vm, json.dumps(spec), _shape_json(original_shape), now, now,
-             __version__))
+            (
+                sweep_id,
+                identity,
+                vm,
+                json.dumps(spec),
+                _shape_json(original_shape),
+                now,
+                now,
+                __version__,
+            ),
+        )
         self.db.commit()
         return self.get(sweep_id)
 
     def _new_id(self, identity: str) -> str:
         base = identity[:8]
-        taken = {row[0] for row in self.db.execute(
-            "SELECT id FROM sweeps WHERE id = ? OR id LIKE ?", (base, base + "-%"))}
+        taken = {
+            row[0]
+            for row in self.db.execute(
+                "SELECT id FROM sweeps WHERE id = ? OR id LIKE ?", (base, base + "-%")
+            )
+        }
         if base not in taken:
             return base
         number = 2
@@ -87,19 +115,25 @@ class SweepStore:
         return f"{base}-{number}"
 
     def _latest(self, identity: str) -> SweepRecord | None:
-        row = self.db.execute("SELECT * FROM sweeps WHERE identity = ? ORDER BY created_at DESC, "
-                              "rowid DESC LIMIT 1", (identity,)).fetchone()
+        row = self.db.execute(
+            "SELECT * FROM sweeps WHERE identity = ? ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            (identity,),
+        ).fetchone()
         return _record(row) if row else None
 
     def get(self, sweep_id: str) -> SweepRecord:
         """A sweep by id or unique id prefix; UsageError when there is none or several."""
         rows = self.db.execute("SELECT * FROM sweeps WHERE id = ?", (sweep_id,)).fetchall()
         if not rows:
-            rows = self.db.execute("SELECT * FROM sweeps WHERE id LIKE ? ORDER BY created_at",
-                                   (sweep_id.replace("%", "") + "%",)).fetchall()
+            rows = self.db.execute(
+                "SELECT * FROM sweeps WHERE id LIKE ? ORDER BY created_at",
+                (sweep_id.replace("%", "") + "%",),
+            ).fetchall()
         if not rows:
-            raise UsageError(f"no sweep {sweep_id!r} in this state directory",
-                             hint="`labctl report --list` shows the sweeps kept")
+            raise UsageError(
+                f"no sweep {sweep_id!r} in this state directory",
+                hint="`labctl report --list` shows the sweeps kept",
+            )
         if len(rows) > 1:
             ids = ", ".join(r["id"] for r in rows)
             raise UsageError(f"sweep id {sweep_id!r} is ambiguous: {ids}")
@@ -109,40 +143,66 @@ class SweepStore:
         rows = self.db.execute("SELECT * FROM sweeps ORDER BY created_at, rowid").fetchall()
         return [_record(r) for r in rows]
 
-    def record(self, sweep_id: str, measurement: Measurement, *, rebooted: bool = False,
-               worker: str = "", duration_s: float | None = None) -> None:
+    def record(
+        self,
+        sweep_id: str,
+        measurement: Measurement,
+        *,
+        rebooted: bool = False,
+        worker: str = "",
+        duration_s: float | None = None,
+    ) -> None:
         """Keep one measured shape; committed before returning so a kill loses nothing."""
         shape = measurement.shape
-        seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM sweep_points "
-                              "WHERE sweep_id = ?", (sweep_id,)).fetchone()[0]
+        seq = self.db.execute(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM sweep_points WHERE sweep_id = ?", (sweep_id,)
+        ).fetchone()[0]
         self.db.execute(
             "INSERT OR REPLACE INTO sweep_points (sweep_id, seq, cores, memory_mib, cpu_type, "
             "status, eval_tps, ttft_s, mem_total_mib, peak_used_mib, error, rebooted, worker, "
             "duration_s, probe_id, details_json, measured_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (sweep_id, seq, shape.cores, shape.memory_mib, shape.cpu_type,
-             measurement.status.value, measurement.eval_tps, measurement.ttft_s,
-             measurement.mem_total_mib, measurement.peak_used_mib, measurement.error,
-             int(rebooted), worker, duration_s, measurement.details.get("probe_id"),
-             json.dumps(measurement.details, default=str),
-             _now()))
+            (
+                sweep_id,
+                seq,
+                shape.cores,
+                shape.memory_mib,
+                shape.cpu_type,
+                measurement.status.value,
+                measurement.eval_tps,
+                measurement.ttft_s,
+                measurement.mem_total_mib,
+                measurement.peak_used_mib,
+                measurement.error,
+                int(rebooted),
+                worker,
+                duration_s,
+                measurement.details.get("probe_id"),
+                json.dumps(measurement.details, default=str),
+                _now(),
+            ),
+        )
         self.db.execute("UPDATE sweeps SET updated_at = ? WHERE id = ?", (_now(), sweep_id))
         self.db.commit()
 
     def measurements(self, sweep_id: str) -> list[Measurement]:
-        rows = self.db.execute("SELECT * FROM sweep_points WHERE sweep_id = ? ORDER BY seq",
-                               (sweep_id,)).fetchall()
+        rows = self.db.execute(
+            "SELECT * FROM sweep_points WHERE sweep_id = ? ORDER BY seq", (sweep_id,)
+        ).fetchall()
         return [_measurement(r) for r in rows]
 
     def point_stats(self, sweep_id: str) -> dict[str, Any]:
         row = self.db.execute(
             "SELECT COUNT(*), COALESCE(SUM(rebooted), 0), COALESCE(SUM(duration_s), 0) "
-            "FROM sweep_points WHERE sweep_id = ?", (sweep_id,)).fetchone()
+            "FROM sweep_points WHERE sweep_id = ?",
+            (sweep_id,),
+        ).fetchone()
         return {"probes": row[0], "reboots": row[1], "probe_seconds": round(row[2], 1)}
 
     def finish(self, sweep_id: str, status: str) -> None:
-        self.db.execute("UPDATE sweeps SET status = ?, updated_at = ? WHERE id = ?",
-                        (status, _now(), sweep_id))
+        self.db.execute(
+            "UPDATE sweeps SET status = ?, updated_at = ? WHERE id = ?", (status, _now(), sweep_id)
+        )
         self.db.commit()
 
 
@@ -153,18 +213,29 @@ def _shape_json(shape: Shape | None) -> str | None:
 def _record(row: sqlite3.Row) -> SweepRecord:
     original = json.loads(row["original_shape"]) if row["original_shape"] else None
     return SweepRecord(
-        id=row["id"], identity=row["identity"], vm=row["vm"], spec=json.loads(row["spec_json"]),
-        original_shape=shape_from_dict(original) if original else None, status=row["status"],
-        created_at=row["created_at"], updated_at=row["updated_at"],
-        labctl_version=row["labctl_version"])
+        id=row["id"],
+        identity=row["identity"],
+        vm=row["vm"],
+        spec=json.loads(row["spec_json"]),
+        original_shape=shape_from_dict(original) if original else None,
+        status=row["status"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        labctl_version=row["labctl_version"],
+    )
 
 
 def _measurement(row: sqlite3.Row) -> Measurement:
     return Measurement(
         shape=Shape(row["cores"], row["memory_mib"], row["cpu_type"]),
-        status=Status(row["status"]), eval_tps=row["eval_tps"], ttft_s=row["ttft_s"],
-        mem_total_mib=row["mem_total_mib"], peak_used_mib=row["peak_used_mib"],
-        error=row["error"], details=json.loads(row["details_json"] or "{}"))
+        status=Status(row["status"]),
+        eval_tps=row["eval_tps"],
+        ttft_s=row["ttft_s"],
+        mem_total_mib=row["mem_total_mib"],
+        peak_used_mib=row["peak_used_mib"],
+        error=row["error"],
+        details=json.loads(row["details_json"] or "{}"),
+    )
 
 
 def open_store(state_dir: Path) -> SweepStore:

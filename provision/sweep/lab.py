@@ -36,8 +36,9 @@ class LabShapeController:
         return self.lab.find(self.name).shape
 
     def apply(self, shape: Shape) -> bool:
-        result = self.lab.resize(self.name, shape, reboot=True,
-                                 allow_overcommit=self.allow_overcommit)
+        result = self.lab.resize(
+            self.name, shape, reboot=True, allow_overcommit=self.allow_overcommit
+        )
         return bool(result.rebooted)
 
 
@@ -65,35 +66,66 @@ class LabProber:
 
         info = self.lab.find(self.name)
         address = self.lab.guest(self.name)
-        vm = store.VmRecord(name=info.name, vmid=info.vmid, node=info.node, cores=shape.cores,
-                            memory_mib=shape.memory_mib, cpu_type=shape.cpu_type)
-        recorded = record_probe(self.state_dir, vm, address, self.options, self.reporter,
-                                stored_options=self.kept_options)
+        vm = store.VmRecord(
+            name=info.name,
+            vmid=info.vmid,
+            node=info.node,
+            cores=shape.cores,
+            memory_mib=shape.memory_mib,
+            cpu_type=shape.cpu_type,
+        )
+        recorded = record_probe(
+            self.state_dir,
+            vm,
+            address,
+            self.options,
+            self.reporter,
+            stored_options=self.kept_options,
+        )
         details = {"probe_id": recorded.probe_id, "node": info.node, "vm": info.name}
         if recorded.did_not_fit is not None:
             error = recorded.did_not_fit
-            return Measurement(shape, Status.OOM, mem_total_mib=None, error=str(error),
-                               details={**details, "oom_figure": error.figure})
+            return Measurement(
+                shape,
+                Status.OOM,
+                mem_total_mib=None,
+                error=str(error),
+                details={**details, "oom_figure": error.figure},
+            )
         return measurement_from_probe(shape, recorded.completed(), details)
 
 
-def measurement_from_probe(shape: Shape, result: ProbeResult,
-                           details: dict[str, Any]) -> Measurement:
+def measurement_from_probe(
+    shape: Shape, result: ProbeResult, details: dict[str, Any]
+) -> Measurement:
     """Medians of the measured runs; peak memory used is the worst run (what must fit)."""
     summary = result.summary
-    eval_tps, ttft, peak = summary.get("eval_tps"), summary.get("ttft_s"), \
-        summary.get("peak_mem_used")
+    eval_tps, ttft, peak = (
+        summary.get("eval_tps"),
+        summary.get("ttft_s"),
+        summary.get("peak_mem_used"),
+    )
     facts = result.facts
     total_bytes = facts.mem_total_bytes if facts is not None else None
     extra = dict(details)
     if facts is not None:
-        extra.update({"vcpus": facts.vcpus, "cpu_model": facts.cpu_model,
-                      "avx2": facts.has_flag("avx2"), "fma": facts.has_flag("fma")})
+        extra.update(
+            {
+                "vcpus": facts.vcpus,
+                "cpu_model": facts.cpu_model,
+                "avx2": facts.has_flag("avx2"),
+                "fma": facts.has_flag("fma"),
+            }
+        )
     if eval_tps is None:
         reasons = "; ".join(r.error for r in result.runs if r.error) or "no run succeeded"
         return Measurement(shape, Status.FAILED, error=reasons, details=extra)
     return Measurement(
-        shape, Status.OK, eval_tps=round(eval_tps.median, 2),
+        shape,
+        Status.OK,
+        eval_tps=round(eval_tps.median, 2),
         ttft_s=round(ttft.median, 3) if ttft else None,
         mem_total_mib=int(total_bytes // MIB) if total_bytes else None,
-        peak_used_mib=int(peak.max // MIB) if peak else None, details=extra)
+        peak_used_mib=int(peak.max // MIB) if peak else None,
+        details=extra,
+    )

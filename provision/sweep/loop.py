@@ -74,8 +74,13 @@ class SweepPlan:
         return sweep_identity(self.vm, self.space, self.targets, self.probe_options)
 
     def spec(self, workers: int) -> dict[str, Any]:
-        return {"space": self.space.to_dict(), "targets": self.targets.to_dict(),
-                "probe": self.probe_options, "strategy": self.strategy, "parallel": workers}
+        return {
+            "space": self.space.to_dict(),
+            "targets": self.targets.to_dict(),
+            "probe": self.probe_options,
+            "strategy": self.strategy,
+            "parallel": workers,
+        }
 
 
 @dataclass
@@ -107,63 +112,90 @@ class SweepLoop:
 
     def run(self, plan: SweepPlan) -> SweepOutcome:
         originals = {w.controller.name: w.controller.current_shape() for w in self.workers}
-        record = self.store.begin(plan.identity, plan.vm, plan.spec(len(self.workers)),
-                                  originals[self.workers[0].controller.name], fresh=plan.fresh)
+        record = self.store.begin(
+            plan.identity,
+            plan.vm,
+            plan.spec(len(self.workers)),
+            originals[self.workers[0].controller.name],
+            fresh=plan.fresh,
+        )
         if record.original_shape is not None:  # after a kill: what the killed run found
             originals[self.workers[0].controller.name] = record.original_shape
-        cached = {m.shape: m for m in self.store.measurements(record.id)
-                  if m.status is not Status.FAILED}  # failed probes are tried again
+        cached = {
+            m.shape: m for m in self.store.measurements(record.id) if m.status is not Status.FAILED
+        }  # failed probes are tried again
         outcome = SweepOutcome(record, _empty_result(plan))
         self.reporter.stage("sweep")
-        self.reporter.step(f"sweep {record.id} on {plan.vm}: {len(plan.space)} shapes, "
-                           f"strategy {plan.strategy}, targets: {plan.targets.describe()}"
-                           + (f" (resuming, {len(cached)} shapes already measured)"
-                              if record.resumed and cached else ""))
+        self.reporter.step(
+            f"sweep {record.id} on {plan.vm}: {len(plan.space)} shapes, "
+            f"strategy {plan.strategy}, targets: {plan.targets.describe()}"
+            + (
+                f" (resuming, {len(cached)} shapes already measured)"
+                if record.resumed and cached
+                else ""
+            )
+        )
         status = "failed"
         try:
             outcome.result = search(
-                plan.space, plan.targets, lambda batch: self._measure(batch, record, cached,
-                                                                      plan, outcome),
-                strategy=plan.strategy, width=len(self.workers),
-                start=self.workers[0].controller.current_shape())
+                plan.space,
+                plan.targets,
+                lambda batch: self._measure(batch, record, cached, plan, outcome),
+                strategy=plan.strategy,
+                width=len(self.workers),
+                start=self.workers[0].controller.current_shape(),
+            )
             status = "done"
         except KeyboardInterrupt:
             status = "interrupted"
-            raise Interrupted(f"sweep {record.id} interrupted; run the same command again "
-                              "to resume it") from None
+            raise Interrupted(
+                f"sweep {record.id} interrupted; run the same command again to resume it"
+            ) from None
         finally:
             self.store.finish(record.id, status)
             if not plan.keep_shape:
                 outcome.restored = self._restore(originals, outcome, quiet_errors=status != "done")
         return outcome
 
-    def _measure(self, batch: list[Shape], record: SweepRecord, cached: dict[Shape, Measurement],
-                 plan: SweepPlan, outcome: SweepOutcome) -> Iterator[Measurement]:
+    def _measure(
+        self,
+        batch: list[Shape],
+        record: SweepRecord,
+        cached: dict[Shape, Measurement],
+        plan: SweepPlan,
+        outcome: SweepOutcome,
+    ) -> Iterator[Measurement]:
         to_probe = []
         for shape in batch:
             if shape in cached:
                 outcome.replayed += 1
-                self.reporter.step(f"{shape.label}: already measured, "
-                                   f"{evaluate(cached[shape], plan.targets).why}")
+                self.reporter.step(
+                    f"{shape.label}: already measured, {evaluate(cached[shape], plan.targets).why}"
+                )
                 yield cached[shape]
             else:
                 to_probe.append(shape)
         if len(self.workers) == 1:
             results: Iterable[tuple[Measurement, bool, str, float]] = (
-                _probe_one(self.workers[0], shape, self.reporter) for shape in to_probe)
+                _probe_one(self.workers[0], shape, self.reporter) for shape in to_probe
+            )
         else:
             results = _probe_parallel(self.workers, to_probe, self.reporter)
         for measurement, rebooted, worker, seconds in results:
-            self.store.record(record.id, measurement, rebooted=rebooted, worker=worker,
-                              duration_s=seconds)
+            self.store.record(
+                record.id, measurement, rebooted=rebooted, worker=worker, duration_s=seconds
+            )
             outcome.probed += 1
             outcome.reboots += rebooted
-            self.reporter.step(f"{measurement.shape.label}: {_summary(measurement)} -> "
-                               f"{evaluate(measurement, plan.targets).why}")
+            self.reporter.step(
+                f"{measurement.shape.label}: {_summary(measurement)} -> "
+                f"{evaluate(measurement, plan.targets).why}"
+            )
             yield measurement
 
-    def _restore(self, originals: dict[str, Shape], outcome: SweepOutcome,
-                 *, quiet_errors: bool) -> bool:
+    def _restore(
+        self, originals: dict[str, Shape], outcome: SweepOutcome, *, quiet_errors: bool
+    ) -> bool:
         restored = False
         for worker in self.workers:
             if worker.disposable:
@@ -177,19 +209,23 @@ class SweepLoop:
                 outcome.reboots += worker.controller.apply(original)
                 restored = True
             except GuestError as error:  # the shape is applied; only the guest is slow to answer
-                self.reporter.warn(f"{worker.controller.name} is back to {original.label} but "
-                                   f"did not answer after the reboot: {error}")
+                self.reporter.warn(
+                    f"{worker.controller.name} is back to {original.label} but "
+                    f"did not answer after the reboot: {error}"
+                )
                 restored = True
             except Exception as error:  # never hide the sweep's own error
                 if not quiet_errors:
                     raise
-                self.reporter.warn(f"could not restore {worker.controller.name} to "
-                                   f"{original.label}: {error}")
+                self.reporter.warn(
+                    f"could not restore {worker.controller.name} to {original.label}: {error}"
+                )
         return restored
 
 
-def _probe_one(worker: Worker, shape: Shape,
-               reporter: Reporter) -> tuple[Measurement, bool, str, float]:
+def _probe_one(
+    worker: Worker, shape: Shape, reporter: Reporter
+) -> tuple[Measurement, bool, str, float]:
     """Apply and probe one shape; probe and guest failures become a FAILED measurement."""
     name = worker.controller.name
     started = time.monotonic()
@@ -206,8 +242,9 @@ def _probe_one(worker: Worker, shape: Shape,
     return measurement, rebooted, name, round(time.monotonic() - started, 1)
 
 
-def _probe_parallel(workers: list[Worker], shapes: list[Shape],
-                    reporter: Reporter) -> Iterator[tuple[Measurement, bool, str, float]]:
+def _probe_parallel(
+    workers: list[Worker], shapes: list[Shape], reporter: Reporter
+) -> Iterator[tuple[Measurement, bool, str, float]]:
     """Workers pull shapes from one queue; results are yielded in the order they finish."""
     todo: queue.Queue[Shape] = queue.Queue()
     for shape in shapes:
@@ -227,8 +264,10 @@ def _probe_parallel(workers: list[Worker], shapes: list[Shape],
                 done.put(error)
                 return
 
-    threads = [threading.Thread(target=work, args=(w,), daemon=True,
-                                name=f"sweep-{w.controller.name}") for w in workers]
+    threads = [
+        threading.Thread(target=work, args=(w,), daemon=True, name=f"sweep-{w.controller.name}")
+        for w in workers
+    ]
     for thread in threads:
         thread.start()
     try:

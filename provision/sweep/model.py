@@ -46,8 +46,11 @@ class Space:
         return len(self.cores) * len(self.ram_mib) * len(self.cpu_types)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"cores": list(self.cores), "ram_mib": list(self.ram_mib),
-                "cpu_types": list(self.cpu_types)}
+        return {
+            "cores": list(self.cores),
+            "ram_mib": list(self.ram_mib),
+            "cpu_types": list(self.cpu_types),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Space:
@@ -58,14 +61,19 @@ def parse_space(cores: str, ram: str, cpu_types: str) -> Space:
     """Parse the --cores / --ram / --cpu-type lists; UsageError on empty or malformed lists."""
     types = [t.strip() for t in cpu_types.split(",")]
     if not cpu_types.strip() or any(not t for t in types):
-        raise UsageError(f"invalid cpu type list {cpu_types!r}: give comma-separated Proxmox cpu "
-                         "types, e.g. host,x86-64-v2-AES")
+        raise UsageError(
+            f"invalid cpu type list {cpu_types!r}: give comma-separated Proxmox cpu "
+            "types, e.g. host,x86-64-v2-AES"
+        )
     for name in types:
         if not _CPU_TYPE_RE.match(name):
-            raise UsageError(f"invalid cpu type {name!r}: use a Proxmox cpu type such as host, "
-                             "x86-64-v2-AES or kvm64")
-    return Space(tuple(parse_cores_list(cores)), tuple(parse_ram_list(ram)),
-                 tuple(dict.fromkeys(types)))
+            raise UsageError(
+                f"invalid cpu type {name!r}: use a Proxmox cpu type such as host, "
+                "x86-64-v2-AES or kvm64"
+            )
+    return Space(
+        tuple(parse_cores_list(cores)), tuple(parse_ram_list(ram)), tuple(dict.fromkeys(types))
+    )
 
 
 @dataclass(frozen=True)
@@ -110,9 +118,12 @@ class Targets:
 
     def to_dict(self) -> dict[str, Any]:
         free = self.min_free_mem
-        return {"min_tps": self.min_tps, "max_ttft_s": self.max_ttft_s,
-                "min_free_mem_percent": free.percent if free else None,
-                "min_free_mem_mib": free.mib if free else None}
+        return {
+            "min_tps": self.min_tps,
+            "max_ttft_s": self.max_ttft_s,
+            "min_free_mem_percent": free.percent if free else None,
+            "min_free_mem_mib": free.mib if free else None,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Targets:
@@ -122,8 +133,12 @@ class Targets:
         return cls(data.get("min_tps"), data.get("max_ttft_s"), free)
 
 
-def parse_targets(min_tps: str | float | None, max_ttft: str | None, min_free_mem: str | None,
-                  space: Space | None = None) -> Targets:
+def parse_targets(
+    min_tps: str | float | None,
+    max_ttft: str | None,
+    min_free_mem: str | None,
+    space: Space | None = None,
+) -> Targets:
     """Parse the target options; UsageError for malformed ones and ones no shape can meet."""
     tps = _parse_tps(min_tps) if min_tps is not None else None
     ttft = parse_duration_s(max_ttft) if max_ttft is not None else None
@@ -131,8 +146,10 @@ def parse_targets(min_tps: str | float | None, max_ttft: str | None, min_free_me
     if free is not None and free.mib is not None and space is not None:
         largest = max(space.ram_mib)
         if free.mib >= largest:
-            raise UsageError(f"--min-free-mem {format_mib(free.mib)} cannot be met: the largest "
-                             f"RAM in the sweep is {format_mib(largest)}")
+            raise UsageError(
+                f"--min-free-mem {format_mib(free.mib)} cannot be met: the largest "
+                f"RAM in the sweep is {format_mib(largest)}"
+            )
     return Targets(tps, ttft, free)
 
 
@@ -167,8 +184,9 @@ def parse_free_mem(text: str) -> FreeMemTarget:
         except ValueError:
             raise UsageError(f"invalid --min-free-mem {text!r}: use e.g. 15% or 1G") from None
         if not 0 < percent < 100:
-            raise UsageError(f"--min-free-mem {text} cannot be met: give a percentage "
-                             "between 0 and 100")
+            raise UsageError(
+                f"--min-free-mem {text} cannot be met: give a percentage between 0 and 100"
+            )
         return FreeMemTarget(percent=percent)
     return FreeMemTarget(mib=parse_size_mib(stripped, "--min-free-mem"))
 
@@ -242,8 +260,12 @@ def _num(value: float | None) -> str:
 
 def sweep_identity(vm: str, space: Space, targets: Targets, probe_options: dict[str, Any]) -> str:
     """The hash that makes a rerun with the same arguments resume the same sweep."""
-    document = {"vm": vm, "space": space.to_dict(), "targets": targets.to_dict(),
-                "probe": probe_options}
+    document = {
+        "vm": vm,
+        "space": space.to_dict(),
+        "targets": targets.to_dict(),
+        "probe": probe_options,
+    }
     encoded = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(encoded).hexdigest()
 

@@ -91,11 +91,13 @@ class SweepSession:
         with ExitStack() as leases:
             command = f"sweep {info.name}"
             leases.enter_context(self.lab.lease(info.name, command, self.wait_s))
-            return self._run_leased(info, plan, lambda clone: leases.enter_context(
-                self.lab.lease(clone, command, self.wait_s)))
+            return self._run_leased(
+                info,
+                plan,
+                lambda clone: leases.enter_context(self.lab.lease(clone, command, self.wait_s)),
+            )
 
-    def _run_leased(self, info: VmInfo, plan: SweepPlan,
-                    hold: Callable[[str], object]) -> SweepRun:
+    def _run_leased(self, info: VmInfo, plan: SweepPlan, hold: Callable[[str], object]) -> SweepRun:
         try:
             clones = self.make_clones(info, plan)
             for clone in clones:

@@ -72,7 +72,8 @@ class SearchState:
                 smaller = shape.with_(memory_mib=ram)
                 if ram < shape.memory_mib and smaller not in self.measured:
                     self.inferred.setdefault(
-                        smaller, f"not probed: {shape.label} already lacked memory")
+                        smaller, f"not probed: {shape.label} already lacked memory"
+                    )
 
 
 def grid(space: Space, state: SearchState, width: int) -> Search:
@@ -88,15 +89,18 @@ def smart(space: Space, state: SearchState, width: int) -> Search:
     top_ram = space.ram_mib[-1]
     for cpu_type in space.cpu_types:
         cores = [c for c in space.cores if best is None or c <= best.cores]
-        at = yield from first_true(
-            [Shape(c, top_ram, cpu_type) for c in cores], state, width)
+        at = yield from first_true([Shape(c, top_ram, cpu_type) for c in cores], state, width)
         if at == len(cores):
             continue  # no core count at the largest RAM meets the targets (or beats `best`)
         found_cores = cores[at]
-        rams = [r for r in space.ram_mib
-                if best is None or found_cores < best.cores or r <= best.memory_mib]
+        rams = [
+            r
+            for r in space.ram_mib
+            if best is None or found_cores < best.cores or r <= best.memory_mib
+        ]
         at_ram = yield from first_true(
-            [Shape(found_cores, r, cpu_type) for r in rams], state, width)
+            [Shape(found_cores, r, cpu_type) for r in rams], state, width
+        )
         if at_ram == len(rams):
             continue
         candidate = Shape(found_cores, rams[at_ram], cpu_type)
@@ -104,8 +108,9 @@ def smart(space: Space, state: SearchState, width: int) -> Search:
             best = candidate
 
 
-def first_true(shapes: list[Shape], state: SearchState, width: int) -> Generator[
-        list[Shape], None, int]:
+def first_true(
+    shapes: list[Shape], state: SearchState, width: int
+) -> Generator[list[Shape], None, int]:
     """Index of the first shape meeting the targets in a monotone list (len() when none does).
 
     Measures up to `width` evenly spaced unknown shapes per batch (width 1 = bisection). At the
@@ -180,8 +185,15 @@ class SearchResult:
         return tuple(m for m in self.measurements if m.status is Status.FAILED)
 
 
-def search(space: Space, targets: Targets, measure_batch: MeasureBatch, *,
-           strategy: str = "smart", width: int = 1, start: Shape | None = None) -> SearchResult:
+def search(
+    space: Space,
+    targets: Targets,
+    measure_batch: MeasureBatch,
+    *,
+    strategy: str = "smart",
+    width: int = 1,
+    start: Shape | None = None,
+) -> SearchResult:
     """Run a strategy to the end, measuring through `measure_batch`."""
     state = SearchState(targets)
     position = start
@@ -192,24 +204,39 @@ def search(space: Space, targets: Targets, measure_batch: MeasureBatch, *,
     return summarize(space, targets, state.order, state.measured, state.inferred)
 
 
-def summarize(space: Space, targets: Targets, order: list[Shape],
-              measured: dict[Shape, Measurement], inferred: dict[Shape, str]) -> SearchResult:
+def summarize(
+    space: Space,
+    targets: Targets,
+    order: list[Shape],
+    measured: dict[Shape, Measurement],
+    inferred: dict[Shape, str],
+) -> SearchResult:
     measurements = tuple(measured[s] for s in dict.fromkeys(order))
     feasible = [m for m in measurements if evaluate(m, targets).feasible]
     least = minimum(feasible, space)
     return SearchResult(
-        space=space, targets=targets, measurements=measurements, inferred=dict(inferred),
-        minimum=least, pareto=pareto_frontier(feasible),
-        best_seen=best_seen(measurements), warnings=tuple(monotonicity_warnings(measurements)),
-        unprobed=explain_unprobed(space, targets, measured, inferred, least))
+        space=space,
+        targets=targets,
+        measurements=measurements,
+        inferred=dict(inferred),
+        minimum=least,
+        pareto=pareto_frontier(feasible),
+        best_seen=best_seen(measurements),
+        warnings=tuple(monotonicity_warnings(measurements)),
+        unprobed=explain_unprobed(space, targets, measured, inferred, least),
+    )
 
 
 NOT_REACHED = "not probed: the search had not reached it"  # an interrupted sweep
 
 
-def explain_unprobed(space: Space, targets: Targets, measured: Mapping[Shape, Measurement],
-                     inferred: Mapping[Shape, str],
-                     least: Measurement | None) -> dict[Shape, Unprobed]:
+def explain_unprobed(
+    space: Space,
+    targets: Targets,
+    measured: Mapping[Shape, Measurement],
+    inferred: Mapping[Shape, str],
+    least: Measurement | None,
+) -> dict[Shape, Unprobed]:
     """Why each shape neither measured nor inferred was not probed, by the search's own rules.
 
     A measured miss rules out every shape of its cpu type with no more cores and no more RAM
@@ -222,8 +249,11 @@ def explain_unprobed(space: Space, targets: Targets, measured: Mapping[Shape, Me
     for shape in space.shapes():
         if shape in measured or shape in inferred:
             continue
-        reasons[shape] = _ruled_out(shape, misses, targets) or _beaten(shape, least) \
+        reasons[shape] = (
+            _ruled_out(shape, misses, targets)
+            or _beaten(shape, least)
             or Unprobed(NOT_REACHED, Skip.NOT_REACHED)
+        )
     return reasons
 
 
@@ -233,19 +263,30 @@ def _ruled_out(shape: Shape, misses: list[Measurement], targets: Targets) -> Unp
     A failed probe counts as a miss while searching, but it proves nothing about the shapes it
     let the search skip, so those stay unknown (the rerun retries the failed probe).
     """
-    covering = [m for m in misses if m.shape.cpu_type == shape.cpu_type
-                and m.shape.cores >= shape.cores and m.shape.memory_mib >= shape.memory_mib]
+    covering = [
+        m
+        for m in misses
+        if m.shape.cpu_type == shape.cpu_type
+        and m.shape.cores >= shape.cores
+        and m.shape.memory_mib >= shape.memory_mib
+    ]
     measured = [m for m in covering if m.status is not Status.FAILED]
     if not covering:
         return None
     nearest = min(measured or covering, key=lambda m: (m.shape.cores, m.shape.memory_mib))
     if nearest.status is Status.FAILED:
-        return Unprobed(f"not probed: the probe of {nearest.shape.label} failed and counted as "
-                        "a miss; run the sweep again to retry it", Skip.NOT_REACHED)
+        return Unprobed(
+            f"not probed: the probe of {nearest.shape.label} failed and counted as "
+            "a miss; run the sweep again to retry it",
+            Skip.NOT_REACHED,
+        )
     if nearest.status is Status.OOM:
         return Unprobed(f"not probed: ruled out by OOM at {nearest.shape.label}", Skip.RULED_OUT)
-    return Unprobed(f"not probed: ruled out by {nearest.shape.label}, which missed "
-                    f"({evaluate(nearest, targets).why})", Skip.RULED_OUT)
+    return Unprobed(
+        f"not probed: ruled out by {nearest.shape.label}, which missed "
+        f"({evaluate(nearest, targets).why})",
+        Skip.RULED_OUT,
+    )
 
 
 def _beaten(shape: Shape, least: Measurement | None) -> Unprobed | None:
@@ -264,32 +305,47 @@ def _beaten(shape: Shape, least: Measurement | None) -> Unprobed | None:
 
 def minimum(feasible: list[Measurement], space: Space) -> Measurement | None:
     """Fewest cores, then least RAM; ties go to more tok/s, then the cpu type listed first."""
+
     def key(m: Measurement) -> tuple[int, int, float, int]:
-        type_rank = space.cpu_types.index(m.shape.cpu_type) if m.shape.cpu_type in \
-            space.cpu_types else len(space.cpu_types)
+        type_rank = (
+            space.cpu_types.index(m.shape.cpu_type)
+            if m.shape.cpu_type in space.cpu_types
+            else len(space.cpu_types)
+        )
         return (m.shape.cores, m.shape.memory_mib, -(m.eval_tps or 0.0), type_rank)
+
     return min(feasible, key=key, default=None)
 
 
 def pareto_frontier(points: list[Measurement]) -> tuple[Measurement, ...]:
     """Points no other point beats on cores, RAM and tok/s at once."""
+
     def dominates(a: Measurement, b: Measurement) -> bool:
         a_tps, b_tps = a.eval_tps or 0.0, b.eval_tps or 0.0
-        no_worse = (a.shape.cores <= b.shape.cores and a.shape.memory_mib <= b.shape.memory_mib
-                    and a_tps >= b_tps)
-        better = (a.shape.cores < b.shape.cores or a.shape.memory_mib < b.shape.memory_mib
-                  or a_tps > b_tps)
+        no_worse = (
+            a.shape.cores <= b.shape.cores
+            and a.shape.memory_mib <= b.shape.memory_mib
+            and a_tps >= b_tps
+        )
+        better = (
+            a.shape.cores < b.shape.cores
+            or a.shape.memory_mib < b.shape.memory_mib
+            or a_tps > b_tps
+        )
         return no_worse and better
+
     frontier = [p for p in points if not any(dominates(q, p) for q in points)]
-    return tuple(sorted(frontier, key=lambda m: (m.shape.cores, m.shape.memory_mib,
-                                                 m.shape.cpu_type)))
+    return tuple(
+        sorted(frontier, key=lambda m: (m.shape.cores, m.shape.memory_mib, m.shape.cpu_type))
+    )
 
 
 def best_seen(measurements: Iterable[Measurement]) -> Measurement | None:
     """The fastest shape that ran (smaller wins a tie): what to show when no shape qualifies."""
     ran = [m for m in measurements if m.status is Status.OK and m.eval_tps is not None]
-    return min(ran, key=lambda m: (-(m.eval_tps or 0.0), m.shape.cores, m.shape.memory_mib),
-               default=None)
+    return min(
+        ran, key=lambda m: (-(m.eval_tps or 0.0), m.shape.cores, m.shape.memory_mib), default=None
+    )
 
 
 def monotonicity_warnings(measurements: Iterable[Measurement]) -> list[str]:
@@ -306,7 +362,8 @@ def monotonicity_warnings(measurements: Iterable[Measurement]) -> list[str]:
                 warnings.append(
                     f"{more.shape.label} measured {more.eval_tps:.1f} tok/s, less than "
                     f"{fewer.shape.cores} vCPU ({fewer.eval_tps:.1f}); the smart search assumes "
-                    "more cores are never slower (host overcommitted?); check with --strategy grid")
+                    "more cores are never slower (host overcommitted?); check with --strategy grid"
+                )
     return warnings
 
 
@@ -321,8 +378,12 @@ def order_for_reboots(batch: list[Shape], start: Shape | None) -> list[Shape]:
     type_rank = {t: i for i, t in enumerate(dict.fromkeys(s.cpu_type for s in batch))}
     ordered = sorted(batch, key=lambda s: (type_rank[s.cpu_type], s.cores, s.memory_mib))
     if start is not None:
-        same_group = [s for s in ordered if (s.cpu_type, s.cores) == (start.cpu_type, start.cores)
-                      and s.memory_mib >= start.memory_mib]
+        same_group = [
+            s
+            for s in ordered
+            if (s.cpu_type, s.cores) == (start.cpu_type, start.cores)
+            and s.memory_mib >= start.memory_mib
+        ]
         rest = [s for s in ordered if s not in same_group]
         ordered = same_group + rest
     return ordered

@@ -25,16 +25,27 @@ pytestmark = [pytest.mark.guests, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_deploy(lab: Lab, host: DeployHost, tmp_path: Path,
-               reporter: RecordingReporter | None = None, **options: object) -> DeployResult:
-    return deploy([host], lab.ssh, state_dir=lab.state_dir, options=lab.options(**options),
-                  reporter=reporter or RecordingReporter(),
-                  inventory_out=lab.inventory)
+def run_deploy(
+    lab: Lab,
+    host: DeployHost,
+    tmp_path: Path,
+    reporter: RecordingReporter | None = None,
+    **options: object,
+) -> DeployResult:
+    return deploy(
+        [host],
+        lab.ssh,
+        state_dir=lab.state_dir,
+        options=lab.options(**options),
+        reporter=reporter or RecordingReporter(),
+        inventory_out=lab.inventory,
+    )
 
 
 def api(lab: Lab, host: DeployHost, path: str, body: dict[str, object]) -> tuple[int, str]:
-    out = lab.ssh_run(host, f"curl -s -w '\\n%{{http_code}}' http://127.0.0.1:11434{path} "
-                            f"-d '{json.dumps(body)}'").stdout
+    out = lab.ssh_run(
+        host, f"curl -s -w '\\n%{{http_code}}' http://127.0.0.1:11434{path} -d '{json.dumps(body)}'"
+    ).stdout
     text, _, code = out.rpartition("\n")
     return int(code), text
 
@@ -59,8 +70,11 @@ def test_first_deploy_installs_and_pulls_then_a_second_changes_nothing(deployed:
     host, first, second, _reporter, _tmp = deployed
     assert first.ok and first.changed > 0
     changed = {c.task for c in first.changes}
-    assert {"Download the Ollama release and check its sha256.",
-            "Unpack Ollama into the install prefix.", "Pull the missing models."} <= changed
+    assert {
+        "Download the Ollama release and check its sha256.",
+        "Unpack Ollama into the install prefix.",
+        "Pull the missing models.",
+    } <= changed
     assert second.ok
     assert second.changed == 0 and second.stats[host.name].changed == 0
     assert second.stats[host.name].failed == 0
@@ -82,8 +96,10 @@ def test_progress_has_one_line_per_task_with_status_and_elapsed(deployed: Deploy
     host, _first, _second, reporter, _tmp = deployed
     steps = [msg for kind, msg in reporter.events if kind == "step"]
     assert ("stage", "deploy") in reporter.events
-    assert any(re.fullmatch(rf"{host.name}: changed +Pull the missing models\. \[\d+\.\ds\]", s)
-               for s in steps)
+    assert any(
+        re.fullmatch(rf"{host.name}: changed +Pull the missing models\. \[\d+\.\ds\]", s)
+        for s in steps
+    )
     assert steps[-1].startswith("deploy finished in ")
 
 
@@ -93,13 +109,19 @@ def test_the_guests_ollama_lists_the_model_and_runs_as_the_service(
     host, *_ = deployed
     listed = lab.ssh_run(host, "ollama list").stdout
     assert re.search(r"^gemma2:2b\s+[0-9a-f]{12}\s", listed, re.MULTILINE), listed
-    facts = lab.ssh_run(host, "systemctl is-enabled ollama; systemctl is-active ollama; "
-                              "ps -o user= -C ollama; id -nG ollama; ollama -v").stdout.split()
+    facts = lab.ssh_run(
+        host,
+        "systemctl is-enabled ollama; systemctl is-active ollama; "
+        "ps -o user= -C ollama; id -nG ollama; ollama -v",
+    ).stdout.split()
     assert facts[:3] == ["enabled", "active", "ollama"]
     assert f"{lab.release.version}" in facts[-1]
-    layout = lab.ssh_run(host, "ls /usr/local/bin/ollama /usr/local/lib/ollama/llama-server "
-                               "/usr/share/ollama/.ollama/models/manifests/registry.ollama.ai/"
-                               "library/gemma2/2b")
+    layout = lab.ssh_run(
+        host,
+        "ls /usr/local/bin/ollama /usr/local/lib/ollama/llama-server "
+        "/usr/share/ollama/.ollama/models/manifests/registry.ollama.ai/"
+        "library/gemma2/2b",
+    )
     assert layout.returncode == 0, layout.stderr
     dropin = lab.ssh_run(host, "cat /etc/systemd/system/ollama.service.d/labctl.conf").stdout
     assert 'Environment="OLLAMA_HOST=127.0.0.1:11434"' in dropin
@@ -108,9 +130,17 @@ def test_the_guests_ollama_lists_the_model_and_runs_as_the_service(
 
 def test_the_deployed_model_generates_inside_the_guest(lab: Lab, deployed: Deployed) -> None:
     host, *_ = deployed
-    status, text = api(lab, host, "/api/generate", {
-        "model": MODEL, "prompt": "Why is the sky blue?", "stream": False,
-        "options": {"num_predict": 4, "seed": 42}})
+    status, text = api(
+        lab,
+        host,
+        "/api/generate",
+        {
+            "model": MODEL,
+            "prompt": "Why is the sky blue?",
+            "stream": False,
+            "options": {"num_predict": 4, "seed": 42},
+        },
+    )
     assert status == 200, text
     reply = json.loads(text)
     assert reply["eval_count"] == 4 and reply["done_reason"] == "length"
@@ -140,11 +170,19 @@ def test_plain_ansible_playbook_with_the_written_inventory_changes_nothing(
     host, *_ = deployed
     proc = subprocess.run(
         ["ansible-playbook", "-i", str(lab.inventory), "playbooks/site.yml"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout[-2000:]
-    assert re.search(rf"^{re.escape(host.name)}\s+: ok=\d+\s+changed=0\s+unreachable=0\s+"
-                     r"failed=0", proc.stdout, re.MULTILINE), proc.stdout[-1500:]
+    assert re.search(
+        rf"^{re.escape(host.name)}\s+: ok=\d+\s+changed=0\s+unreachable=0\s+"
+        r"failed=0",
+        proc.stdout,
+        re.MULTILINE,
+    ), proc.stdout[-1500:]
 
 
 def test_drift_on_the_host_is_put_back_and_restarts_the_service(
@@ -153,19 +191,30 @@ def test_drift_on_the_host_is_put_back_and_restarts_the_service(
     """The one-task fast path must still see local edits, loose modes, a stopped service and a
     deleted model; the ordinary tasks then fix them, and the next run changes nothing."""
     host, _first, _second, _reporter, tmp = deployed
-    drift = lab.ssh_run(host, (
-        "sudo sh -c 'echo Environment=OLLAMA_DEBUG=1 >> "
-        "/etc/systemd/system/ollama.service.d/labctl.conf; "
-        "chmod 0600 /etc/systemd/system/ollama.service' && "
-        f"curl -sf -X DELETE http://127.0.0.1:11434/api/delete -d '{{\"model\": \"{MODEL}\"}}' "
-        "&& sudo systemctl stop ollama"))
+    drift = lab.ssh_run(
+        host,
+        (
+            "sudo sh -c 'echo Environment=OLLAMA_DEBUG=1 >> "
+            "/etc/systemd/system/ollama.service.d/labctl.conf; "
+            "chmod 0600 /etc/systemd/system/ollama.service' && "
+            f'curl -sf -X DELETE http://127.0.0.1:11434/api/delete -d \'{{"model": "{MODEL}"}}\' '
+            "&& sudo systemctl stop ollama"
+        ),
+    )
     assert drift.returncode == 0, drift.stderr
     fixed = run_deploy(lab, host, tmp)
-    assert {"Install the ollama systemd unit.", "Write the server environment drop-in.",
-            "Restart ollama.", "Pull the missing models."} <= {c.task for c in fixed.changes}
-    dropin = lab.ssh_run(host, "cat /etc/systemd/system/ollama.service.d/labctl.conf; "
-                               "stat -c %a /etc/systemd/system/ollama.service; "
-                               "systemctl is-active ollama; ollama list").stdout
+    assert {
+        "Install the ollama systemd unit.",
+        "Write the server environment drop-in.",
+        "Restart ollama.",
+        "Pull the missing models.",
+    } <= {c.task for c in fixed.changes}
+    dropin = lab.ssh_run(
+        host,
+        "cat /etc/systemd/system/ollama.service.d/labctl.conf; "
+        "stat -c %a /etc/systemd/system/ollama.service; "
+        "systemctl is-active ollama; ollama list",
+    ).stdout
     assert "OLLAMA_DEBUG" not in dropin
     assert "\n644\nactive\n" in dropin and MODEL in dropin
     assert run_deploy(lab, host, tmp).changed == 0
@@ -192,8 +241,10 @@ def test_check_mode_on_a_fresh_vm_reports_changes_and_installs_nothing(
         result = run_deploy(lab, host, tmp_path, reporter, check=True)
         assert result.ok and result.changed > 0
         would = {c.task for c in result.changes}
-        assert {"Download the Ollama release and check its sha256.",
-                "Report the models a real run would pull."} <= would
+        assert {
+            "Download the Ollama release and check its sha256.",
+            "Report the models a real run would pull.",
+        } <= would
         assert ("stage", "check") in reporter.events
         assert lab.ssh_run(host, "test -e /usr/local/bin/ollama").returncode == 1
     finally:
@@ -209,7 +260,8 @@ def test_a_bad_checksum_fails_the_download_with_task_host_and_artifacts(
             run_deploy(lab, host, tmp_path, checksum="sha256:" + "0" * 64)
         message = str(failure.value)
         assert message.startswith(
-            f'task "Download the Ollama release and check its sha256." failed on {host.name}: ')
+            f'task "Download the Ollama release and check its sha256." failed on {host.name}: '
+        )
         assert "checksum" in message.lower()
         assert "(artifacts: " in message
         assert failure.value.exit_code == 6
@@ -230,11 +282,19 @@ def test_a_new_version_from_a_local_tarball_replaces_the_old_and_a_small_vm_gets
     try:
         run_deploy(lab, host, tmp_path)
         # the offline-site path: a tarball on the controller, pinned by its sha256
-        upgraded = run_deploy(lab, host, tmp_path, ollama_version=newer.version,
-                              local_tarball=newer.tarball, checksum=f"sha256:{newer.sha256}",
-                              download_base_url="http://192.0.2.1/unreachable")
-        assert {"Copy the Ollama release from the controller.",
-                "Unpack Ollama into the install prefix."} <= {c.task for c in upgraded.changes}
+        upgraded = run_deploy(
+            lab,
+            host,
+            tmp_path,
+            ollama_version=newer.version,
+            local_tarball=newer.tarball,
+            checksum=f"sha256:{newer.sha256}",
+            download_base_url="http://192.0.2.1/unreachable",
+        )
+        assert {
+            "Copy the Ollama release from the controller.",
+            "Unpack Ollama into the install prefix.",
+        } <= {c.task for c in upgraded.changes}
         assert "Pull the missing models." not in {c.task for c in upgraded.changes}
         assert lab.ssh_run(host, "ollama -v").stdout.strip() == "ollama version is 0.33.0"
 
@@ -242,8 +302,9 @@ def test_a_new_version_from_a_local_tarball_replaces_the_old_and_a_small_vm_gets
         lab.backend.reshape(vmid, cores=2, memory_mib=512)  # limit = 512 MiB x mem_scale
         limit = lab.backend.limits(vmid)[2]
         assert limit < lab.models[0].model_bytes + (40 << 20)
-        status, text = api(lab, host, "/api/generate",
-                           {"model": MODEL, "prompt": "hi", "stream": False})
+        status, text = api(
+            lab, host, "/api/generate", {"model": MODEL, "prompt": "hi", "stream": False}
+        )
         assert status == 500
         assert json.loads(text) == {"error": "llama-server process has terminated: signal: killed"}
         assert lab.backend.oom_kills(vmid) >= 1
@@ -261,9 +322,11 @@ def test_a_filesystem_too_small_for_the_release_fails_the_disk_check_before_any_
     padded = build_release(lab.mirror.root, "0.33.1", padding_bytes=64 << 20)
     tarball_bytes = padded.tarball.stat().st_size
     assert tarball_bytes < 0.5 * padded.unpacked_bytes  # packs like the real bundle
-    sizes = {"ollama_disk_tarball_bytes": tarball_bytes,
-             "ollama_disk_unpacked_bytes": padded.unpacked_bytes,
-             "ollama_disk_margin_bytes": 8 << 20}
+    sizes = {
+        "ollama_disk_tarball_bytes": tarball_bytes,
+        "ollama_disk_unpacked_bytes": padded.unpacked_bytes,
+        "ollama_disk_margin_bytes": 8 << 20,
+    }
     need_mib = math.ceil((padded.unpacked_bytes + (8 << 20)) / (1 << 20))
     host = lab.boot()
     try:
@@ -276,24 +339,33 @@ def test_a_filesystem_too_small_for_the_release_fails_the_disk_check_before_any_
             f"/usr/local: 48 MiB free, Ollama 0.33.1 needs {need_mib} MiB there (unpacked "
             f"{math.floor(padded.unpacked_bytes / (1 << 20) + 0.5)} + margin 8 MiB); give the VM "
             f"a bigger disk: labctl up {host.name} --disk 32G, then reboot it if it runs "
-            "(cloud-init grows the filesystem at boot)")
+            "(cloud-init grows the filesystem at boot)"
+        )
         assert str(failure.value.hint).startswith(f"artifacts: {lab.state_dir / 'runs'}")
         assert failure.value.exit_code == 6
         untouched = lab.ssh_run(host, "ls /var/cache/ollama-* /usr/local/bin/ollama")
         assert untouched.returncode != 0 and untouched.stdout == "", untouched.stdout
 
-        bigger = lab.ssh_run(host, "sudo umount /usr/local && "
-                                   "sudo mount -t tmpfs -o size=96m,mode=755 bigger /usr/local")
+        bigger = lab.ssh_run(
+            host,
+            "sudo umount /usr/local && sudo mount -t tmpfs -o size=96m,mode=755 bigger /usr/local",
+        )
         assert bigger.returncode == 0, bigger.stderr
         reporter = RecordingReporter()
-        first = run_deploy(lab, host, tmp_path, reporter, ollama_version=padded.version,
-                           role_vars=sizes)
-        assert any(re.fullmatch(rf"{host.name}: ok +Check the free disk space\. \[\d+\.\ds\]", m)
-                   for kind, m in reporter.events if kind == "step"), reporter.events
-        assert {"Unpack Ollama into the install prefix.",
-                "Remove the downloaded release."} <= {c.task for c in first.changes}
-        after = lab.ssh_run(host, "ls /var/cache; df -B1 --output=used /usr/local | tail -1; "
-                                  "ollama -v").stdout.split()
+        first = run_deploy(
+            lab, host, tmp_path, reporter, ollama_version=padded.version, role_vars=sizes
+        )
+        assert any(
+            re.fullmatch(rf"{host.name}: ok +Check the free disk space\. \[\d+\.\ds\]", m)
+            for kind, m in reporter.events
+            if kind == "step"
+        ), reporter.events
+        assert {"Unpack Ollama into the install prefix.", "Remove the downloaded release."} <= {
+            c.task for c in first.changes
+        }
+        after = lab.ssh_run(
+            host, "ls /var/cache; df -B1 --output=used /usr/local | tail -1; ollama -v"
+        ).stdout.split()
         assert not [name for name in after if name.startswith("ollama-")]  # tarball removed
         assert int(after[-5]) >= padded.unpacked_bytes  # the weight really is on the small fs
         assert after[-4:] == ["ollama", "version", "is", "0.33.1"]

@@ -9,8 +9,10 @@ from tests.support.reporting import RecordingReporter
 
 
 def event(name: str, task: str, res: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"event": name, "event_data": {"host": "gemma", "task": task, "res": res,
-                                          "duration": 1.25, **extra}}
+    return {
+        "event": name,
+        "event_data": {"host": "gemma", "task": task, "res": res, "duration": 1.25, **extra},
+    }
 
 
 def test_one_line_per_task_with_status_and_elapsed() -> None:
@@ -20,8 +22,10 @@ def test_one_line_per_task_with_status_and_elapsed() -> None:
     tracker(event("runner_on_ok", "Install.", {"changed": True}))
     tracker(event("runner_on_ok", "Check.", {"changed": False}))
     tracker(event("runner_on_skipped", "Skip me.", {}))
-    assert reporter.events == [("step", "gemma: changed  Install. [1.2s]"),
-                               ("step", "gemma: ok       Check. [1.2s]")]
+    assert reporter.events == [
+        ("step", "gemma: changed  Install. [1.2s]"),
+        ("step", "gemma: ok       Check. [1.2s]"),
+    ]
 
 
 def test_check_mode_says_would_change() -> None:
@@ -31,17 +35,29 @@ def test_check_mode_says_would_change() -> None:
 
 
 def test_failure_message_carries_ollamas_error_from_the_api() -> None:
-    res = {"msg": "Status code was 500 and not [200]: HTTP Error 500: Internal Server Error",
-           "json": {"error": "pull model manifest: file does not exist"}}
-    assert _message(res) == ("Status code was 500 and not [200]: HTTP Error 500: Internal "
-                             "Server Error; ollama: pull model manifest: file does not exist")
+    res = {
+        "msg": "Status code was 500 and not [200]: HTTP Error 500: Internal Server Error",
+        "json": {"error": "pull model manifest: file does not exist"},
+    }
+    assert _message(res) == (
+        "Status code was 500 and not [200]: HTTP Error 500: Internal "
+        "Server Error; ollama: pull model manifest: file does not exist"
+    )
 
 
 def test_failure_message_of_a_loop_names_the_failed_item() -> None:
-    res = {"msg": "One or more items failed", "results": [
-        {"item": "gemma2:2b", "failed": False},
-        {"item": "nosuch:1b", "failed": True, "msg": "Status code was 500",
-         "json": {"error": "file does not exist"}}]}
+    res = {
+        "msg": "One or more items failed",
+        "results": [
+            {"item": "gemma2:2b", "failed": False},
+            {
+                "item": "nosuch:1b",
+                "failed": True,
+                "msg": "Status code was 500",
+                "json": {"error": "file does not exist"},
+            },
+        ],
+    }
     assert "item 'nosuch:1b': Status code was 500; ollama: file does not exist" in _message(res)
 
 

@@ -30,17 +30,25 @@ def ssh(tmp_path: Path) -> SshSettings:
 def render(tmp_path: Path, options: DeployOptions | None = None) -> Path:
     target = tmp_path / "inventory" / "labctl.yml"
     text = render_inventory(
-        paths.templates_dir(), HOSTS, ssh(tmp_path),
+        paths.templates_dir(),
+        HOSTS,
+        ssh(tmp_path),
         {h.name: (options or DeployOptions()).to_role_vars() for h in HOSTS},
-        inventory_path=target, playbook_path=paths.data_dir() / "playbooks" / "site.yml",
+        inventory_path=target,
+        playbook_path=paths.data_dir() / "playbooks" / "site.yml",
     )
     write_private(target, text)
     return target
 
 
 def ansible_inventory(path: Path) -> dict[str, Any]:
-    out = subprocess.run(["ansible-inventory", "-i", str(path), "--list"], capture_output=True,
-                         text=True, timeout=60, check=True).stdout
+    out = subprocess.run(
+        ["ansible-inventory", "-i", str(path), "--list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     return dict(json.loads(out))
 
 
@@ -49,7 +57,10 @@ def test_ansible_inventory_lists_the_vms_in_the_ollama_group(tmp_path: Path) -> 
     assert sorted(listed["ollama"]["hosts"]) == ["gemma", "qwen"]
     qwen = listed["_meta"]["hostvars"]["qwen"]
     assert (qwen["ansible_host"], qwen["ansible_port"], qwen["ansible_user"]) == (
-        "10.0.0.6", 2222, "ops")
+        "10.0.0.6",
+        2222,
+        "ops",
+    )
 
 
 def test_ssh_is_pinned_to_labctls_known_hosts_with_pipelining(tmp_path: Path) -> None:
@@ -62,9 +73,12 @@ def test_ssh_is_pinned_to_labctls_known_hosts_with_pipelining(tmp_path: Path) ->
 
 
 def test_deploy_options_become_role_variables(tmp_path: Path) -> None:
-    options = DeployOptions(models=("gemma2:2b", "qwen2.5:0.5b"), ollama_version="0.30.1",
-                            download_base_url="http://mirror.lan/download/",
-                            environment={"OLLAMA_CONTEXT_LENGTH": "8192"})
+    options = DeployOptions(
+        models=("gemma2:2b", "qwen2.5:0.5b"),
+        ollama_version="0.30.1",
+        download_base_url="http://mirror.lan/download/",
+        environment={"OLLAMA_CONTEXT_LENGTH": "8192"},
+    )
     gemma = ansible_inventory(render(tmp_path, options))["_meta"]["hostvars"]["gemma"]
     assert gemma["ollama_models"] == ["gemma2:2b", "qwen2.5:0.5b"]
     assert gemma["ollama_version"] == "0.30.1"
@@ -83,9 +97,14 @@ def test_inventory_file_is_private(tmp_path: Path) -> None:
 
 def test_a_vm_name_ansible_cannot_use_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DeployError, match="cannot be an Ansible inventory hostname"):
-        render_inventory(paths.templates_dir(), [DeployHost("bad name", "10.0.0.5", "d")],
-                         ssh(tmp_path), {}, inventory_path=tmp_path / "i.yml",
-                         playbook_path=tmp_path / "site.yml")
+        render_inventory(
+            paths.templates_dir(),
+            [DeployHost("bad name", "10.0.0.5", "d")],
+            ssh(tmp_path),
+            {},
+            inventory_path=tmp_path / "i.yml",
+            playbook_path=tmp_path / "site.yml",
+        )
 
 
 def test_only_ollama_role_variables_are_accepted() -> None:
@@ -94,8 +113,9 @@ def test_only_ollama_role_variables_are_accepted() -> None:
 
 
 def test_ansible_cfg_turns_pipelining_and_host_key_checking_on(tmp_path: Path) -> None:
-    text = render_ansible_cfg(paths.templates_dir(), roles_path=tmp_path, forks=3,
-                              connect_timeout_s=20)
+    text = render_ansible_cfg(
+        paths.templates_dir(), roles_path=tmp_path, forks=3, connect_timeout_s=20
+    )
     assert "pipelining = True" in text and "host_key_checking = True" in text
     assert "forks = 3" in text
 

@@ -62,8 +62,9 @@ def test_a_vms_own_models_win_over_the_lab_default(config: LabConfig) -> None:
 
 
 def test_command_line_models_and_version_win_over_the_lab_file(config: LabConfig) -> None:
-    options = deploy_options(config, vm_name="qwen", models=["phi3:mini"],
-                             ollama_version="0.32.15", check=True)
+    options = deploy_options(
+        config, vm_name="qwen", models=["phi3:mini"], ollama_version="0.32.15", check=True
+    )
     assert options.models == ("phi3:mini",) and options.ollama_version == "0.32.15"
     assert options.check
 

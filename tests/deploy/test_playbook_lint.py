@@ -14,7 +14,11 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_site_yml_passes_syntax_check() -> None:
     result = subprocess.run(
         ["ansible-playbook", "--syntax-check", "-i", "localhost,", "playbooks/site.yml"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -25,7 +29,11 @@ def test_playbooks_pass_ansible_lint_production_profile() -> None:
         pytest.skip("ansible-lint is not installed (pip install -e '.[test]')")
     result = subprocess.run(
         ["ansible-lint", "--offline", "--profile", "production", "--nocolor", "playbooks/"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Profile 'production' was required, and it passed" in result.stdout + result.stderr

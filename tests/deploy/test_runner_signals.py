@@ -30,11 +30,13 @@ def test_sigint_and_sigterm_handlers_are_the_callers_again_after_a_deploy(
         known_hosts.write_text("")
         # Nothing listens on port 9 of loopback: the play fails at once, unreachable.
         host = DeployHost(name="nowhere", address="127.0.0.1", user="nobody", port=9)
-        ssh = SshSettings(private_key=tmp_path / "id_ed25519", known_hosts=known_hosts,
-                          connect_timeout_s=5)
+        ssh = SshSettings(
+            private_key=tmp_path / "id_ed25519", known_hosts=known_hosts, connect_timeout_s=5
+        )
         with pytest.raises(DeployError, match="unreachable on nowhere"):
-            deploy([host], ssh, state_dir=tmp_path / "state",
-                   inventory_out=tmp_path / "inventory.yml")
+            deploy(
+                [host], ssh, state_dir=tmp_path / "state", inventory_out=tmp_path / "inventory.yml"
+            )
         assert signal.getsignal(signal.SIGINT) is mine
         assert signal.getsignal(signal.SIGTERM) is mine
     finally:
@@ -54,8 +56,9 @@ def test_a_deploy_sets_no_signal_handler(tmp_path: Path, monkeypatch: pytest.Mon
     known_hosts = tmp_path / "known_hosts"
     known_hosts.write_text("")
     host = DeployHost(name="nowhere", address="127.0.0.1", user="nobody", port=9)
-    ssh = SshSettings(private_key=tmp_path / "id_ed25519", known_hosts=known_hosts,
-                      connect_timeout_s=5)
+    ssh = SshSettings(
+        private_key=tmp_path / "id_ed25519", known_hosts=known_hosts, connect_timeout_s=5
+    )
     with pytest.raises(DeployError, match="unreachable on nowhere"):
         deploy([host], ssh, state_dir=tmp_path / "state", inventory_out=tmp_path / "inventory.yml")
     assert installed == []
@@ -63,7 +66,8 @@ def test_a_deploy_sets_no_signal_handler(tmp_path: Path, monkeypatch: pytest.Mon
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_or_sigterm_during_a_deploy_stops_the_playbook_and_raises_interrupted(
-        tmp_path: Path, signum: int) -> None:
+    tmp_path: Path, signum: int
+) -> None:
     from provision.cli.signals import interrupt_on_sigterm
 
     # An "SSH server" that accepts and never answers: the play can only end by being cancelled.
@@ -78,8 +82,13 @@ def test_ctrl_c_or_sigterm_during_a_deploy_stops_the_playbook_and_raises_interru
     ctrl_c.start()
     try:
         with pytest.raises(Interrupted, match="deploy interrupted; artifacts: "):
-            deploy([host], ssh, state_dir=tmp_path / "state", options=DeployOptions(timeout_s=60),
-                   inventory_out=tmp_path / "inventory.yml")
+            deploy(
+                [host],
+                ssh,
+                state_dir=tmp_path / "state",
+                options=DeployOptions(timeout_s=60),
+                inventory_out=tmp_path / "inventory.yml",
+            )
     finally:
         ctrl_c.cancel()
         restore()

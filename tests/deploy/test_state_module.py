@@ -13,8 +13,7 @@ from types import ModuleType
 
 import pytest
 
-MODULE = (Path(__file__).resolve().parents[2]
-          / "playbooks/roles/ollama/library/ollama_state.py")
+MODULE = Path(__file__).resolve().parents[2] / "playbooks/roles/ollama/library/ollama_state.py"
 
 
 @pytest.fixture(scope="module")
@@ -26,16 +25,22 @@ def state() -> ModuleType:
     return module
 
 
-@pytest.mark.parametrize(("output", "version"), [
-    ("ollama version is 0.32.15\n", "0.32.15"),
-    ("Warning: could not connect to a running Ollama instance\n"
-     + "Warning: client version is 0.5.1\n", "0.5.1"),
-    # a server of another version answers: the last line is the binary's own
-    ("ollama version is 0.3.0\nWarning: client version is 0.4.0\n", "0.4.0"),
-    ("ollama version is v0.6.2\n", "0.6.2"),
-    ("", ""),
-    ("bash: ollama: command not found\n", ""),
-])
+@pytest.mark.parametrize(
+    ("output", "version"),
+    [
+        ("ollama version is 0.32.15\n", "0.32.15"),
+        (
+            "Warning: could not connect to a running Ollama instance\n"
+            + "Warning: client version is 0.5.1\n",
+            "0.5.1",
+        ),
+        # a server of another version answers: the last line is the binary's own
+        ("ollama version is 0.3.0\nWarning: client version is 0.4.0\n", "0.4.0"),
+        ("ollama version is v0.6.2\n", "0.6.2"),
+        ("", ""),
+        ("bash: ollama: command not found\n", ""),
+    ],
+)
 def test_the_binary_version_is_the_last_one_ollama_prints(
     state: ModuleType, output: str, version: str
 ) -> None:
@@ -43,11 +48,17 @@ def test_the_binary_version_is_the_last_one_ollama_prints(
 
 
 def test_systemd_properties_are_read_from_systemctl_show(state: ModuleType) -> None:
-    out = "LoadState=loaded\nActiveState=active\nSubState=running\nUnitFileState=enabled\n" \
-          "NeedDaemonReload=no\nOther=x\n"
+    out = (
+        "LoadState=loaded\nActiveState=active\nSubState=running\nUnitFileState=enabled\n"
+        "NeedDaemonReload=no\nOther=x\n"
+    )
     assert state.systemd_state(out) == {
-        "LoadState": "loaded", "ActiveState": "active", "SubState": "running",
-        "UnitFileState": "enabled", "NeedDaemonReload": "no"}
+        "LoadState": "loaded",
+        "ActiveState": "active",
+        "SubState": "running",
+        "UnitFileState": "enabled",
+        "NeedDaemonReload": "no",
+    }
 
 
 def _me() -> tuple[str, str]:
@@ -56,8 +67,13 @@ def _me() -> tuple[str, str]:
 
 def _file_spec(path: Path, content: bytes, mode: str = "0644") -> dict[str, str]:
     owner, group = _me()
-    return {"path": str(path), "checksum": hashlib.sha1(content).hexdigest(), "mode": mode,
-            "owner": owner, "group": group}
+    return {
+        "path": str(path),
+        "checksum": hashlib.sha1(content).hexdigest(),
+        "mode": mode,
+        "owner": owner,
+        "group": group,
+    }
 
 
 def test_a_file_with_the_wanted_content_owner_and_mode_does_not_differ(
@@ -96,7 +112,8 @@ def test_directories_differ_by_mode_kind_or_absence(state: ModuleType, tmp_path:
     loose.chmod(0o777)
     afile.write_text("")
     afile.chmod(0o755)
-    specs = [{"path": str(p), "owner": owner, "group": group, "mode": "0755"}
-             for p in (good, loose, afile, tmp_path / "missing")]
-    assert state.differing_paths([], specs) == [str(loose), str(afile),
-                                                str(tmp_path / "missing")]
+    specs = [
+        {"path": str(p), "owner": owner, "group": group, "mode": "0755"}
+        for p in (good, loose, afile, tmp_path / "missing")
+    ]
+    assert state.differing_paths([], specs) == [str(loose), str(afile), str(tmp_path / "missing")]

@@ -43,10 +43,14 @@ def sim_lab(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]
         cli_lab = Lab(server, work, lab.key)
         config = cli_lab.write()
         # what a user with a local mirror writes; the registry variable is the double's
-        config.write_text(config.read_text() + (
-            f'\n[deploy]\nollama_base_url = "{lab.mirror.download_base_url}"\n'
-            f'extra_vars = {{ ollama_environment = {{ OLLAMA_DOUBLE_REGISTRY = '
-            f'"{lab.mirror.url}" }} }}\n'))
+        config.write_text(
+            config.read_text()
+            + (
+                f'\n[deploy]\nollama_base_url = "{lab.mirror.download_base_url}"\n'
+                f"extra_vars = {{ ollama_environment = {{ OLLAMA_DOUBLE_REGISTRY = "
+                f'"{lab.mirror.url}" }} }}\n'
+            )
+        )
         yield cli_lab
 
 
@@ -69,13 +73,30 @@ def test_up_deploys_then_up_again_changes_nothing(sim_lab: Any) -> None:
     assert deploy_summary(again.stderr)[1] == 0
 
     inventory = sim_lab.state / "inventory" / "labctl.yml"
-    listed = json.loads(subprocess.run(["ansible-inventory", "-i", str(inventory), "--list"],
-                                       capture_output=True, text=True, check=True).stdout)
+    listed = json.loads(
+        subprocess.run(
+            ["ansible-inventory", "-i", str(inventory), "--list"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     gemma = listed["_meta"]["hostvars"]["gemma"]
-    ssh = ["ssh", "-i", str(sim_lab.key), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
-           "-o", "StrictHostKeyChecking=yes",
-           "-o", f"UserKnownHostsFile={sim_lab.state / 'known_hosts'}",
-           f"{gemma['ansible_user']}@{gemma['ansible_host']}", "ollama list"]
+    ssh = [
+        "ssh",
+        "-i",
+        str(sim_lab.key),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"UserKnownHostsFile={sim_lab.state / 'known_hosts'}",
+        f"{gemma['ansible_user']}@{gemma['ansible_host']}",
+        "ollama list",
+    ]
     listing = subprocess.run(ssh, capture_output=True, text=True, timeout=60, check=False)
     assert "gemma2:2b" in listing.stdout, listing.stderr
 

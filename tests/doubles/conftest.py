@@ -31,8 +31,9 @@ def mirror_setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MirrorSet
 def installed(mirror_setup: MirrorSetup, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The release tarball unpacked like the role does (zstd | tar into a prefix)."""
     prefix = tmp_path_factory.mktemp("usr-local")
-    subprocess.run(["tar", "--zstd", "-xf", str(mirror_setup.release.tarball), "-C",
-                    str(prefix)], check=True)
+    subprocess.run(
+        ["tar", "--zstd", "-xf", str(mirror_setup.release.tarball), "-C", str(prefix)], check=True
+    )
     return prefix
 
 
@@ -45,8 +46,9 @@ def double(installed: Path, mirror_setup: MirrorSetup, tmp_path: Path) -> Iterat
 
 
 @pytest.fixture(scope="module")
-def pulled(installed: Path, mirror_setup: MirrorSetup,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Double]:
+def pulled(
+    installed: Path, mirror_setup: MirrorSetup, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Double]:
     """One server per module with the model already pulled (for the generate tests)."""
     running = start_double(installed, tmp_path_factory.mktemp("models"), mirror_setup.mirror.url)
     status, _ = running.json("POST", "/api/pull", {"model": MODEL, "stream": False})

@@ -113,8 +113,15 @@ def _cpu_flags() -> str:
 
 def engine_key() -> str:
     """Cache key: source hash + build flags + targets + the CPU the native build targets."""
-    blob = json.dumps({"sdist": SDIST_SHA256, "flags": CMAKE_FLAGS, "targets": TARGETS,
-                       "version": BUILD_VERSION, "cpu": _cpu_flags()})
+    blob = json.dumps(
+        {
+            "sdist": SDIST_SHA256,
+            "flags": CMAKE_FLAGS,
+            "targets": TARGETS,
+            "version": BUILD_VERSION,
+            "cpu": _cpu_flags(),
+        }
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -199,7 +206,8 @@ def _check_sha256(path: Path) -> None:
             hasher.update(chunk)
     if hasher.hexdigest() != SDIST_SHA256:
         raise EngineBuildError(
-            f"{path}: sha256 {hasher.hexdigest()} is not the pinned {SDIST_SHA256}")
+            f"{path}: sha256 {hasher.hexdigest()} is not the pinned {SDIST_SHA256}"
+        )
 
 
 def _extract_tree(sdist: Path, dest: Path) -> Path:
@@ -219,14 +227,16 @@ def _run(command: list[str], log_file: Path, what: str) -> None:
         result = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, check=False)
     if result.returncode != 0:
         tail = log_file.read_text(errors="replace").strip().splitlines()[-1:] or [""]
-        raise EngineBuildError(f"llama.cpp {what} failed (exit {result.returncode}): {tail[0]}"
-                               f" (full log: {log_file})")
+        raise EngineBuildError(
+            f"llama.cpp {what} failed (exit {result.returncode}): {tail[0]} (full log: {log_file})"
+        )
 
 
 def _linked_libraries(binary: Path) -> list[tuple[str, Path]]:
     """(soname, file) of the BUNDLED_LIBS the binary links, where ldd finds them here."""
-    output = subprocess.run(["ldd", str(binary)], capture_output=True, text=True,
-                            check=False).stdout
+    output = subprocess.run(
+        ["ldd", str(binary)], capture_output=True, text=True, check=False
+    ).stdout
     found = []
     for line in output.splitlines():
         name, _, rest = line.strip().partition(" => ")
@@ -239,25 +249,31 @@ def _linked_libraries(binary: Path) -> list[tuple[str, Path]]:
 def _build(cache: Path, say: Log) -> Engine:
     missing = missing_tools()
     if missing:
-        raise EngineBuildError("building llama.cpp needs the Debian packages "
-                               f"{' '.join(missing)} (apt-get install {' '.join(missing)})")
+        raise EngineBuildError(
+            "building llama.cpp needs the Debian packages "
+            f"{' '.join(missing)} (apt-get install {' '.join(missing)})"
+        )
     key = engine_key()
     root = cache / key
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="llama-build-", dir=cache) as scratch_text:
         scratch = Path(scratch_text)
         sdist = fetch_sdist(cache, say)
-        say(f"engine: building llama.cpp ({', '.join(TARGETS)}) from {SDIST_NAME}; "
-            "about 5 minutes on 2 cores, once per machine")
+        say(
+            f"engine: building llama.cpp ({', '.join(TARGETS)}) from {SDIST_NAME}; "
+            "about 5 minutes on 2 cores, once per machine"
+        )
         tree = _extract_tree(sdist, scratch)
         build = scratch / "build"
         log_file = cache / f"{key}.build.log"
         log_file.write_text("")
         jobs = str(max(1, len(os.sched_getaffinity(0))))
-        _run(["cmake", "-S", str(tree), "-B", str(build), "-G", "Ninja", *CMAKE_FLAGS],
-             log_file, "configure")
-        _run(["cmake", "--build", str(build), "-j", jobs, "--target", *TARGETS], log_file,
-             "build")
+        _run(
+            ["cmake", "-S", str(tree), "-B", str(build), "-G", "Ninja", *CMAKE_FLAGS],
+            log_file,
+            "configure",
+        )
+        _run(["cmake", "--build", str(build), "-j", jobs, "--target", *TARGETS], log_file, "build")
         staging = cache / f"{key}.staging"
         shutil.rmtree(staging, ignore_errors=True)
         (staging / "bin").mkdir(parents=True)
@@ -266,10 +282,19 @@ def _build(cache: Path, say: Log) -> Engine:
         for soname, library in _linked_libraries(staging / "bin" / TARGETS[0]):
             shutil.copy2(library, staging / "bin" / soname)
         seconds = round(time.monotonic() - started, 1)
-        (staging / _STAMP).write_text(json.dumps({
-            "sdist": SDIST_NAME, "sdist_sha256": SDIST_SHA256, "flags": list(CMAKE_FLAGS),
-            "targets": list(TARGETS), "build_seconds": seconds,
-        }, indent=2) + "\n")
+        (staging / _STAMP).write_text(
+            json.dumps(
+                {
+                    "sdist": SDIST_NAME,
+                    "sdist_sha256": SDIST_SHA256,
+                    "flags": list(CMAKE_FLAGS),
+                    "targets": list(TARGETS),
+                    "build_seconds": seconds,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         shutil.rmtree(root, ignore_errors=True)
         staging.replace(root)
     say(f"engine: built in {seconds:.0f} s -> {root / 'bin'}")

@@ -80,8 +80,12 @@ class OllamaMirror:
         return f"{self.url}/download"
 
     def start(self) -> Self:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={
-            "poll_interval": 0.1}, daemon=True, name="ollama-mirror")
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            daemon=True,
+            name="ollama-mirror",
+        )
         self._thread.start()
         return self
 
@@ -101,8 +105,10 @@ class OllamaMirror:
         if match := _DOWNLOAD.match(path):
             return self.root / "download" / match[1] / match[2], "application/octet-stream"
         if match := _MANIFEST.match(path):
-            return (self.root / "registry" / "manifests" / match[1] / match[2] / match[3],
-                    "application/vnd.docker.distribution.manifest.v2+json")
+            return (
+                self.root / "registry" / "manifests" / match[1] / match[2] / match[3],
+                "application/vnd.docker.distribution.manifest.v2+json",
+            )
         if match := _BLOB.match(path):
             return self.root / "registry" / "blobs" / match[3], "application/octet-stream"
         return None, ""
@@ -149,7 +155,8 @@ def prepare_mirror(
     release = build_release(root, version or DEFAULT_VERSION, llama_server=llama_server)
     wanted = models if models is not None else {"gemma2:2b": DEFAULT_MODEL_BYTES}
     published = [
-        publish_model(root, name, gguf=weights) if isinstance(weights, Path)
+        publish_model(root, name, gguf=weights)
+        if isinstance(weights, Path)
         else publish_model(root, name, weights)
         for name, weights in wanted.items()
     ]

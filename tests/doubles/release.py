@@ -106,8 +106,9 @@ class _Padding(io.RawIOBase):
         return count
 
 
-def _write_tar(out: IO[bytes], version: str, llama_server: Path | None,
-               padding_bytes: int = 0) -> int:
+def _write_tar(
+    out: IO[bytes], version: str, llama_server: Path | None, padding_bytes: int = 0
+) -> int:
     """bin/ollama + lib/ollama/llama-server (the real binary when given, else the hashing
     one) + padding_bytes of padding, streamed to out; returns the files' total size."""
     script = double_script(version)
@@ -150,8 +151,13 @@ def _tar_info(name: str, mode: int) -> tarfile.TarInfo:
     return info
 
 
-def build_release(root: Path, version: str = DEFAULT_VERSION, arch: str = "amd64",
-                  llama_server: Path | None = None, padding_bytes: int = 0) -> Release:
+def build_release(
+    root: Path,
+    version: str = DEFAULT_VERSION,
+    arch: str = "amd64",
+    llama_server: Path | None = None,
+    padding_bytes: int = 0,
+) -> Release:
     """Write the release tarball and its sha256sum.txt under <root>/download/v<version>/.
 
     llama_server: the real llama.cpp server binary to ship as lib/ollama/llama-server (what
@@ -181,9 +187,11 @@ def build_release(root: Path, version: str = DEFAULT_VERSION, arch: str = "amd64
     checksum_file = release_dir / "sha256sum.txt"
     # The real file lists every asset with a "./" prefix (find . | xargs sha256sum).
     lines = [f"{digest}  ./{tarball.name}"]
-    lines += [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  ./{p.name}"
-              for p in sorted(release_dir.iterdir())
-              if p.is_file() and p.name not in (tarball.name, checksum_file.name)]
+    lines += [
+        f"{hashlib.sha256(p.read_bytes()).hexdigest()}  ./{p.name}"
+        for p in sorted(release_dir.iterdir())
+        if p.is_file() and p.name not in (tarball.name, checksum_file.name)
+    ]
     checksum_file.write_text("\n".join(lines) + "\n")
     return Release(version, tarball, digest, checksum_file, unpacked)
 
@@ -231,8 +239,10 @@ def _link_weights(blobs: Path, gguf: Path) -> dict[str, object]:
 
 
 # gemma2:2b's template layer (358 B in the real manifest, ollama.md)
-GEMMA2_TEMPLATE = ("<start_of_turn>user\n{{ if .System }}{{ .System }} {{ end }}{{ .Prompt }}"
-                   "<end_of_turn>\n<start_of_turn>model\n{{ .Response }}<end_of_turn>\n")
+GEMMA2_TEMPLATE = (
+    "<start_of_turn>user\n{{ if .System }}{{ .System }} {{ end }}{{ .Prompt }}"
+    "<end_of_turn>\n<start_of_turn>model\n{{ .Response }}<end_of_turn>\n"
+)
 
 
 def publish_model(
@@ -264,15 +274,34 @@ def publish_model(
         weights = _write_weights(blobs, model_bytes, f"{namespace}/{model}:{tag}:{model_bytes}")
     template = _write_blob(blobs, chat_template.encode())
     license_ = _write_blob(blobs, b"Gemma Terms of Use (placeholder text for the test double)\n")
-    params = _write_blob(blobs, json.dumps({"stop": ["<start_of_turn>", "<end_of_turn>"]},
-                                           separators=(",", ":")).encode())
-    config = _write_blob(blobs, json.dumps({
-        "model_format": "gguf", "model_family": family, "model_families": [family],
-        "model_type": parameter_size, "file_type": quantization,
-        "architecture": "amd64", "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": [weights["digest"], template["digest"],
-                                                  license_["digest"], params["digest"]]},
-    }, separators=(",", ":")).encode())
+    params = _write_blob(
+        blobs,
+        json.dumps({"stop": ["<start_of_turn>", "<end_of_turn>"]}, separators=(",", ":")).encode(),
+    )
+    config = _write_blob(
+        blobs,
+        json.dumps(
+            {
+                "model_format": "gguf",
+                "model_family": family,
+                "model_families": [family],
+                "model_type": parameter_size,
+                "file_type": quantization,
+                "architecture": "amd64",
+                "os": "linux",
+                "rootfs": {
+                    "type": "layers",
+                    "diff_ids": [
+                        weights["digest"],
+                        template["digest"],
+                        license_["digest"],
+                        params["digest"],
+                    ],
+                },
+            },
+            separators=(",", ":"),
+        ).encode(),
+    )
     manifest = {
         "schemaVersion": 2,
         "mediaType": MANIFEST_MEDIA_TYPE,
@@ -289,7 +318,10 @@ def publish_model(
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(raw)
     sizes = [int(x["size"]) for x in (weights, template, license_, params, config)]  # type: ignore[call-overload]
-    return PublishedModel(name=name if ":" in name else f"{name}:latest",
-                          manifest_digest=hashlib.sha256(raw).hexdigest(),
-                          model_digest=str(weights["digest"]), model_bytes=model_bytes,
-                          total_bytes=sum(sizes))
+    return PublishedModel(
+        name=name if ":" in name else f"{name}:latest",
+        manifest_digest=hashlib.sha256(raw).hexdigest(),
+        model_digest=str(weights["digest"]),
+        model_bytes=model_bytes,
+        total_bytes=sum(sizes),
+    )

@@ -32,8 +32,8 @@ def _model(text: str) -> tuple[str, int | str]:
         return name, what
     if not name or not what or what[-1].upper() not in _UNITS or not what[:-1].isdigit():
         raise argparse.ArgumentTypeError(
-            f"expected NAME=SPEC ({', '.join(SPECS)}) or NAME=SIZE like x:latest=96M, "
-            f"got {text!r}")
+            f"expected NAME=SPEC ({', '.join(SPECS)}) or NAME=SIZE like x:latest=96M, got {text!r}"
+        )
     return name, int(what[:-1]) * _UNITS[what[-1].upper()]
 
 

@@ -21,8 +21,14 @@ import pytest
 from tests.doubles import DOUBLE_SOURCE, OllamaMirror, prepare_mirror
 from tests.support.double_server import MODEL, Double, MirrorSetup, start_double, stop_double
 
-METRICS = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
-           "eval_count", "eval_duration")
+METRICS = (
+    "total_duration",
+    "load_duration",
+    "prompt_eval_count",
+    "prompt_eval_duration",
+    "eval_count",
+    "eval_duration",
+)
 
 
 def load_double_module() -> ModuleType:
@@ -37,8 +43,9 @@ def load_double_module() -> ModuleType:
 
 
 def test_release_tarball_has_the_official_layout(mirror_setup: MirrorSetup) -> None:
-    raw = subprocess.run(["zstd", "-d", "-c", str(mirror_setup.release.tarball)],
-                         capture_output=True, check=True).stdout
+    raw = subprocess.run(
+        ["zstd", "-d", "-c", str(mirror_setup.release.tarball)], capture_output=True, check=True
+    ).stdout
     tar_path = mirror_setup.root / "check.tar"
     tar_path.write_bytes(raw)
     with tarfile.open(tar_path) as tar:
@@ -104,8 +111,19 @@ def test_ollama_host_is_parsed_like_envconfig(raw: str, expected: tuple[str, str
 
 @pytest.mark.parametrize(
     ("raw", "seconds"),
-    [("", 300), ("1s", 1), ("1m", 60), ("1h2m3s", 3723), ("0", 0), ("60", 60), ("-0", 0),
-     ("???", 300), ("1d", 300), (0, 0), (30, 30)],
+    [
+        ("", 300),
+        ("1s", 1),
+        ("1m", 60),
+        ("1h2m3s", 3723),
+        ("0", 0),
+        ("60", 60),
+        ("-0", 0),
+        ("???", 300),
+        ("1d", 300),
+        (0, 0),
+        (30, 30),
+    ],
 )
 def test_keep_alive_is_parsed_like_envconfig(raw: Any, seconds: float) -> None:
     assert load_double_module().parse_duration(raw) == seconds
@@ -123,8 +141,9 @@ def test_version_without_a_server_warns_and_prints_the_client_version(
     installed: Path, mirror_setup: MirrorSetup
 ) -> None:
     env = {**os.environ, "OLLAMA_HOST": "127.0.0.1:9"}
-    out = subprocess.run([str(installed / "bin/ollama"), "-v"], env=env, capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [str(installed / "bin/ollama"), "-v"], env=env, capture_output=True, text=True, check=True
+    ).stdout
     assert "Warning: could not connect to a running Ollama instance" in out
     assert f"Warning: client version is {mirror_setup.release.version}" in out
 
@@ -153,8 +172,11 @@ def test_generate_for_a_missing_model_is_404(double: Double) -> None:
 
 @pytest.mark.parametrize(
     ("raw", "message"),
-    [(b"", "missing request body"), (b"{nope", "invalid character"),
-     (b'{"prompt": "hi"}', "model is required")],
+    [
+        (b"", "missing request body"),
+        (b"{nope", "invalid character"),
+        (b'{"prompt": "hi"}', "model is required"),
+    ],
 )
 def test_bad_generate_requests_are_400(double: Double, raw: bytes, message: str) -> None:
     status, body = double.call("POST", "/api/generate", raw=raw)
@@ -186,7 +208,9 @@ def test_pull_streams_the_real_status_sequence(double: Double, mirror_setup: Mir
 
 def test_pull_stores_the_real_on_disk_layout(double: Double, mirror_setup: MirrorSetup) -> None:
     assert double.json("POST", "/api/pull", {"model": MODEL, "stream": False}) == (
-        200, {"status": "success"})
+        200,
+        {"status": "success"},
+    )
     manifest = double.models_dir / "manifests/registry.ollama.ai/library/gemma2/2b"
     assert hashlib.sha256(manifest.read_bytes()).hexdigest() == mirror_setup.model.manifest_digest
     blob = double.models_dir / "blobs" / mirror_setup.model.model_digest.replace(":", "-")
@@ -212,8 +236,10 @@ def test_second_pull_reports_each_layer_complete_at_once(double: Double) -> None
 def test_pulling_an_unknown_model_fails_inside_the_stream(double: Double) -> None:
     status, events = double.ndjson("/api/pull", {"model": "nosuchmodel:7b"})
     assert status == 200
-    assert events == [{"status": "pulling manifest"},
-                      {"error": "pull model manifest: file does not exist"}]
+    assert events == [
+        {"status": "pulling manifest"},
+        {"error": "pull model manifest: file does not exist"},
+    ]
 
 
 def test_pulling_an_unknown_model_without_streaming_is_500(double: Double) -> None:
@@ -230,7 +256,7 @@ def test_pull_without_the_double_registry_fails_like_offline_ollama(
     finally:
         stop_double(offline)
     assert status == 500
-    assert body["error"].startswith("pull model manifest: Get \"https://registry.ollama.ai/v2/")
+    assert body["error"].startswith('pull model manifest: Get "https://registry.ollama.ai/v2/')
     assert not (tmp_path / "models" / "manifests").exists()
 
 
@@ -247,8 +273,9 @@ def test_a_corrupted_blob_fails_the_sha256_check(installed: Path, tmp_path: Path
         finally:
             stop_double(broken)
     assert status == 500
-    assert body["error"].startswith("digest mismatch, file must be downloaded again: want "
-                                    + model.model_digest)
+    assert body["error"].startswith(
+        "digest mismatch, file must be downloaded again: want " + model.model_digest
+    )
     assert not list((tmp_path / "models/blobs").glob(model.model_digest.replace(":", "-") + "*"))
 
 
@@ -256,15 +283,17 @@ def test_a_corrupted_blob_fails_the_sha256_check(installed: Path, tmp_path: Path
 
 
 def generate(double: Double, **body: Any) -> dict[str, Any]:
-    status, reply = double.json("POST", "/api/generate",
-                                {"model": MODEL, "stream": False, **body})
+    status, reply = double.json("POST", "/api/generate", {"model": MODEL, "stream": False, **body})
     assert status == 200, reply
     return dict(reply)
 
 
 def test_generate_reports_the_real_timing_fields_in_ns(pulled: Double) -> None:
-    reply = generate(pulled, prompt="Why is the sky blue?",
-                     options={"num_predict": 6, "seed": 42, "temperature": 0})
+    reply = generate(
+        pulled,
+        prompt="Why is the sky blue?",
+        options={"num_predict": 6, "seed": 42, "temperature": 0},
+    )
     assert reply["model"] == MODEL and reply["done"] is True
     assert reply["done_reason"] == "length"
     assert reply["eval_count"] == 6
@@ -291,22 +320,31 @@ def test_same_seed_same_text_whatever_the_thread_count(pulled: Double) -> None:
 
 
 def test_stream_sends_tokens_then_a_final_object_with_metrics(pulled: Double) -> None:
-    status, events = pulled.ndjson("/api/generate", {
-        "model": MODEL, "prompt": "sky", "options": {"seed": 7, "num_predict": 5}})
+    status, events = pulled.ndjson(
+        "/api/generate", {"model": MODEL, "prompt": "sky", "options": {"seed": 7, "num_predict": 5}}
+    )
     assert status == 200
     *chunks, final = events
     assert len(chunks) == 5
-    assert all(c["done"] is False and set(c) == {"model", "created_at", "response", "done"}
-               for c in chunks)
+    assert all(
+        c["done"] is False and set(c) == {"model", "created_at", "response", "done"} for c in chunks
+    )
     assert final["done"] is True and final["response"] == "" and final["eval_count"] == 5
     blocking = generate(pulled, prompt="sky", options={"seed": 7, "num_predict": 5})
     assert "".join(c["response"] for c in chunks) == blocking["response"]
 
 
 def test_chat_answers_with_a_message(pulled: Double) -> None:
-    status, reply = pulled.json("POST", "/api/chat", {
-        "model": MODEL, "stream": False, "options": {"num_predict": 3, "seed": 1},
-        "messages": [{"role": "user", "content": "hi"}]})
+    status, reply = pulled.json(
+        "POST",
+        "/api/chat",
+        {
+            "model": MODEL,
+            "stream": False,
+            "options": {"num_predict": 3, "seed": 1},
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+    )
     assert status == 200
     assert reply["message"]["role"] == "assistant" and reply["eval_count"] == 3
 
@@ -346,8 +384,9 @@ def test_two_threads_really_run_and_speed_is_reported_not_asserted(pulled: Doubl
     """Records tok/s for 1 and 2 threads (printed with -s); asserts only on structure."""
     rates = {}
     for threads in (1, 2):
-        reply = generate(pulled, prompt="sky", options={"num_thread": threads, "seed": 1,
-                                                        "num_predict": 12})
+        reply = generate(
+            pulled, prompt="sky", options={"num_thread": threads, "seed": 1, "num_predict": 12}
+        )
         rates[threads] = reply["eval_count"] / reply["eval_duration"] * 1e9
         (runner,) = pulled.runner_pids()
         workers = len(os.listdir(f"/proc/{runner}/task"))
@@ -358,12 +397,18 @@ def test_two_threads_really_run_and_speed_is_reported_not_asserted(pulled: Doubl
 
 def test_a_killed_runner_ends_the_stream_with_ollamas_error(pulled: Double) -> None:
     # a seed whose answer is long, so the kill surely lands mid-stream (no timing involved)
-    seed = next(seed for seed in range(100) if generate(
-        pulled, prompt="sky", options={"seed": seed})["eval_count"] >= 150)
+    seed = next(
+        seed
+        for seed in range(100)
+        if generate(pulled, prompt="sky", options={"seed": seed})["eval_count"] >= 150
+    )
     (runner,) = pulled.runner_pids()
     conn = http.client.HTTPConnection("127.0.0.1", pulled.port, timeout=60)
-    conn.request("POST", "/api/generate", json.dumps(
-        {"model": MODEL, "prompt": "sky", "options": {"seed": seed}}))
+    conn.request(
+        "POST",
+        "/api/generate",
+        json.dumps({"model": MODEL, "prompt": "sky", "options": {"seed": seed}}),
+    )
     response = conn.getresponse()
     first = json.loads(response.readline())
     os.kill(runner, signal.SIGKILL)  # what the OOM killer does
@@ -371,8 +416,7 @@ def test_a_killed_runner_ends_the_stream_with_ollamas_error(pulled: Double) -> N
     conn.close()
     assert response.status == 200 and first["done"] is False
     # Ollama 0.32.15's text when the stream breaks (llm/llama_server.go:1758-1768)
-    assert rest[-1] == {"error": "an error was encountered while running the model: "
-                                 "unexpected EOF"}
+    assert rest[-1] == {"error": "an error was encountered while running the model: unexpected EOF"}
     reply = generate(pulled, prompt="sky", options={"num_predict": 1})  # reloads, like Ollama
     assert reply["eval_count"] == 1 and reply["load_duration"] > 1_000_000
 
@@ -385,7 +429,13 @@ def test_processes_are_named_like_ollamas(pulled: Double) -> None:
 
 
 def test_a_second_server_on_the_same_port_fails_like_ollama(double: Double) -> None:
-    clash = subprocess.run([str(double.binary), "serve"], env=double.env, capture_output=True,
-                           text=True, timeout=30, check=False)
+    clash = subprocess.run(
+        [str(double.binary), "serve"],
+        env=double.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert clash.returncode == 1
     assert "bind: address already in use" in clash.stderr

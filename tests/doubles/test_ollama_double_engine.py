@@ -34,28 +34,35 @@ TRUNCATED = "broken:truncated"
 # A template with a fixed instruction block before the prompt, as many Modelfiles carry: the
 # longest prefix every run shares, so the first thing a warm run could take from the cache.
 PREAMBLE = "preamble:tiny"
-PREAMBLE_TEMPLATE = ("<start_of_turn>user\n" + "Answer in one short and clear paragraph. " * 8
-                     + "{{ .Prompt }}<end_of_turn>\n<start_of_turn>model\n{{ .Response }}")
+PREAMBLE_TEMPLATE = (
+    "<start_of_turn>user\n"
+    + "Answer in one short and clear paragraph. " * 8
+    + "{{ .Prompt }}<end_of_turn>\n<start_of_turn>model\n{{ .Response }}"
+)
 
 
 @pytest.fixture(scope="module")
-def engine_double(llama_engine: Any, tiny_gguf: Path,
-                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Double]:
+def engine_double(
+    llama_engine: Any, tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Double]:
     root = tmp_path_factory.mktemp("engine-mirror")
     not_gguf = root / "not.gguf"
     not_gguf.write_bytes(b"this is not a GGUF file\n" * 1000)
     truncated = root / "truncated.gguf"
     truncated.write_bytes(tiny_gguf.read_bytes()[: tiny_gguf.stat().st_size // 2])
-    release, _ = prepare_mirror(root, models={MODEL: tiny_gguf, BROKEN: not_gguf,
-                                              TRUNCATED: truncated},
-                                llama_server=llama_engine.server)
+    release, _ = prepare_mirror(
+        root,
+        models={MODEL: tiny_gguf, BROKEN: not_gguf, TRUNCATED: truncated},
+        llama_server=llama_engine.server,
+    )
     publish_model(root, PREAMBLE, gguf=tiny_gguf, chat_template=PREAMBLE_TEMPLATE)
     prefix = tmp_path_factory.mktemp("engine-usr-local")
     subprocess.run(["tar", "--zstd", "-xf", str(release.tarball), "-C", str(prefix)], check=True)
     with OllamaMirror(root) as mirror:
         log = tmp_path_factory.mktemp("engine-log") / "ollama.log"
-        running = start_double(prefix, tmp_path_factory.mktemp("engine-models"), mirror.url,
-                               log=log)
+        running = start_double(
+            prefix, tmp_path_factory.mktemp("engine-models"), mirror.url, log=log
+        )
         try:
             for name in (MODEL, BROKEN, TRUNCATED, PREAMBLE):
                 status, _ = running.json("POST", "/api/pull", {"model": name, "stream": False})
@@ -66,8 +73,7 @@ def engine_double(llama_engine: Any, tiny_gguf: Path,
 
 
 def generate(double: Double, **body: Any) -> dict[str, Any]:
-    status, reply = double.json("POST", "/api/generate", {"model": MODEL, "stream": False,
-                                                          **body})
+    status, reply = double.json("POST", "/api/generate", {"model": MODEL, "stream": False, **body})
     assert status == 200, reply
     return dict(reply)
 
@@ -78,7 +84,8 @@ def runner_cmdline(double: Double) -> list[str]:
 
 
 def test_the_runner_is_the_real_llama_server_started_as_ollama_starts_it(
-        engine_double: Double) -> None:
+    engine_double: Double,
+) -> None:
     generate(engine_double, prompt="", options={})
     argv = runner_cmdline(engine_double)
     assert Path(argv[0]).name == "llama-server"
@@ -94,17 +101,22 @@ def test_num_thread_passes_t_and_num_ctx_reloads_with_a_new_context(engine_doubl
     argv = runner_cmdline(engine_double)
     assert argv[argv.index("-t") + 1] == "1" and argv[argv.index("-c") + 1] == "1024"
     first = engine_double.runner_pids()
-    reply = generate(engine_double, prompt="hi", options={"num_thread": 1, "num_ctx": 2048,
-                                                          "num_predict": 2})
+    reply = generate(
+        engine_double, prompt="hi", options={"num_thread": 1, "num_ctx": 2048, "num_predict": 2}
+    )
     assert engine_double.runner_pids() != first and reply["load_duration"] > 1_000_000
-    warm = generate(engine_double, prompt="hi", options={"num_thread": 1, "num_ctx": 2048,
-                                                         "num_predict": 2})
+    warm = generate(
+        engine_double, prompt="hi", options={"num_thread": 1, "num_ctx": 2048, "num_predict": 2}
+    )
     assert warm["load_duration"] < reply["load_duration"]
 
 
 def test_generate_maps_llama_servers_timings_into_ollamas_fields(engine_double: Double) -> None:
-    reply = generate(engine_double, prompt="Why is the sky blue?",
-                     options={"seed": 42, "temperature": 0, "num_predict": 12})
+    reply = generate(
+        engine_double,
+        prompt="Why is the sky blue?",
+        options={"seed": 42, "temperature": 0, "num_predict": 12},
+    )
     assert reply["done"] is True and reply["done_reason"] in ("length", "stop")
     assert 0 < reply["eval_count"] <= 12 and reply["eval_duration"] > 0
     if reply["done_reason"] == "length":
@@ -112,8 +124,9 @@ def test_generate_maps_llama_servers_timings_into_ollamas_fields(engine_double: 
     # the chat template's tokens + the prompt's, counted by the real tokenizer
     assert reply["prompt_eval_count"] > 8 and reply["prompt_eval_duration"] > 0
     assert reply["total_duration"] >= reply["eval_duration"] + reply["prompt_eval_duration"]
-    assert isinstance(reply["context"], list) and len(reply["context"]) >= reply[
-        "prompt_eval_count"]
+    assert (
+        isinstance(reply["context"], list) and len(reply["context"]) >= reply["prompt_eval_count"]
+    )
 
 
 def test_same_seed_at_temperature_zero_gives_the_same_text(engine_double: Double) -> None:
@@ -132,15 +145,18 @@ def test_a_repeated_prompt_counts_cached_tokens_like_ollama(engine_double: Doubl
 
 
 def test_streaming_sends_tokens_then_the_final_metrics(engine_double: Double) -> None:
-    status, lines = engine_double.ndjson("/api/generate", {
-        "model": MODEL, "prompt": "count", "options": {"seed": 3, "num_predict": 6}})
+    status, lines = engine_double.ndjson(
+        "/api/generate",
+        {"model": MODEL, "prompt": "count", "options": {"seed": 3, "num_predict": 6}},
+    )
     assert status == 200 and lines[-1]["done"] is True
     assert all(line["done"] is False for line in lines[:-1])
     assert "eval_count" in lines[-1] and "prompt_eval_duration" in lines[-1]
 
 
-def test_ps_reports_the_buffers_llama_server_allocated(engine_double: Double,
-                                                       tiny_gguf: Path) -> None:
+def test_ps_reports_the_buffers_llama_server_allocated(
+    engine_double: Double, tiny_gguf: Path
+) -> None:
     generate(engine_double, prompt="", options={})
     status, ps = engine_double.json("GET", "/api/ps")
     (entry,) = [m for m in ps["models"] if m["name"] == MODEL]
@@ -162,9 +178,11 @@ def test_keep_alive_zero_stops_the_runner(engine_double: Double) -> None:
 
 @pytest.mark.parametrize("name", [BROKEN, TRUNCATED])
 def test_a_model_file_that_is_not_a_whole_gguf_fails_the_load_with_ollamas_500(
-        engine_double: Double, name: str) -> None:
-    status, reply = engine_double.json("POST", "/api/generate", {
-        "model": name, "prompt": "hi", "stream": False})
+    engine_double: Double, name: str
+) -> None:
+    status, reply = engine_double.json(
+        "POST", "/api/generate", {"model": name, "prompt": "hi", "stream": False}
+    )
     assert status == 500
     assert reply["error"].startswith("llama-server process has terminated: exit status")
 
@@ -173,9 +191,17 @@ def test_a_runner_killed_mid_stream_gives_ollamas_error_line(engine_double: Doub
     generate(engine_double, prompt="", options={})
     (runner,) = engine_double.runner_pids()
     conn = http.client.HTTPConnection("127.0.0.1", engine_double.port, timeout=60)
-    conn.request("POST", "/api/generate", json.dumps({
-        "model": MODEL, "prompt": "tell a story",
-        "options": {"seed": 5, "num_predict": 100000, "temperature": 1}}))
+    conn.request(
+        "POST",
+        "/api/generate",
+        json.dumps(
+            {
+                "model": MODEL,
+                "prompt": "tell a story",
+                "options": {"seed": 5, "num_predict": 100000, "temperature": 1},
+            }
+        ),
+    )
     response = conn.getresponse()
     first = json.loads(response.readline())
     os.kill(runner, signal.SIGKILL)  # what the OOM killer does
@@ -189,13 +215,15 @@ def test_a_runner_killed_mid_stream_gives_ollamas_error_line(engine_double: Doub
 
 @pytest.mark.parametrize("name", [BROKEN, TRUNCATED])
 def test_probe_of_a_broken_model_file_fails_with_ollamas_message_exit_7(
-        engine_double: Double, name: str) -> None:
+    engine_double: Double, name: str
+) -> None:
     from provision.errors import ExitCode, ProbeError
     from provision.probe.run import ProbeOptions, collect
     from tests.support.reporting import RecordingReporter
 
-    options = ProbeOptions(model=name, runs=1, warmup=0, num_predict=4,
-                           ollama_url=engine_double.url)
+    options = ProbeOptions(
+        model=name, runs=1, warmup=0, num_predict=4, ollama_url=engine_double.url
+    )
     events, code = run_agent(options)
     [run] = [e for e in events if e["event"] == "run"]
     assert code == 0 and run["ok"] is False and run["oom"]["likely"] is False
@@ -208,8 +236,9 @@ def test_probe_of_a_broken_model_file_fails_with_ollamas_message_exit_7(
 def completions_logged(double: Double) -> list[tuple[int, int]]:
     """(cache_n, prompt_n) of each completion the double's llama-server ran, from its log."""
     assert double.log is not None
-    found = re.findall(r"llama-server completion cache_n=(\d+) prompt_n=(\d+)",
-                       double.log.read_text())
+    found = re.findall(
+        r"llama-server completion cache_n=(\d+) prompt_n=(\d+)", double.log.read_text()
+    )
     return [(int(cached), int(new)) for cached, new in found]
 
 
@@ -217,28 +246,43 @@ def test_a_request_template_replaces_the_models_and_raw_refuses_one(engine_doubl
     status, show = engine_double.json("POST", "/api/show", {"model": PREAMBLE})
     assert status == 200 and show["template"] == PREAMBLE_TEMPLATE
     own = generate(engine_double, prompt="Why is the sky blue?", options={"num_predict": 1})
-    swapped = generate(engine_double, prompt="Why is the sky blue?", options={"num_predict": 1},
-                       template="{{ .Prompt }}")
+    swapped = generate(
+        engine_double,
+        prompt="Why is the sky blue?",
+        options={"num_predict": 1},
+        template="{{ .Prompt }}",
+    )
     assert swapped["prompt_eval_count"] < own["prompt_eval_count"]
-    status, reply = engine_double.json("POST", "/api/generate", {
-        "model": MODEL, "prompt": "x", "raw": True, "template": "{{ .Prompt }}",
-        "stream": False})
-    assert (status, reply) == (400, {"error": "raw mode does not support template, system, "
-                                              "or context"})
+    status, reply = engine_double.json(
+        "POST",
+        "/api/generate",
+        {"model": MODEL, "prompt": "x", "raw": True, "template": "{{ .Prompt }}", "stream": False},
+    )
+    assert (status, reply) == (
+        400,
+        {"error": "raw mode does not support template, system, or context"},
+    )
 
 
 def prompt_heads_logged(double: Double) -> list[str]:
     assert double.log is not None
-    return [ast.literal_eval(head) for head in
-            re.findall(r"llama-server completion request prompt_len=\d+ prompt_head=(.*?)\"?$",
-                       double.log.read_text(), flags=re.MULTILINE)]
+    return [
+        ast.literal_eval(head)
+        for head in re.findall(
+            r"llama-server completion request prompt_len=\d+ prompt_head=(.*?)\"?$",
+            double.log.read_text(),
+            flags=re.MULTILINE,
+        )
+    ]
 
 
 def test_the_runner_sees_each_runs_nonce_before_the_chat_templates_first_token(
-        engine_double: Double) -> None:
+    engine_double: Double,
+) -> None:
     before = len(prompt_heads_logged(engine_double))
-    events, code = run_agent(ProbeOptions(model=PREAMBLE, runs=2, warmup=0, num_predict=2,
-                                          ollama_url=engine_double.url))
+    events, code = run_agent(
+        ProbeOptions(model=PREAMBLE, runs=2, warmup=0, num_predict=2, ollama_url=engine_double.url)
+    )
 
     assert code == 0, events[-1]
     nonces = [e["nonce"] for e in of_kind(events, "run_start")]
@@ -248,10 +292,12 @@ def test_the_runner_sees_each_runs_nonce_before_the_chat_templates_first_token(
 
 
 def test_warm_runs_share_no_cached_prefix_so_prompt_rate_counts_only_evaluated_tokens(
-        engine_double: Double) -> None:
+    engine_double: Double,
+) -> None:
     before = len(completions_logged(engine_double))
-    events, code = run_agent(ProbeOptions(model=PREAMBLE, runs=3, warmup=1, num_predict=4,
-                                          ollama_url=engine_double.url))
+    events, code = run_agent(
+        ProbeOptions(model=PREAMBLE, runs=3, warmup=1, num_predict=4, ollama_url=engine_double.url)
+    )
 
     assert code == 0, events[-1]
     facts = of_kind(events, "facts")[0]

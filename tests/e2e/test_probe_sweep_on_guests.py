@@ -47,8 +47,22 @@ OUTPUTS = os.environ.get("E2E_KEEP_OUTPUTS", "")
 SPEEDUP = 1.3  # 2 cores vs 1 must beat this; llama.cpp gives ~1.7x eval tok/s on idle CPUs
 QUIET_CPUS = 0.3  # other jobs using less than this on average: the host counts as quiet
 PROBE = ("--warmup", "1", "--runs", "3", "--num-predict", "8")
-SWEEP = ("sweep", VM, "--cores", "1,2", "--ram", "1G,2G,3G", "--min-tps", "3",
-         "--runs", "1", "--warmup", "0", "--num-predict", "8")
+SWEEP = (
+    "sweep",
+    VM,
+    "--cores",
+    "1,2",
+    "--ram",
+    "1G,2G,3G",
+    "--min-tps",
+    "3",
+    "--runs",
+    "1",
+    "--warmup",
+    "0",
+    "--num-predict",
+    "8",
+)
 
 
 def ok(lab: Lab, *args: str, timeout: float = 300) -> CliResult:
@@ -66,8 +80,7 @@ def shape_of(lab: Lab) -> tuple[int, int]:
 def put_in_shape(lab: Lab, cores: int, ram: str) -> None:
     """`labctl resize --reboot` to this shape (nothing happens when the VM has it already)."""
     before = shape_of(lab)
-    resized = ok(lab, "--json", "resize", VM, "--cores", str(cores), "--ram", ram,
-                 "--reboot").json
+    resized = ok(lab, "--json", "resize", VM, "--cores", str(cores), "--ram", ram, "--reboot").json
     after = (cores, int(ram[:-1]) * 1024)
     assert resized["rebooted"] is (before != after), resized
     assert shape_of(lab) == after
@@ -105,7 +118,8 @@ def lab(e2e: E2eLab, up: CliResult) -> Lab:
 
 
 def test_up_deploys_and_probe_measures_real_numbers_that_results_keeps(
-        e2e: E2eLab, up: CliResult, lab: Lab) -> None:
+    e2e: E2eLab, up: CliResult, lab: Lab
+) -> None:
     deployed = re.search(r"deploy finished in [\d.]+s \(e2e ok=\d+ changed=(\d+)\)", up.stderr)
     assert deployed and int(deployed[1]) > 0, up.stderr[-2000:]
 
@@ -128,16 +142,22 @@ def test_up_deploys_and_probe_measures_real_numbers_that_results_keeps(
         assert run["sample_hz"] >= 5 and run["samples"] >= 2, run
         ollama = run["ollama"]
         assert run["eval_tps"] == pytest.approx(
-            ollama["eval_count"] / (ollama["eval_duration_ns"] / 1e9), rel=0.01)
+            ollama["eval_count"] / (ollama["eval_duration_ns"] / 1e9), rel=0.01
+        )
     assert probe["sampler"]["min_sample_hz"] >= 5
-    print(f"\n2 vCPU probe: eval {summary['eval_tps']['median']:.2f} tok/s, "
-          f"TTFT {summary['ttft_s']['median']:.3f} s, "
-          f"peak RSS {summary['peak_rss']['max'] / MIB:.0f} MiB "
-          f"of {facts['mem_total_bytes'] / MIB:.0f} MiB, "
-          f"sampling >= {probe['sampler']['min_sample_hz']:.1f} Hz")
+    print(
+        f"\n2 vCPU probe: eval {summary['eval_tps']['median']:.2f} tok/s, "
+        f"TTFT {summary['ttft_s']['median']:.3f} s, "
+        f"peak RSS {summary['peak_rss']['max'] / MIB:.0f} MiB "
+        f"of {facts['mem_total_bytes'] / MIB:.0f} MiB, "
+        f"sampling >= {probe['sampler']['min_sample_hz']:.1f} Hz"
+    )
 
-    kept = [r for r in ok(lab, "results", "--vm", VM, "--json").json["runs"]
-            if r["probe_id"] == probe["probe_id"]]
+    kept = [
+        r
+        for r in ok(lab, "results", "--vm", VM, "--json").json["runs"]
+        if r["probe_id"] == probe["probe_id"]
+    ]
     assert [r["eval_tps"] for r in kept] == pytest.approx([r["eval_tps"] for r in measured])
     assert {(r["cores"], r["memory_mib"], bool(r["ok"])) for r in kept} == {(2, 3072, True)}
     rows = list(csv.DictReader(io.StringIO(ok(lab, "results", "--csv").stdout)))
@@ -168,8 +188,13 @@ class NeighbourCpu:
         user, nice, system, _idle, _iowait, irq, softirq, steal = fields
         busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
         guests = int(Path(f"/sys/fs/cgroup/cpuacct/{PREFIX}/cpuacct.usage").read_text()) / 1e9
-        ours = sum(u.ru_utime + u.ru_stime for u in (
-            resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
+        ours = sum(
+            u.ru_utime + u.ru_stime
+            for u in (
+                resource.getrusage(resource.RUSAGE_SELF),
+                resource.getrusage(resource.RUSAGE_CHILDREN),
+            )
+        )
         return time.monotonic(), busy, guests, ours
 
 
@@ -203,12 +228,13 @@ def test_a_two_core_vm_runs_the_model_measurably_faster_than_a_one_core_vm(lab: 
     # misses fails at once: cores that do not count (no cpuset, threads serialised) miss always.
     order, pairs = [2, 1], []
     for attempt in range(4):
-        measured = {c: _median_eval_tps(lab, c, keep_table=attempt == 0 and c == 2)
-                    for c in order}
+        measured = {c: _median_eval_tps(lab, c, keep_table=attempt == 0 and c == 2) for c in order}
         two, one = measured[2][0], measured[1][0]
         busy = max(measured[2][1], measured[1][1])
-        pairs.append(f"2 vCPU {two:.2f} vs 1 vCPU {one:.2f} tok/s = {two / one:.2f}x "
-                     f"(neighbours used {busy:.2f} CPUs)")
+        pairs.append(
+            f"2 vCPU {two:.2f} vs 1 vCPU {one:.2f} tok/s = {two / one:.2f}x "
+            f"(neighbours used {busy:.2f} CPUs)"
+        )
         print(f"\neval tok/s medians (2 threads): {pairs[-1]}")
         if two > SPEEDUP * one:
             return
@@ -218,7 +244,8 @@ def test_a_two_core_vm_runs_the_model_measurably_faster_than_a_one_core_vm(lab: 
 
 
 def test_a_vm_too_small_for_the_model_has_its_runner_oom_killed_exit_9(
-        e2e: E2eLab, lab: Lab) -> None:
+    e2e: E2eLab, lab: Lab
+) -> None:
     # 1 GiB: the server fits, llama-server's 1.5 GiB of weights + KV do not. 4 cores: more than
     # this host has, so the guest sees them capped.
     put_in_shape(lab, 4, "1G")
@@ -291,8 +318,9 @@ def test_sweep_finds_the_minimum_survives_sigkill_and_agrees_with_grid(lab: Lab)
     # the killed sweep's lease is taken over at once: its process is gone from this machine
     assert "that process is gone from this machine" in resumed.stderr, resumed.stderr
     with db(lab) as conn:
-        probed = conn.execute("SELECT cores, memory_mib, status FROM probes WHERE id > ?",
-                              (last_probe,)).fetchall()
+        probed = conn.execute(
+            "SELECT cores, memory_mib, status FROM probes WHERE id > ?", (last_probe,)
+        ).fetchall()
     for shape in killed:  # measured before the kill, never probed again
         assert [p[:2] for p in probed].count(shape) == 1, (shape, probed)
 
@@ -313,18 +341,24 @@ def test_sweep_finds_the_minimum_survives_sigkill_and_agrees_with_grid(lab: Lab)
     assert "Minimum: 1 vCPU / 3 GiB" in html.read_text()
 
     grid = ok(lab, *SWEEP, "--strategy", "grid", "--fresh", timeout=600)  # the output people read
-    keep_output("labctl sweep e2e --cores 1,2 --ram 1G,2G,3G --min-tps 3 --runs 1 --warmup 0 "
-                "--num-predict 8 --strategy grid --fresh", grid.stdout + grid.stderr)
+    keep_output(
+        "labctl sweep e2e --cores 1,2 --ram 1G,2G,3G --min-tps 3 --runs 1 --warmup 0 "
+        "--num-predict 8 --strategy grid --fresh",
+        grid.stdout + grid.stderr,
+    )
     grid_id = Path(grid.stderr.split("report: ")[1].split()[0]).parent.name
     assert grid_id != sweep_id
     grid_document = ok(lab, "report", grid_id, "--json").json
-    assert grid_document["minimum"] == {**grid_document["minimum"], "cores": 1,
-                                        "memory_mib": 3072}
+    assert grid_document["minimum"] == {**grid_document["minimum"], "cores": 1, "memory_mib": 3072}
     smart_probes, grid_probes = document["stats"]["probes"], grid_document["stats"]["probes"]
-    print("\nsmart sweep points: " + ", ".join(
-        f"{p['cores']}c/{p['memory_mib']}M {p['state']}" for p in document["points"]))
-    print(f"smart: {smart_probes} probes, grid: {grid_probes} probes; "
-          f"smart {document['recommendation']}; grid {grid_document['recommendation']}")
+    print(
+        "\nsmart sweep points: "
+        + ", ".join(f"{p['cores']}c/{p['memory_mib']}M {p['state']}" for p in document["points"])
+    )
+    print(
+        f"smart: {smart_probes} probes, grid: {grid_probes} probes; "
+        f"smart {document['recommendation']}; grid {grid_document['recommendation']}"
+    )
     assert grid_probes == 6 and smart_probes < grid_probes
     assert shape_of(lab) == (2, 3072)
 
@@ -356,9 +390,26 @@ def guest_shell(lab: Lab, command: str) -> str:
     """Run a command in the VM over the system's ssh, with labctl's key and pinned host keys."""
     [vm] = [v for v in ok(lab, "--json", "ls").json["vms"] if v["name"] == VM]
     done = subprocess.run(
-        ["ssh", "-i", str(lab.key), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
-         "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={lab.state / 'known_hosts'}",
-         f"labctl@{vm['ip']}", command], capture_output=True, text=True, timeout=60, check=False)
+        [
+            "ssh",
+            "-i",
+            str(lab.key),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            f"UserKnownHostsFile={lab.state / 'known_hosts'}",
+            f"labctl@{vm['ip']}",
+            command,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done
     return done.stdout
 
@@ -379,12 +430,18 @@ def test_ollama_stopped_and_model_gone_probe_says_deploy_and_deploy_fixes_it(lab
 
 def _host_leftovers(work: Path) -> list[str]:
     """What a guest backend could leave on the host (as tests/sim_guests checks it)."""
-    found = [f"cgroup {h}" for h in os.listdir("/sys/fs/cgroup")
-             if os.path.exists(f"/sys/fs/cgroup/{h}/{PREFIX}")]
+    found = [
+        f"cgroup {h}"
+        for h in os.listdir("/sys/fs/cgroup")
+        if os.path.exists(f"/sys/fs/cgroup/{h}/{PREFIX}")
+    ]
     if Path("/run/netns").is_dir():
         found += [f"netns {n}" for n in os.listdir("/run/netns") if n.startswith(f"{PREFIX}-")]
-    found += [f"link {n}" for n in os.listdir("/sys/class/net")
-              if n == BRIDGE or n.startswith(f"{PREFIX}v")]
+    found += [
+        f"link {n}"
+        for n in os.listdir("/sys/class/net")
+        if n == BRIDGE or n.startswith(f"{PREFIX}v")
+    ]
     with open("/proc/self/mountinfo") as fh:
         found += [f"mount {line.split()[4]}" for line in fh if str(work) in line.split()[4]]
     return found

@@ -30,14 +30,34 @@ pytestmark = [pytest.mark.e2e, pytest.mark.guests, pytest.mark.slow]
 
 BRIDGE, SUBNET, PREFIX = "lpbr80", "10.213.80.0/24", "lp80"
 VM, CLONE = "pw", "pw-2"
-SWEEP = ("sweep", VM, "--cores", "1,2", "--ram", "2G,3G", "--min-tps", "1",
-         "--runs", "1", "--warmup", "0", "--num-predict", "8")
+SWEEP = (
+    "sweep",
+    VM,
+    "--cores",
+    "1,2",
+    "--ram",
+    "2G,3G",
+    "--min-tps",
+    "1",
+    "--runs",
+    "1",
+    "--warmup",
+    "0",
+    "--num-predict",
+    "8",
+)
 
 
 @pytest.fixture(scope="module")
 def parallel_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2eLab]:
-    with guest_lab(tmp_path_factory.mktemp("e2e-parallel"), bridge=BRIDGE, subnet=SUBNET,
-                   prefix=PREFIX, nodes=2, vms=(CLONE, VM)) as lab:
+    with guest_lab(
+        tmp_path_factory.mktemp("e2e-parallel"),
+        bridge=BRIDGE,
+        subnet=SUBNET,
+        prefix=PREFIX,
+        nodes=2,
+        vms=(CLONE, VM),
+    ) as lab:
         yield lab
 
 
@@ -58,7 +78,8 @@ def lab(parallel_lab: E2eLab) -> Lab:
 
 
 def test_parallel_sweep_splits_shapes_over_a_clone_finds_the_serial_minimum_and_removes_it(
-        lab: Lab) -> None:
+    lab: Lab,
+) -> None:
     result = ok(lab, *SWEEP, "--strategy", "grid", "--parallel", "2", "--json", timeout=900)
     document = result.json
     print("\n" + result.stderr)
@@ -67,14 +88,19 @@ def test_parallel_sweep_splits_shapes_over_a_clone_finds_the_serial_minimum_and_
     assert f"clone {CLONE} on pve2 for the parallel sweep" in result.stderr
     assert "local storage" in result.stderr and f"creating it on pve next to {VM}" in result.stderr
     # Deployed like VM by the same playbook: Ollama and the model from the lab file's mirror.
-    assert re.search(rf"deploy finished in [\d.]+s \({CLONE} ok=\d+ changed=\d+\)",
-                     result.stderr), result.stderr
-    with contextlib.closing(sqlite3.connect(f"file:{lab.state / 'labctl.sqlite'}?mode=ro",
-                                            uri=True)) as conn:
-        points = conn.execute("SELECT cores, memory_mib, status, worker FROM sweep_points "
-                              "WHERE sweep_id = ?", (document["sweep"]["id"],)).fetchall()
-        clone_probes = conn.execute("SELECT model, status FROM probes WHERE vm_name = ?",
-                                    (CLONE,)).fetchall()
+    assert re.search(
+        rf"deploy finished in [\d.]+s \({CLONE} ok=\d+ changed=\d+\)", result.stderr
+    ), result.stderr
+    with contextlib.closing(
+        sqlite3.connect(f"file:{lab.state / 'labctl.sqlite'}?mode=ro", uri=True)
+    ) as conn:
+        points = conn.execute(
+            "SELECT cores, memory_mib, status, worker FROM sweep_points WHERE sweep_id = ?",
+            (document["sweep"]["id"],),
+        ).fetchall()
+        clone_probes = conn.execute(
+            "SELECT model, status FROM probes WHERE vm_name = ?", (CLONE,)
+        ).fetchall()
     assert clone_probes and all(m == MODEL for m, _ in clone_probes), clone_probes
     print(points)
     assert sorted((c, m) for c, m, _, _ in points) == [(1, 2048), (1, 3072), (2, 2048), (2, 3072)]
@@ -100,12 +126,16 @@ def test_down_leaves_nothing_behind(parallel_lab: E2eLab, lab: Lab) -> None:
     assert ok(lab, "--json", "ls").json["vms"] == []
     assert parallel_lab.backend.cgroups.pids(PREFIX) == set()
     parallel_lab.close()
-    leftovers = [f"cgroup {h}" for h in os.listdir("/sys/fs/cgroup")
-                 if os.path.exists(f"/sys/fs/cgroup/{h}/{PREFIX}")]
+    leftovers = [
+        f"cgroup {h}"
+        for h in os.listdir("/sys/fs/cgroup")
+        if os.path.exists(f"/sys/fs/cgroup/{h}/{PREFIX}")
+    ]
     if Path("/run/netns").is_dir():
         leftovers += [n for n in os.listdir("/run/netns") if n.startswith(f"{PREFIX}-")]
-    leftovers += [n for n in os.listdir("/sys/class/net")
-                  if n == BRIDGE or n.startswith(f"{PREFIX}v")]
+    leftovers += [
+        n for n in os.listdir("/sys/class/net") if n == BRIDGE or n.startswith(f"{PREFIX}v")
+    ]
     with open("/proc/self/mountinfo") as fh:
         leftovers += [line.split()[4] for line in fh if str(lab.dir) in line.split()[4]]
     assert leftovers == []

@@ -32,27 +32,51 @@ def slow_agent_sim(tmp_path: Path) -> Iterator[SimServer]:
 
 def agent_for(server: SimServer, state: Path, **values: Any) -> GuestAgent:
     creds = server.credentials
-    config = LabConfig(values={k.path: k.default for k in KEYS} | {
-        "proxmox.host": "127.0.0.1", "proxmox.port": server.port,
-        "proxmox.token_id": creds["token_id"], "proxmox.token_secret": creds["token_secret"],
-        "proxmox.fingerprint": server.fingerprint, "proxmox.timeout": 10} | values)
+    config = LabConfig(
+        values={k.path: k.default for k in KEYS}
+        | {
+            "proxmox.host": "127.0.0.1",
+            "proxmox.port": server.port,
+            "proxmox.token_id": creds["token_id"],
+            "proxmox.token_secret": creds["token_secret"],
+            "proxmox.fingerprint": server.fingerprint,
+            "proxmox.timeout": 10,
+        }
+        | values
+    )
     return GuestAgent(Cluster(config, NullReporter()), state / "known_hosts")
 
 
-def test_waiting_for_silent_agents_leaves_pvedaemon_a_worker(slow_agent_sim: SimServer,
-                                                             tmp_path: Path) -> None:
+def test_waiting_for_silent_agents_leaves_pvedaemon_a_worker(
+    slow_agent_sim: SimServer, tmp_path: Path
+) -> None:
     guest_agent = agent_for(slow_agent_sim, tmp_path / "state", **{"timeouts.agent": 4})
     client = guest_agent.cluster.client
     resources = []
     for name in ("sweep-1", "sweep-2"):
         vmid = int(client.get("cluster/nextid"))
-        wait_task(client, client.post("nodes/pve/qemu/9000/clone", newid=vmid, name=name),
-                  timeout_s=30, what="clone")
-        wait_task(client, client.post(f"nodes/pve/qemu/{vmid}/status/start"), timeout_s=30,
-                  what="start")
-        resources.append(Resource(vmid=vmid, node="pve", name=name, status="running",
-                                   tags=("labctl",), template=False, lock=None, uptime_s=0,
-                                   maxdisk=0))
+        wait_task(
+            client,
+            client.post("nodes/pve/qemu/9000/clone", newid=vmid, name=name),
+            timeout_s=30,
+            what="clone",
+        )
+        wait_task(
+            client, client.post(f"nodes/pve/qemu/{vmid}/status/start"), timeout_s=30, what="start"
+        )
+        resources.append(
+            Resource(
+                vmid=vmid,
+                node="pve",
+                name=name,
+                status="running",
+                tags=("labctl",),
+                template=False,
+                lock=None,
+                uptime_s=0,
+                maxdisk=0,
+            )
+        )
     assert slow_agent_sim.cluster is not None
     for res in resources:  # these agents never answer
         slow_agent_sim.cluster.faults.add({"kind": "agent", "vmid": res.vmid})

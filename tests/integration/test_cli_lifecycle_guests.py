@@ -24,8 +24,13 @@ pytestmark = pytest.mark.guests
 
 
 def address(lab: Lab, name: str, ip: str, known_hosts: Path | None = None) -> GuestAddress:
-    return GuestAddress(host=ip, user="labctl", key_path=lab.key,
-                        known_hosts=known_hosts or lab.state / "known_hosts", name=name)
+    return GuestAddress(
+        host=ip,
+        user="labctl",
+        key_path=lab.key,
+        known_hosts=known_hosts or lab.state / "known_hosts",
+        name=name,
+    )
 
 
 def test_up_ls_resize_down_happy_path(guest_lab: Lab) -> None:
@@ -44,23 +49,26 @@ def test_up_ls_resize_down_happy_path(guest_lab: Lab) -> None:
     # OpenSSH with the command labctl prints (strict host key checking, labctl's known_hosts).
     with connect(address(guest_lab, "happy", ip)) as session:
         assert session.run("hostname", check=True).stdout.strip() == "happy"
-    openssh = subprocess.run([*shlex.split(vm["ssh"]), "-o", "BatchMode=yes", "hostname"],
-                             capture_output=True, text=True, timeout=30, check=False)
+    openssh = subprocess.run(
+        [*shlex.split(vm["ssh"]), "-o", "BatchMode=yes", "hostname"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert (openssh.returncode, openssh.stdout.strip()) == (0, "happy"), openssh.stderr
 
     listed = guest_lab.run("--json", "ls")
     assert listed.code == 0, listed
     (row,) = listed.json["vms"]
-    assert (row["name"], row["status"], row["ip"], row["managed"]) == (
-        "happy", "running", ip, True)
+    assert (row["name"], row["status"], row["ip"], row["managed"]) == ("happy", "running", ip, True)
     table = guest_lab.run("ls")
     assert "happy" in table.stdout and ip in table.stdout and "1 GiB" in table.stdout
 
     pending = guest_lab.run("resize", "happy", "--cores", "1", "--ram", "2G")
     assert pending.code == 0, pending
     assert "pending until the next reboot" in pending.stdout
-    applied = guest_lab.run("--json", "resize", "happy", "--cores", "1", "--ram", "2G",
-                            "--reboot")
+    applied = guest_lab.run("--json", "resize", "happy", "--cores", "1", "--ram", "2G", "--reboot")
     assert applied.code == 0, applied
     assert applied.json["rebooted"] is True and applied.json["after"]["cores"] == 1
     after = guest_lab.run("--json", "ls").json["vms"][0]
@@ -94,12 +102,15 @@ def test_up_again_reconciles_instead_of_cloning_a_duplicate(guest_lab: Lab) -> N
     assert [v["name"] for v in guest_lab.vms()] == ["again"]
 
 
-def test_two_parallel_ups_both_succeed(guest_sim: SimServer, guest_lab: Lab,
-                                      make_lab: Callable[[SimServer, str], Lab]) -> None:
+def test_two_parallel_ups_both_succeed(
+    guest_sim: SimServer, guest_lab: Lab, make_lab: Callable[[SimServer, str], Lab]
+) -> None:
     # Separate state dirs: no shared local lock, so both really race for the same VMID on PVE.
     one, two = make_lab(guest_sim, "one"), make_lab(guest_sim, "two")
-    procs = [lab.start("--json", "up", name, "--cores", "1", "--ram", "1G", "--no-deploy")
-             for lab, name in ((one, "par-a"), (two, "par-b"))]
+    procs = [
+        lab.start("--json", "up", name, "--cores", "1", "--ram", "1G", "--no-deploy")
+        for lab, name in ((one, "par-a"), (two, "par-b"))
+    ]
     outputs = [p.communicate(timeout=300) for p in procs]
     for proc, (_out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err
@@ -110,12 +121,23 @@ def test_two_parallel_ups_both_succeed(guest_sim: SimServer, guest_lab: Lab,
 
 
 def test_transient_server_errors_during_waits_are_retried(guest_lab: Lab) -> None:
-    guest_lab.fault(kind="http", status=500, message="proxy loop detected", times=3,
-                    method="GET", path="/tasks/.*/status")
-    guest_lab.fault(kind="http", status=596, message="Broken pipe", times=1, method="GET",
-                    path="/cluster/resources")
-    result = guest_lab.run("--json", "up", "flaky", "--cores", "1", "--ram", "1G",
-                           "--no-deploy")
+    guest_lab.fault(
+        kind="http",
+        status=500,
+        message="proxy loop detected",
+        times=3,
+        method="GET",
+        path="/tasks/.*/status",
+    )
+    guest_lab.fault(
+        kind="http",
+        status=596,
+        message="Broken pipe",
+        times=1,
+        method="GET",
+        path="/cluster/resources",
+    )
+    result = guest_lab.run("--json", "up", "flaky", "--cores", "1", "--ram", "1G", "--no-deploy")
     assert result.code == 0, result
     assert result.json["api"]["retries"] >= 4
     assert guest_lab.api("GET", "/_sim/faults")["http"] == []  # every fault was met
@@ -124,9 +146,10 @@ def test_transient_server_errors_during_waits_are_retried(guest_lab: Lab) -> Non
 
 def test_up_without_name_brings_every_declared_vm_to_its_shape(guest_lab: Lab) -> None:
     guest_lab.write(vm={"decl-a": {"cores": 1, "ram": "1G"}, "decl-b": {"cores": 2, "ram": "1G"}})
-    config = guest_lab.config.read_text().replace('[vm]\ndecl-a = {"cores": 1, "ram": "1G"}\n'
-                                                  'decl-b = {"cores": 2, "ram": "1G"}', "")
-    config += ('\n[vm.decl-a]\ncores = 1\nram = "1G"\n\n[vm.decl-b]\ncores = 2\nram = "1G"\n')
+    config = guest_lab.config.read_text().replace(
+        '[vm]\ndecl-a = {"cores": 1, "ram": "1G"}\ndecl-b = {"cores": 2, "ram": "1G"}', ""
+    )
+    config += '\n[vm.decl-a]\ncores = 1\nram = "1G"\n\n[vm.decl-b]\ncores = 2\nram = "1G"\n'
     guest_lab.config.write_text(config)
     result = guest_lab.run("--json", "up", "--no-deploy")
     assert result.code == 0, result
@@ -148,12 +171,16 @@ def interrupt_up_once_the_vm_appears(lab: Lab, name: str) -> tuple[int, str]:
 
 
 def test_ctrl_c_while_the_clone_request_is_unanswered_still_names_the_vm_it_made(
-        guest_lab: Lab) -> None:
+    guest_lab: Lab,
+) -> None:
     # PVE made the VM, but its answer to the clone request is late: Ctrl-C lands while labctl
     # still waits for it, so labctl cannot know the VMID from the answer. It must not say
     # "nothing was created".
-    guest_lab.api("POST", "/_sim/faults", json={"kind": "slow", "seconds": 3.0,
-                                                "method": "POST", "path": "/clone$"})
+    guest_lab.api(
+        "POST",
+        "/_sim/faults",
+        json={"kind": "slow", "seconds": 3.0, "method": "POST", "path": "/clone$"},
+    )
     try:
         code, err = interrupt_up_once_the_vm_appears(guest_lab, "unanswered")
     finally:
@@ -188,7 +215,8 @@ def test_ctrl_c_during_the_clone_leaves_a_vm_the_next_up_finishes(guest_lab: Lab
 
 
 def test_up_fails_at_once_naming_the_vm_when_its_guest_dies_while_up_waits(
-        guest_sim: SimServer, guest_lab: Lab) -> None:
+    guest_sim: SimServer, guest_lab: Lab
+) -> None:
     guest_lab.api("POST", "/_sim/settings", json={"agent_delay": 120})  # up waits on the agent
     backend = guest_sim.backend
     assert isinstance(backend, ContainerBackend)

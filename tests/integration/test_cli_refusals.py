@@ -32,8 +32,9 @@ from tests.support.lab import FAST, Lab, clone_untagged
         (["--disk", "1G"], "smaller than the template"),
     ],
 )
-def test_bad_shape_is_a_usage_error_and_creates_nothing(api_lab: Lab, flags: list[str],
-                                                         says: str) -> None:
+def test_bad_shape_is_a_usage_error_and_creates_nothing(
+    api_lab: Lab, flags: list[str], says: str
+) -> None:
     result = api_lab.run("up", "shape-test", *flags, "--no-deploy")
     assert result.code == 2, result
     assert says in one_error_line(result.stderr)
@@ -42,8 +43,9 @@ def test_bad_shape_is_a_usage_error_and_creates_nothing(api_lab: Lab, flags: lis
 
 def test_allow_overcommit_lets_a_shape_larger_than_the_node_through(api_lab: Lab) -> None:
     api_lab.write(timeouts={"agent": 5})
-    result = api_lab.run("up", "big", "--cores", "17", "--ram", "100G", "--allow-overcommit",
-                         "--no-deploy")
+    result = api_lab.run(
+        "up", "big", "--cores", "17", "--ram", "100G", "--allow-overcommit", "--no-deploy"
+    )
     # Past the shape check, clone and boot: the API-only simulator has no SSH host key to read.
     assert result.code == 5, result
     vm = api_lab.vm_named("big")
@@ -79,8 +81,14 @@ def test_bad_token_is_an_authentication_error_without_the_secret(api_lab: Lab) -
 
 def test_ticket_auth_with_password_works(api_lab: Lab) -> None:
     creds = api_lab.server.credentials
-    api_lab.write(proxmox={"token_id": None, "token_secret": None, "user": creds["user"],
-                           "password": creds["password"]})
+    api_lab.write(
+        proxmox={
+            "token_id": None,
+            "token_secret": None,
+            "user": creds["user"],
+            "password": creds["password"],
+        }
+    )
     result = api_lab.run("--json", "ls")
     assert result.code == 0, result
     assert result.json == {"vms": []}
@@ -133,10 +141,12 @@ def test_down_refuses_a_vm_without_the_labctl_tag_even_with_yes(api_lab: Lab) ->
     assert taken.code == 4 and "labctl did not create it" in one_error_line(taken.stderr)
 
 
-@pytest.mark.parametrize("args", [["down", "foreign", "--yes"],
-                                  ["resize", "foreign", "--cores", "4"]])
+@pytest.mark.parametrize(
+    "args", [["down", "foreign", "--yes"], ["resize", "foreign", "--cores", "4"]]
+)
 def test_down_and_resize_of_an_untagged_vm_say_it_exists_but_is_not_labctls(
-        api_lab: Lab, args: list[str]) -> None:
+    api_lab: Lab, args: list[str]
+) -> None:
     vmid = clone_untagged(api_lab, "foreign")
     result = api_lab.run(*args)
     assert result.code == 4, result  # the exit code of every refused VM
@@ -149,7 +159,8 @@ def test_down_and_resize_of_an_untagged_vm_say_it_exists_but_is_not_labctls(
 
 @pytest.mark.parametrize("command", [["down", "--yes"], ["resize", "--cores", "4"]])
 def test_down_and_resize_of_a_template_refuse_it_rather_than_call_it_missing(
-        api_lab: Lab, command: list[str]) -> None:
+    api_lab: Lab, command: list[str]
+) -> None:
     verb, *flags = command
     result = api_lab.run(verb, TEMPLATE_NAME, *flags)
     assert result.code == 4, result
@@ -201,8 +212,14 @@ def test_secret_is_never_printed_at_debug_verbosity(api_lab: Lab) -> None:
     api_lab.fault(kind="agent")
     up = api_lab.run("-vv", "up", "chatty", "--no-deploy")
     listed = api_lab.run("-vv", "ls")
-    api_lab.write(proxmox={"token_id": None, "token_secret": None, "user": creds["user"],
-                           "password": creds["password"]})
+    api_lab.write(
+        proxmox={
+            "token_id": None,
+            "token_secret": None,
+            "user": creds["user"],
+            "password": creds["password"],
+        }
+    )
     ticket = api_lab.run("-vv", "--json", "ls")
     assert up.code == 5 and listed.code == 0 and ticket.code == 0
     for result in (up, listed, ticket):
@@ -261,7 +278,8 @@ def test_resize_of_a_stopped_vm_applies_at_once(api_lab: Lab) -> None:
 
 
 def test_auto_node_falls_back_to_the_templates_node_for_local_storage(
-        tmp_path: Path, ssh_key: Path) -> None:
+    tmp_path: Path, ssh_key: Path
+) -> None:
     with SimServer(tmp_path / "sim", nodes=2, **FAST) as server:
         lab = Lab(server, tmp_path, ssh_key)
         lab.write(timeouts={"agent": 1})
@@ -310,8 +328,11 @@ def test_full_clone_goes_to_the_configured_storage(api_lab: Lab) -> None:
         vm = api_lab.vm_named(name)
         assert vm is not None
         config = api_lab.api("GET", f"/nodes/pve/qemu/{vm['vmid']}/config")
-        disks[name] = next(v for k, v in config.items() if k.startswith(("scsi", "virtio"))
-                           and "media=cdrom" not in str(v))
+        disks[name] = next(
+            v
+            for k, v in config.items()
+            if k.startswith(("scsi", "virtio")) and "media=cdrom" not in str(v)
+        )
     assert "base-9000" in disks["linked"]  # a linked clone's disk sits on the template's base
     assert "base-9000" not in disks["fullcopy"] and disks["fullcopy"].startswith("local-lvm:")
 

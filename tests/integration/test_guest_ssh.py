@@ -48,10 +48,10 @@ class Sshd:
             f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {self.host_key}\n"
             f"AuthorizedKeysFile {authorized}\nPasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\n"
-            "PermitRootLogin prohibit-password\nLogLevel ERROR\n")
+            "PermitRootLogin prohibit-password\nLogLevel ERROR\n"
+        )
         Path("/run/sshd").mkdir(exist_ok=True)
-        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)],
-                                     stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -62,12 +62,19 @@ class Sshd:
         raise RuntimeError("sshd did not start")
 
     def address(self, known_hosts: Path) -> GuestAddress:
-        return GuestAddress(host="127.0.0.1", user="root", key_path=self.user_key,
-                            known_hosts=known_hosts, port=self.port, name="local")
+        return GuestAddress(
+            host="127.0.0.1",
+            user="root",
+            key_path=self.user_key,
+            known_hosts=known_hosts,
+            port=self.port,
+            name="local",
+        )
 
     def pin(self, known_hosts: Path) -> None:
-        pin_host_key(known_hosts, "127.0.0.1", (self.base / "host_ed25519.pub").read_text(),
-                     port=self.port)
+        pin_host_key(
+            known_hosts, "127.0.0.1", (self.base / "host_ed25519.pub").read_text(), port=self.port
+        )
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -95,13 +102,15 @@ def test_pinned_host_key_connects_and_runs_commands(sshd: Sshd, tmp_path: Path) 
             session.run("echo err >&2; exit 3", check=True)
 
 
-def test_stream_lines_yields_as_they_come_and_keeps_the_exit_code(sshd: Sshd,
-                                                                  tmp_path: Path) -> None:
+def test_stream_lines_yields_as_they_come_and_keeps_the_exit_code(
+    sshd: Sshd, tmp_path: Path
+) -> None:
     known = tmp_path / "known_hosts"
     sshd.pin(known)
     with connect(sshd.address(known)) as session:
-        lines = list(session.stream_lines("for i in 1 2 3; do echo line$i; sleep 0.05; done; "
-                                          "exit 4"))
+        lines = list(
+            session.stream_lines("for i in 1 2 3; do echo line$i; sleep 0.05; done; exit 4")
+        )
         assert lines == ["line1", "line2", "line3"]
         assert session.last_exit_code == 4
 

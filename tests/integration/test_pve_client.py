@@ -30,16 +30,16 @@ def test_pin_mismatch_is_a_tls_error(api_sim: SimServer) -> None:
 
 
 def test_get_is_retried_on_transient_errors(api_lab: Lab, api_sim: SimServer) -> None:
-    api_lab.fault(kind="http", status=503, message="busy", times=2, method="GET",
-                  path="^/version")
+    api_lab.fault(kind="http", status=503, message="busy", times=2, method="GET", path="^/version")
     client = client_for(api_sim)
     assert client.get("version")
     assert client.stats.retries == 2
 
 
 def test_post_is_not_blindly_retried(api_lab: Lab, api_sim: SimServer) -> None:
-    api_lab.fault(kind="http", status=500, message="proxy error", times=1, method="POST",
-                  path="status/start")
+    api_lab.fault(
+        kind="http", status=500, message="proxy error", times=1, method="POST", path="status/start"
+    )
     client = client_for(api_sim)
     with pytest.raises(ProxmoxAPIError, match="proxy error") as caught:
         client.post("nodes/pve/qemu/9000/status/start")
@@ -56,12 +56,28 @@ def test_parameter_errors_carry_pves_errors_dict(api_sim: SimServer) -> None:
 
 def test_ticket_login_goes_through_the_pin(api_sim: SimServer) -> None:
     creds = api_sim.credentials
-    good = client_for(api_sim, token_id="", token_secret=Secret(""), user=creds["user"],
-                      password=Secret(creds["password"]))
+    good = client_for(
+        api_sim,
+        token_id="",
+        token_secret=Secret(""),
+        user=creds["user"],
+        password=Secret(creds["password"]),
+    )
     assert good.get("version")
     with pytest.raises(TLSVerifyError):
-        client_for(api_sim, token_id="", token_secret=Secret(""), user=creds["user"],
-                   password=Secret(creds["password"]), fingerprint="11" * 32)
+        client_for(
+            api_sim,
+            token_id="",
+            token_secret=Secret(""),
+            user=creds["user"],
+            password=Secret(creds["password"]),
+            fingerprint="11" * 32,
+        )
     with pytest.raises(ProxmoxAPIError, match="refused the login"):
-        client_for(api_sim, token_id="", token_secret=Secret(""), user=creds["user"],
-                   password=Secret("wrong"))
+        client_for(
+            api_sim,
+            token_id="",
+            token_secret=Secret(""),
+            user=creds["user"],
+            password=Secret("wrong"),
+        )

@@ -43,8 +43,12 @@ class Seen:
 def leased_vm(api_lab: Lab, api_sim: SimServer) -> Iterator[tuple[PveClient, str]]:
     client = client_for(api_sim)
     vmid = int(client.get("cluster/nextid"))
-    wait_task(client, client.post("nodes/pve/qemu/9000/clone", newid=vmid, name="leased"),
-              timeout_s=30, what="clone")
+    wait_task(
+        client,
+        client.post("nodes/pve/qemu/9000/clone", newid=vmid, name="leased"),
+        timeout_s=30,
+        what="clone",
+    )
     path = f"nodes/pve/qemu/{vmid}"
     client.put(f"{path}/config", description=USER_NOTES, tags="labctl")
     yield client, path
@@ -59,20 +63,23 @@ def notes(client: PveClient, path: str) -> str:
 
 
 def test_a_held_lease_refuses_a_second_caller_with_who_and_since(
-        leased_vm: tuple[PveClient, str]) -> None:
+    leased_vm: tuple[PveClient, str],
+) -> None:
     client, path = leased_vm
     with lease(client, path, "sweep leased"):
         held = read_lease(notes(client, path))
         assert isinstance(held, Lease) and held.command == "sweep leased"
         assert notes(client, path).endswith(USER_NOTES)  # the user's own text is kept
-        with pytest.raises(LeaseHeld, match=r"leased is held by `labctl sweep leased` on .* "
-                                            r"since .* UTC"):
+        with pytest.raises(
+            LeaseHeld,
+            match=r"leased is held by `labctl sweep leased` on .* "
+            r"since .* UTC",
+        ):
             lease(client, path, "probe leased").acquire()
     assert notes(client, path) == USER_NOTES  # released: the Notes are as the user left them
 
 
-def test_two_controllers_racing_for_one_vm_never_both_win(
-        leased_vm: tuple[PveClient, str]) -> None:
+def test_two_controllers_racing_for_one_vm_never_both_win(leased_vm: tuple[PveClient, str]) -> None:
     client, path = leased_vm
     outcomes: list[str] = []
     start = threading.Barrier(4)
@@ -97,7 +104,8 @@ def test_two_controllers_racing_for_one_vm_never_both_win(
 
 
 def test_a_stale_lease_whose_holder_stopped_renewing_is_taken_over_and_said_so(
-        leased_vm: tuple[PveClient, str]) -> None:
+    leased_vm: tuple[PveClient, str],
+) -> None:
     client, path = leased_vm
     crashed = lease(client, path, "sweep leased", ttl_s=0.5)
     crashed.acquire()  # taken and never renewed nor released: a holder killed with -9
@@ -109,12 +117,13 @@ def test_a_stale_lease_whose_holder_stopped_renewing_is_taken_over_and_said_so(
     held = read_lease(notes(client, path))
     assert isinstance(held, Lease) and held.token == taker.token
     assert isinstance(taker.reporter, Seen)
-    assert any("taking over the expired lease of `labctl sweep leased`" in w
-               for w in taker.reporter.warnings)
+    assert any(
+        "taking over the expired lease of `labctl sweep leased`" in w
+        for w in taker.reporter.warnings
+    )
 
 
-def test_the_holder_renews_so_a_long_run_keeps_its_lease(
-        leased_vm: tuple[PveClient, str]) -> None:
+def test_the_holder_renews_so_a_long_run_keeps_its_lease(leased_vm: tuple[PveClient, str]) -> None:
     client, path = leased_vm
     with lease(client, path, ttl_s=0.6) as held:
         time.sleep(1.5)  # more than two TTLs: only renewals keep it
@@ -124,7 +133,8 @@ def test_the_holder_renews_so_a_long_run_keeps_its_lease(
 
 
 def test_waiting_caller_gets_the_vm_when_the_holder_lets_go(
-        leased_vm: tuple[PveClient, str]) -> None:
+    leased_vm: tuple[PveClient, str],
+) -> None:
     client, path = leased_vm
     first = lease(client, path)
     first.acquire()
@@ -138,7 +148,8 @@ def test_waiting_caller_gets_the_vm_when_the_holder_lets_go(
 
 
 def test_an_unreadable_lease_is_held_with_a_warning_naming_the_text(
-        leased_vm: tuple[PveClient, str]) -> None:
+    leased_vm: tuple[PveClient, str],
+) -> None:
     client, path = leased_vm
     client.put(f"{path}/config", description="<!-- labctl-lease {oops -->\n" + USER_NOTES)
     assert isinstance(read_lease(notes(client, path)), UnreadableLease)
@@ -163,7 +174,8 @@ def test_wait_values() -> None:
 
 
 def test_a_lease_whose_holder_process_died_on_this_machine_is_taken_over_at_once(
-        leased_vm: tuple[PveClient, str]) -> None:
+    leased_vm: tuple[PveClient, str],
+) -> None:
     client, path = leased_vm
     dead = subprocess.Popen(["true"])
     dead.wait()  # a pid that no longer runs: a holder killed with -9
@@ -191,7 +203,8 @@ def held_elsewhere(client: PveClient, path: str) -> VmLease:
 
 
 def test_a_command_on_a_vm_another_controller_holds_is_refused_exit_4_naming_the_holder(
-        api_lab: Lab, leased_vm: tuple[PveClient, str]) -> None:
+    api_lab: Lab, leased_vm: tuple[PveClient, str]
+) -> None:
     client, path = leased_vm
     held_elsewhere(client, path)
 
@@ -199,16 +212,18 @@ def test_a_command_on_a_vm_another_controller_holds_is_refused_exit_4_naming_the
     resized = api_lab.run("resize", "leased", "--cores", "3")
 
     assert "leased is held by `labctl sweep leased` on other-controller:4242 since" in (
-        listing.stdout)
+        listing.stdout
+    )
     assert resized.code == 4, resized
     assert resized.stderr.strip().count("\n") == 0 and (
-        "leased is held by `labctl sweep leased` on other-controller:4242 since") in (
-        resized.stderr)
+        "leased is held by `labctl sweep leased` on other-controller:4242 since"
+    ) in (resized.stderr)
     assert int(client.get(f"{path}/config")["cores"]) != 3  # nothing changed
 
 
 def test_wait_gets_the_vm_once_the_holder_releases_and_the_command_gives_it_back(
-        api_lab: Lab, leased_vm: tuple[PveClient, str]) -> None:
+    api_lab: Lab, leased_vm: tuple[PveClient, str]
+) -> None:
     client, path = leased_vm
     other = held_elsewhere(client, path)
     threading.Timer(2.0, other.release).start()
@@ -223,10 +238,14 @@ def test_wait_gets_the_vm_once_the_holder_releases_and_the_command_gives_it_back
 
 @pytest.mark.parametrize("value", ["-1", "soon"])
 def test_a_bad_wait_is_one_line_exit_2_before_anything_is_touched(
-        api_lab: Lab, leased_vm: tuple[PveClient, str], value: str) -> None:
+    api_lab: Lab, leased_vm: tuple[PveClient, str], value: str
+) -> None:
     client, path = leased_vm
-    for command in (("resize", "leased", "--cores", "2"), ("down", "leased", "--yes"),
-                    ("probe", "leased")):
+    for command in (
+        ("resize", "leased", "--cores", "2"),
+        ("down", "leased", "--yes"),
+        ("probe", "leased"),
+    ):
         result = api_lab.run(*command, "--wait", value)
         assert result.code == 2, result
         assert len(result.stderr.strip().splitlines()) == 1 and "--wait" in result.stderr
@@ -234,12 +253,17 @@ def test_a_bad_wait_is_one_line_exit_2_before_anything_is_touched(
 
 
 def test_down_all_removes_every_vm_it_may_and_lists_the_one_another_controller_holds(
-        api_lab: Lab, leased_vm: tuple[PveClient, str]) -> None:
+    api_lab: Lab, leased_vm: tuple[PveClient, str]
+) -> None:
     client, path = leased_vm
     for name in ("free-a", "free-b"):
         vmid = int(client.get("cluster/nextid"))
-        wait_task(client, client.post("nodes/pve/qemu/9000/clone", newid=vmid, name=name),
-                  timeout_s=30, what="clone")
+        wait_task(
+            client,
+            client.post("nodes/pve/qemu/9000/clone", newid=vmid, name=name),
+            timeout_s=30,
+            what="clone",
+        )
         client.put(f"nodes/pve/qemu/{vmid}/config", tags="labctl")
     other = held_elsewhere(client, path)
 
@@ -248,8 +272,7 @@ def test_down_all_removes_every_vm_it_may_and_lists_the_one_another_controller_h
     assert result.code == 4, result
     assert sorted(v["name"] for v in result.json["destroyed"]) == ["free-a", "free-b"]
     assert [f["name"] for f in result.json["failed"]] == ["leased"]
-    assert "leased (vmid" in result.stderr and "not destroyed: leased is held by" in (
-        result.stderr)
+    assert "leased (vmid" in result.stderr and "not destroyed: leased is held by" in (result.stderr)
     assert api_lab.vm_named("leased") is not None and api_lab.vm_named("free-a") is None
     other.release()
 

@@ -19,12 +19,10 @@ from tests.support.replay_ollama import FixtureReplayOllama, fixture_text
 
 
 def options(url: str, **changes: object) -> ProbeOptions:
-    return replace(ProbeOptions(runs=2, warmup=1, num_predict=24, ollama_url=url),
-                   **changes)  # type: ignore[arg-type]
+    return replace(ProbeOptions(runs=2, warmup=1, num_predict=24, ollama_url=url), **changes)  # type: ignore[arg-type]
 
 
-def test_agent_reports_facts_runs_and_samples_from_the_double(
-        ollama_double: DoubleOllama) -> None:
+def test_agent_reports_facts_runs_and_samples_from_the_double(ollama_double: DoubleOllama) -> None:
     events, code = run_agent(options(ollama_double.url))
 
     assert code == 0
@@ -36,8 +34,11 @@ def test_agent_reports_facts_runs_and_samples_from_the_double(
     assert facts["ollama_version"] == "0.32.15"
     assert facts["ollama_pids"] == [ollama_double.process.pid]
     runs = of_kind(events, "run")
-    assert [(r["run"], r["warmup"], r["ok"]) for r in runs] == [(0, True, True), (1, False, True),
-                                                                 (2, False, True)]
+    assert [(r["run"], r["warmup"], r["ok"]) for r in runs] == [
+        (0, True, True),
+        (1, False, True),
+        (2, False, True),
+    ]
     for run in runs:
         final = run["ollama"]
         assert final["eval_count"] == 24 and final["done_reason"] == "length"
@@ -49,7 +50,8 @@ def test_agent_reports_facts_runs_and_samples_from_the_double(
 
 
 def test_each_run_gets_its_own_prompt_prefix_so_the_prompt_cache_cannot_fake_prefill(
-        ollama_double: DoubleOllama) -> None:
+    ollama_double: DoubleOllama,
+) -> None:
     events, _ = run_agent(options(ollama_double.url))
 
     nonces = [e["nonce"] for e in of_kind(events, "run_start")]
@@ -57,7 +59,8 @@ def test_each_run_gets_its_own_prompt_prefix_so_the_prompt_cache_cannot_fake_pre
 
 
 def test_samples_arrive_at_least_five_times_a_second_with_ollama_rss(
-        ollama_double: DoubleOllama) -> None:
+    ollama_double: DoubleOllama,
+) -> None:
     events, _ = run_agent(options(ollama_double.url, runs=1, warmup=0, num_predict=400))
 
     run = of_kind(events, "run")[0]
@@ -75,7 +78,8 @@ def test_samples_arrive_at_least_five_times_a_second_with_ollama_rss(
 
 
 def test_cold_unloads_before_each_measured_run_so_each_load_is_a_real_load(
-        ollama_double: DoubleOllama) -> None:
+    ollama_double: DoubleOllama,
+) -> None:
     events, _ = run_agent(options(ollama_double.url, cold=True, runs=2, warmup=0))
 
     runs = of_kind(events, "run")
@@ -88,17 +92,22 @@ def test_cold_unloads_before_each_measured_run_so_each_load_is_a_real_load(
 
 
 def test_num_thread_and_num_ctx_are_passed_and_seed_and_temperature_are_fixed(
-        replay_ollama: FixtureReplayOllama) -> None:
+    replay_ollama: FixtureReplayOllama,
+) -> None:
     run_agent(options(replay_ollama.url, runs=1, warmup=0, num_thread=3, num_ctx=2048))
 
     generate = [r for r in replay_ollama.requests if r.get("prompt")]
-    assert generate[0]["options"] == {"seed": 42, "temperature": 0, "num_predict": 24,
-                                      "num_thread": 3, "num_ctx": 2048}
+    assert generate[0]["options"] == {
+        "seed": 42,
+        "temperature": 0,
+        "num_predict": 24,
+        "num_thread": 3,
+        "num_ctx": 2048,
+    }
     assert generate[0]["stream"] is True
 
 
-def test_metrics_ollama_leaves_out_are_not_sent_as_zero(
-        replay_ollama: FixtureReplayOllama) -> None:
+def test_metrics_ollama_leaves_out_are_not_sent_as_zero(replay_ollama: FixtureReplayOllama) -> None:
     # the docs' streaming example ends with done:true but no timing fields at all
     events, code = run_agent(options(replay_ollama.url, runs=1, warmup=0))
 
@@ -109,7 +118,8 @@ def test_metrics_ollama_leaves_out_are_not_sent_as_zero(
 
 
 def test_an_error_line_inside_a_200_stream_fails_that_run(
-        replay_ollama: FixtureReplayOllama) -> None:
+    replay_ollama: FixtureReplayOllama,
+) -> None:
     replay_ollama.generate = fixture_text("docs_api_error_midstream.ndjson").splitlines()
     events, code = run_agent(options(replay_ollama.url, runs=2, warmup=0))
 
@@ -121,9 +131,14 @@ def test_an_error_line_inside_a_200_stream_fails_that_run(
 
 
 def test_an_out_of_memory_answer_is_judged_oom_and_stops_the_probe(
-        replay_ollama: FixtureReplayOllama) -> None:
-    replay_ollama.generate = (500, json.dumps(
-        {"error": "model requires more system memory (3.1 GiB) than is available (1.2 GiB)"}))
+    replay_ollama: FixtureReplayOllama,
+) -> None:
+    replay_ollama.generate = (
+        500,
+        json.dumps(
+            {"error": "model requires more system memory (3.1 GiB) than is available (1.2 GiB)"}
+        ),
+    )
     events, _ = run_agent(options(replay_ollama.url, runs=3, warmup=0))
 
     runs = of_kind(events, "run")
@@ -133,13 +148,19 @@ def test_an_out_of_memory_answer_is_judged_oom_and_stops_the_probe(
 
 
 def test_missing_model_is_one_error_naming_what_is_there(
-        replay_ollama: FixtureReplayOllama) -> None:
+    replay_ollama: FixtureReplayOllama,
+) -> None:
     events, code = run_agent(options(replay_ollama.url, model="llama3.2"))
 
     assert code == 3
-    assert of_kind(events, "error") == [{
-        "event": "error", "kind": "model_missing", "model": "llama3.2",
-        "message": "models there: gemma2:2b"}]
+    assert of_kind(events, "error") == [
+        {
+            "event": "error",
+            "kind": "model_missing",
+            "model": "llama3.2",
+            "message": "models there: gemma2:2b",
+        }
+    ]
 
 
 def test_ollama_not_running_and_not_installed_are_told_apart(tmp_path: Path) -> None:

@@ -22,13 +22,25 @@ def labctl(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def keep_probe(state: Path, vm: str, tps: list[float]) -> None:
     conn = store.connect(state)
     recorder = store.ProbeRecorder(
-        conn, store.VmRecord(name=vm, vmid=101, node="pve1", cores=2, memory_mib=4096,
-                             cpu_type="host"), "gemma2:2b", {}, "nonce")
+        conn,
+        store.VmRecord(name=vm, vmid=101, node="pve1", cores=2, memory_mib=4096, cpu_type="host"),
+        "gemma2:2b",
+        {},
+        "nonce",
+    )
     for index, rate in enumerate(tps):
-        recorder.on_run(RunResult(
-            index=index, warmup=index == 0, ok=True, error=None,
-            metrics=OllamaMetrics(eval_count=int(rate * 10), eval_duration_ns=10 * 10**9),
-            peaks=RunPeaks.from_samples([]), ttft_s=0.3, load_kind="warm"))
+        recorder.on_run(
+            RunResult(
+                index=index,
+                warmup=index == 0,
+                ok=True,
+                error=None,
+                metrics=OllamaMetrics(eval_count=int(rate * 10), eval_duration_ns=10 * 10**9),
+                peaks=RunPeaks.from_samples([]),
+                ttft_s=0.3,
+                load_kind="warm",
+            )
+        )
     recorder.finish("ok")
 
 
@@ -39,8 +51,11 @@ def test_results_json_csv_and_filter(tmp_path: Path) -> None:
     done = labctl(tmp_path, "results", "--json")
     assert done.returncode == 0, done.stderr
     runs = json.loads(done.stdout)["runs"]
-    assert [(r["vm_name"], r["eval_tps"]) for r in runs] == [("gemma", 12.0), ("gemma", 14.0),
-                                                             ("small", 4.0)]
+    assert [(r["vm_name"], r["eval_tps"]) for r in runs] == [
+        ("gemma", 12.0),
+        ("gemma", 14.0),
+        ("small", 4.0),
+    ]
 
     done = labctl(tmp_path, "results", "--vm", "small", "--csv")
     rows = list(csv.DictReader(io.StringIO(done.stdout)))

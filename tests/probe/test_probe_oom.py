@@ -49,7 +49,8 @@ def confined_double(memory_cgroup: Path, tmp_path: Path) -> Iterator[DoubleOllam
 
 
 def test_runner_killed_by_the_kernel_for_memory_is_model_does_not_fit(
-        confined_double: DoubleOllama) -> None:
+    confined_double: DoubleOllama,
+) -> None:
     options = ProbeOptions(runs=3, warmup=0, num_predict=8, ollama_url=confined_double.url)
     events, code = run_agent(options)
 

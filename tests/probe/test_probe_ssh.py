@@ -24,10 +24,12 @@ def options(double: DoubleOllama, **changes: object) -> ProbeOptions:
 
 
 def test_probe_over_ssh_measures_and_keeps_every_run(
-        local_sshd: LocalSshd, ollama_double: DoubleOllama, tmp_path: Path) -> None:
+    local_sshd: LocalSshd, ollama_double: DoubleOllama, tmp_path: Path
+) -> None:
     conn = store.connect(tmp_path)
-    recorder = store.ProbeRecorder(conn, store.VmRecord(name="probe-test", cores=2),
-                                   "gemma2:2b", {}, "nonce")
+    recorder = store.ProbeRecorder(
+        conn, store.VmRecord(name="probe-test", cores=2), "gemma2:2b", {}, "nonce"
+    )
     reporter = RecordingReporter()
 
     result = probe(local_sshd.address, options(ollama_double), reporter, listener=recorder)
@@ -59,10 +61,12 @@ class DroppingReporter(RecordingReporter):
 
 
 def test_ssh_drop_mid_run_keeps_earlier_runs_and_records_the_failed_one(
-        local_sshd: LocalSshd, ollama_double: DoubleOllama, tmp_path: Path) -> None:
+    local_sshd: LocalSshd, ollama_double: DoubleOllama, tmp_path: Path
+) -> None:
     conn = store.connect(tmp_path)
-    recorder = store.ProbeRecorder(conn, store.VmRecord(name="probe-test"), "gemma2:2b", {},
-                                   "nonce")
+    recorder = store.ProbeRecorder(
+        conn, store.VmRecord(name="probe-test"), "gemma2:2b", {}, "nonce"
+    )
 
     def drop() -> None:
         for pid in local_sshd.session_pids():
@@ -70,23 +74,29 @@ def test_ssh_drop_mid_run_keeps_earlier_runs_and_records_the_failed_one(
 
     reporter = DroppingReporter(at="run 3/3", drop=drop)
     with pytest.raises(ProbeError) as raised:
-        probe(local_sshd.address, options(ollama_double, num_predict=400), reporter,
-              listener=recorder)
+        probe(
+            local_sshd.address, options(ollama_double, num_predict=400), reporter, listener=recorder
+        )
 
-    assert str(raised.value) == ("SSH connection to probe-test lost during run 3/3 (1 measured "
-                                 "run(s) kept; see `labctl results --vm probe-test`)")
+    assert str(raised.value) == (
+        "SSH connection to probe-test lost during run 3/3 (1 measured "
+        "run(s) kept; see `labctl results --vm probe-test`)"
+    )
     rows = store.list_runs(conn, "probe-test", include_warmup=True)
     assert [(r["run_index"], r["ok"]) for r in rows] == [(0, True), (1, True), (2, False)]
     assert rows[2]["error"] == "SSH connection lost during the run"
 
 
 def test_python3_missing_on_the_guest_is_one_clear_error(
-        make_sshd: Callable[[str], LocalSshd], ollama_double: DoubleOllama) -> None:
+    make_sshd: Callable[[str], LocalSshd], ollama_double: DoubleOllama
+) -> None:
     # HOME too: a ~/.bashrc (as root's here) could put python3 back on PATH
     sshd = make_sshd("SetEnv PATH=/nonexistent HOME=/nonexistent\n")
 
     with pytest.raises(ProbeError) as raised:
         probe(sshd.address, options(ollama_double), RecordingReporter())
 
-    assert str(raised.value) == ("python3 is not installed on probe-test; the probe agent "
-                                 "needs it (install python3 on the guest (Ansible needs it too))")
+    assert str(raised.value) == (
+        "python3 is not installed on probe-test; the probe agent "
+        "needs it (install python3 on the guest (Ansible needs it too))"
+    )

@@ -88,8 +88,7 @@ def spec_of(backend: RecordingBackend) -> GuestSpec:
 
 def test_ciupgrade_reaches_the_guest_as_package_upgrade(tmp_path: Path) -> None:
     backend = RecordingBackend()
-    settings: dict[str, Any] = FAST | {"cloudinit_ssh_delay": 1.5,
-                                       "cloudinit_upgrade_seconds": 4}
+    settings: dict[str, Any] = FAST | {"cloudinit_ssh_delay": 1.5, "cloudinit_upgrade_seconds": 4}
     with SimServer(tmp_path, backend=backend, **settings) as server:
         prox = token_api(server)
         seen = []

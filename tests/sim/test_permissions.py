@@ -43,8 +43,14 @@ class Token:
 
     def __init__(self, server: SimServer, token_id: str, secret: str) -> None:
         user, name = token_id.split("!")
-        self.api = ProxmoxAPI("127.0.0.1", port=server.port, user=user, token_name=name,
-                              token_value=secret, verify_ssl=str(server.cert_path))
+        self.api = ProxmoxAPI(
+            "127.0.0.1",
+            port=server.port,
+            user=user,
+            token_name=name,
+            token_value=secret,
+            verify_ssl=str(server.cert_path),
+        )
         self.raw = Raw(server, authenticated=False)
         self.raw.session.headers["Authorization"] = f"PVEAPIToken={token_id}={secret}"
 
@@ -75,14 +81,22 @@ def vmid(root: Any) -> int:
     return newid
 
 
-def grant(server: SimServer, privs: str, *, user_privs: str | None = None, privsep: int = 1,
-          acl: list[dict[str, Any]] | None = None) -> Token:
+def grant(
+    server: SimServer,
+    privs: str,
+    *,
+    user_privs: str | None = None,
+    privsep: int = 1,
+    acl: list[dict[str, Any]] | None = None,
+) -> Token:
     """labctl@pve with role UserRole on /, its token with TokenRole on / (or `acl`)."""
     spec = {
         "roles": {"TokenRole": privs, "UserRole": privs if user_privs is None else user_privs},
         "users": ["labctl@pve"],
         "tokens": {TOKEN: {"privsep": privsep}},
-        "acl": acl if acl is not None else [
+        "acl": acl
+        if acl is not None
+        else [
             {"path": "/", "roles": "UserRole", "users": "labctl@pve"},
             {"path": "/", "roles": "TokenRole", "tokens": TOKEN},
         ],
@@ -120,18 +134,20 @@ def test_file_read_without_file_read_privilege_is_pves_403(server: SimServer, vm
 
 
 @pytest.mark.parametrize("privs", ["VM.GuestAgent.FileRead", "VM.GuestAgent.Unrestricted"])
-def test_file_read_with_the_privilege_answers_200(server: SimServer, vmid: int,
-                                                  privs: str) -> None:
+def test_file_read_with_the_privilege_answers_200(server: SimServer, vmid: int, privs: str) -> None:
     token = grant(server, privs)
     result = token.api.nodes("pve").qemu(vmid).agent("file-read").get(file=HOST_KEY)
     assert result["content"] == f"ssh-ed25519 AAAAC3Nz vm{vmid}\n"
 
 
-def test_network_interfaces_need_guest_agent_audit_not_vm_monitor(server: SimServer,
-                                                                 vmid: int) -> None:
+def test_network_interfaces_need_guest_agent_audit_not_vm_monitor(
+    server: SimServer, vmid: int
+) -> None:
     path = f"/nodes/pve/qemu/{vmid}/agent/network-get-interfaces"
-    refused(grant(server, "VM.Audit VM.GuestAgent.FileRead").raw("GET", path),
-            f"/vms/{vmid}, VM.GuestAgent.Audit|VM.GuestAgent.Unrestricted")
+    refused(
+        grant(server, "VM.Audit VM.GuestAgent.FileRead").raw("GET", path),
+        f"/vms/{vmid}, VM.GuestAgent.Audit|VM.GuestAgent.Unrestricted",
+    )
     assert grant(server, "VM.GuestAgent.Audit").raw("GET", path).status_code == 200
 
 
@@ -146,8 +162,7 @@ def test_pve9_refuses_a_role_naming_vm_monitor(server: SimServer) -> None:
 # --- how privileges are computed ------------------------------------------------------------------
 
 
-def test_a_privsep_token_gets_the_intersection_with_its_user(server: SimServer,
-                                                             vmid: int) -> None:
+def test_a_privsep_token_gets_the_intersection_with_its_user(server: SimServer, vmid: int) -> None:
     path = f"/nodes/pve/qemu/{vmid}/status/current"
     token = grant(server, "VM.Audit", user_privs="VM.PowerMgmt")
     refused(token.raw("GET", path), f"/vms/{vmid}, VM.Audit")
@@ -160,9 +175,11 @@ def test_the_deepest_acl_entry_replaces_inherited_roles(server: SimServer, vmid:
         "roles": {"Audit": "VM.Audit", "Power": "VM.PowerMgmt", "Nodes": "Sys.Audit"},
         "users": ["labctl@pve"],
         "tokens": {TOKEN: {"privsep": 0}},
-        "acl": [{"path": "/vms", "roles": "Audit", "users": "labctl@pve"},
-                {"path": f"/vms/{vmid}", "roles": "Power", "users": "labctl@pve"},
-                {"path": "/nodes", "roles": "Nodes", "users": "labctl@pve", "propagate": 0}],
+        "acl": [
+            {"path": "/vms", "roles": "Audit", "users": "labctl@pve"},
+            {"path": f"/vms/{vmid}", "roles": "Power", "users": "labctl@pve"},
+            {"path": "/nodes", "roles": "Nodes", "users": "labctl@pve", "propagate": 0},
+        ],
     }
     secret = Raw(server)("POST", "/_sim/access", json=spec).json()["data"]["tokens"][TOKEN]
     token = Token(server, TOKEN, secret["value"])
@@ -173,9 +190,14 @@ def test_the_deepest_acl_entry_replaces_inherited_roles(server: SimServer, vmid:
 
 
 def test_listings_are_filtered_not_refused(server: SimServer, vmid: int) -> None:
-    token = grant(server, "VM.PowerMgmt", acl=[
-        {"path": "/", "roles": "UserRole", "users": "labctl@pve"},
-        {"path": f"/vms/{vmid}", "roles": "TokenRole", "tokens": TOKEN}])
+    token = grant(
+        server,
+        "VM.PowerMgmt",
+        acl=[
+            {"path": "/", "roles": "UserRole", "users": "labctl@pve"},
+            {"path": f"/vms/{vmid}", "roles": "TokenRole", "tokens": TOKEN},
+        ],
+    )
     assert token.api.cluster.resources.get(type="vm") == []  # no VM.Audit anywhere
     nodes = token.api.nodes.get()
     assert nodes and all("maxmem" not in n and n["status"] == "online" for n in nodes)
@@ -190,14 +212,20 @@ def test_clone_checks_source_newid_storage_and_bridge(server: SimServer, root: A
     newid = int(root.cluster.nextid.get())
     clone = f"/nodes/pve/qemu/9000/clone?newid={newid}"
     everything = "VM.Clone VM.Allocate Datastore.AllocateSpace SDN.Use"
-    refused(grant(server, "VM.Allocate Datastore.AllocateSpace SDN.Use").raw("POST", clone),
-            "/vms/9000, VM.Clone")
+    refused(
+        grant(server, "VM.Allocate Datastore.AllocateSpace SDN.Use").raw("POST", clone),
+        "/vms/9000, VM.Clone",
+    )
     # the ['or', VM.Allocate on /vms/{newid}, ... on /pool/{pool}] check names nothing
     refused(grant(server, "VM.Clone Datastore.AllocateSpace SDN.Use").raw("POST", clone), "")
-    refused(grant(server, "VM.Clone VM.Allocate SDN.Use").raw("POST", clone),
-            "/storage/local-lvm, Datastore.AllocateSpace")
-    refused(grant(server, "VM.Clone VM.Allocate Datastore.AllocateSpace").raw("POST", clone),
-            "/sdn/zones/localnetwork/vmbr0, SDN.Use")
+    refused(
+        grant(server, "VM.Clone VM.Allocate SDN.Use").raw("POST", clone),
+        "/storage/local-lvm, Datastore.AllocateSpace",
+    )
+    refused(
+        grant(server, "VM.Clone VM.Allocate Datastore.AllocateSpace").raw("POST", clone),
+        "/sdn/zones/localnetwork/vmbr0, SDN.Use",
+    )
     assert newid not in {r["vmid"] for r in root.cluster.resources.get(type="vm")}
     token = grant(server, everything + " VM.Audit")
     upid = token.api.nodes("pve").qemu(9000).clone.post(newid=newid)
@@ -208,11 +236,14 @@ def test_clone_checks_source_newid_storage_and_bridge(server: SimServer, root: A
 def test_config_keys_need_their_own_privilege(server: SimServer, vmid: int) -> None:
     path = f"/nodes/pve/qemu/{vmid}/config"
     token = grant(server, "VM.Config.Memory")
-    refused(token.raw("PUT", path, data={"memory": 2048, "cores": 2}),
-            f"/vms/{vmid}, VM.Config.CPU")
-    refused(grant(server, "VM.Audit").raw("PUT", path, data={"memory": 2048}),
-            f"/vms/{vmid}, VM.Config.Disk|VM.Config.CDROM|VM.Config.CPU|VM.Config.Memory|"
-            "VM.Config.Network|VM.Config.HWType|VM.Config.Options|VM.Config.Cloudinit")
+    refused(
+        token.raw("PUT", path, data={"memory": 2048, "cores": 2}), f"/vms/{vmid}, VM.Config.CPU"
+    )
+    refused(
+        grant(server, "VM.Audit").raw("PUT", path, data={"memory": 2048}),
+        f"/vms/{vmid}, VM.Config.Disk|VM.Config.CDROM|VM.Config.CPU|VM.Config.Memory|"
+        "VM.Config.Network|VM.Config.HWType|VM.Config.Options|VM.Config.Cloudinit",
+    )
     token = grant(server, "VM.Config.Cloudinit")
     assert token.raw("PUT", path, data={"ciuser": "lab", "ipconfig0": "ip=dhcp"}).ok
     refused(token.raw("PUT", path, data={"tags": "labctl"}), f"/vms/{vmid}, VM.Config.Options")
@@ -224,12 +255,15 @@ def test_resize_checks_the_storage_inside_its_task(server: SimServer, vmid: int)
     token = grant(server, "VM.Config.Disk")
     upid = token.api.nodes("pve").qemu(vmid).resize.put(disk="scsi0", size="+1G")
     status = wait(token.api, upid)
-    assert status["exitstatus"] == "Permission check failed (/storage/local-lvm, " \
-                                   "Datastore.AllocateSpace)"
+    assert (
+        status["exitstatus"] == "Permission check failed (/storage/local-lvm, "
+        "Datastore.AllocateSpace)"
+    )
 
 
-def test_tasks_are_seen_by_their_owner_or_with_sys_audit(server: SimServer, root: Any,
-                                                         vmid: int) -> None:
+def test_tasks_are_seen_by_their_owner_or_with_sys_audit(
+    server: SimServer, root: Any, vmid: int
+) -> None:
     upid = root.nodes("pve").qemu(vmid).status.reboot.post()
     wait(root, upid)
     token = grant(server, "VM.PowerMgmt VM.Audit")

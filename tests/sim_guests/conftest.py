@@ -52,7 +52,10 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ContainerBacke
         pytest.skip(reason)
     try:
         b = ContainerBackend(
-            tmp_path_factory.mktemp("guest-state"), bridge=BRIDGE, subnet=SUBNET, prefix=PREFIX,
+            tmp_path_factory.mktemp("guest-state"),
+            bridge=BRIDGE,
+            subnet=SUBNET,
+            prefix=PREFIX,
             mem_scale=0.125,
         )
     except GuestsUnavailable as exc:

@@ -29,7 +29,8 @@ def started(backend: ContainerBackend) -> Iterator[list[int]]:
 
 
 def test_host_keys_appear_after_the_agent_answers_and_sshd_waits_for_them(
-        backend: ContainerBackend, ssh_key: Path, started: list[int]) -> None:
+    backend: ContainerBackend, ssh_key: Path, started: list[int]
+) -> None:
     vmid = next_vmid()
     spec = make_spec(vmid, ssh_key, ssh_keys_delay=2.5)
     backend.clone_disk(None, vmid, linked=True)
@@ -54,7 +55,8 @@ def test_host_keys_appear_after_the_agent_answers_and_sshd_waits_for_them(
 
 
 def test_package_upgrade_keeps_the_dpkg_lock_and_a_cpu_busy_until_cloud_init_is_done(
-        boot: Callable[..., Any]) -> None:
+    boot: Callable[..., Any],
+) -> None:
     guest = boot(package_upgrade=True, upgrade_seconds=6.0)
     backend: ContainerBackend = guest.backend
     rc, out, _err = guest.ssh(APT_INSTALL)
@@ -79,8 +81,9 @@ def test_package_upgrade_keeps_the_dpkg_lock_and_a_cpu_busy_until_cloud_init_is_
 def test_without_package_upgrade_nothing_runs_after_ssh_answers(boot) -> None:  # type: ignore[no-untyped-def]
     guest = boot()
     started = time.monotonic()
-    rc, out, err = guest.ssh("cloud-init status --wait; grep -c simulated "
-                             "/var/log/cloud-init-output.log; " + APT_INSTALL)
+    rc, out, err = guest.ssh(
+        "cloud-init status --wait; grep -c simulated /var/log/cloud-init-output.log; " + APT_INSTALL
+    )
     assert rc == 0, err
     assert time.monotonic() - started < 10
     lines = out.splitlines()
@@ -98,7 +101,8 @@ def test_status_exit_codes_follow_cloud_init(boot) -> None:  # type: ignore[no-u
     assert rc == 2, (out, err)  # degraded: recoverable errors
     assert "status: done" in out and "extended_status: degraded done" in out
     assert "Package upgrade failed" in out
-    script = script.replace("['recoverable_errors']={'WARNING': ['Package upgrade failed']}",
-                            "['errors']=['boom']")
+    script = script.replace(
+        "['recoverable_errors']={'WARNING': ['Package upgrade failed']}", "['errors']=['boom']"
+    )
     rc, out, _err = guest.ssh(f'sudo -n python3 -c "{script}"; cloud-init status')
     assert (rc, out.strip()) == (1, "status: error")

@@ -67,9 +67,14 @@ class Lab:
         """A fresh linked clone, started, answering SSH, its host key pinned."""
         vmid = next(_vmids)
         spec = GuestSpec(
-            vmid=vmid, name=name or f"ld30vm{vmid}", cores=cores, memory_mib=memory_mib,
-            ciuser=GUEST_USER, sshkeys=(self.key.with_suffix(".pub").read_text().strip(),),
-            ipconfig0="ip=dhcp", macaddr=f"BC:24:11:30:{vmid // 256:02X}:{vmid % 256:02X}",
+            vmid=vmid,
+            name=name or f"ld30vm{vmid}",
+            cores=cores,
+            memory_mib=memory_mib,
+            ciuser=GUEST_USER,
+            sshkeys=(self.key.with_suffix(".pub").read_text().strip(),),
+            ipconfig0="ip=dhcp",
+            macaddr=f"BC:24:11:30:{vmid // 256:02X}:{vmid % 256:02X}",
         )
         # The backend re-uses a destroyed guest's address; the host's ARP entry for it still
         # names the old guest's MAC for up to ~30 s (reported to the guest backend's owner).
@@ -104,10 +109,25 @@ class Lab:
         """Run a command in the guest with the system ssh client, pinned like Ansible."""
         t0 = time.monotonic()
         done = subprocess.run(
-            ["ssh", "-i", str(self.key), "-o", "IdentitiesOnly=yes",
-             "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={self.known_hosts}",
-             "-o", "BatchMode=yes", f"{host.user}@{host.address}", command],
-            capture_output=True, text=True, timeout=120, check=False,
+            [
+                "ssh",
+                "-i",
+                str(self.key),
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                f"UserKnownHostsFile={self.known_hosts}",
+                "-o",
+                "BatchMode=yes",
+                f"{host.user}@{host.address}",
+                command,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
         self.timings.append(("ssh", 0, time.monotonic() - t0, 0.0, 0.0))
         return done
@@ -118,8 +138,12 @@ class Lab:
         closed = 0
         directory = Path(control_path_dir(host, self.ssh)).expanduser()
         for socket in directory.glob("*") if directory.is_dir() else ():
-            done = subprocess.run(["ssh", "-O", "exit", "-o", f"ControlPath={socket}", "x"],
-                                  capture_output=True, timeout=30, check=False)
+            done = subprocess.run(
+                ["ssh", "-O", "exit", "-o", f"ControlPath={socket}", "x"],
+                capture_output=True,
+                timeout=30,
+                check=False,
+            )
             closed += done.returncode == 0
         return closed
 
@@ -152,13 +176,13 @@ def lab(workdir: Path, model_bytes: int = MODEL_BYTES) -> Iterator[Lab]:
     workdir.mkdir(parents=True, exist_ok=True)
     key = workdir / "id_ed25519"
     if not key.exists():
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
-                       check=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     known_hosts = workdir / "known_hosts"
     known_hosts.write_text("")
     release, models = prepare_mirror(workdir / "mirror", models={MODEL: model_bytes})
-    backend = ContainerBackend(workdir / "guests", bridge=BRIDGE, subnet=SUBNET, prefix=PREFIX,
-                               mem_scale=0.125)
+    backend = ContainerBackend(
+        workdir / "guests", bridge=BRIDGE, subnet=SUBNET, prefix=PREFIX, mem_scale=0.125
+    )
     try:
         mirror = OllamaMirror(workdir / "mirror", host=str(backend.leases.host_ip)).start()
         the_lab = Lab(backend, mirror, release, models, key, known_hosts, workdir / "state")

@@ -191,6 +191,9 @@ def use_readme_token(lab: Lab, without: str | None = None, **sections: dict[str,
         spec["roles"]["LabctlRole"] = " ".join(p for p in privs if p != without)
     (token_id,) = spec["tokens"]
     data = lab.api("POST", "/_sim/access", json=spec)
-    lab.write(proxmox={"token_id": token_id, "token_secret": data["tokens"][token_id]["value"]},
-              timeouts={"agent": 10, "ssh": 1, "shutdown": 1}, **sections)
+    lab.write(
+        proxmox={"token_id": token_id, "token_secret": data["tokens"][token_id]["value"]},
+        timeouts={"agent": 10, "ssh": 1, "shutdown": 1},
+        **sections,
+    )
     return str(token_id)

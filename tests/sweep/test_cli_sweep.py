@@ -85,8 +85,9 @@ class Harness:
 
 
 @pytest.fixture()
-def labctl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-           capsys: pytest.CaptureFixture[str]) -> Any:
+def labctl(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Any:
     config = tmp_path / "labctl.toml"
     config.write_text(LAB)
     config.chmod(0o600)
@@ -96,15 +97,22 @@ def labctl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
     def fake_worker(session: Any, name: str, *rest: Any) -> Worker:
         worker_vm = vm if name == "gemma" else FakeVm(name=name, shape=vm.shape)
-        prober = TableProber(worker_vm, gemma_table(), rendezvous=harness.rendezvous,
-                             interrupt_after=harness.interrupt_after)
+        prober = TableProber(
+            worker_vm,
+            gemma_table(),
+            rendezvous=harness.rendezvous,
+            interrupt_after=harness.interrupt_after,
+        )
         probers.append(prober)
         return Worker(worker_vm, prober)
 
     monkeypatch.setattr(AppContext, "lab", lambda app: lab)
     monkeypatch.setattr(SweepSession, "make_worker", fake_worker)
-    monkeypatch.setattr(SweepSession, "make_clones", lambda session, info, plan: [
-        f"{info.name}-{i}" for i in range(2, session.parallel + 1)])
+    monkeypatch.setattr(
+        SweepSession,
+        "make_clones",
+        lambda session, info, plan: [f"{info.name}-{i}" for i in range(2, session.parallel + 1)],
+    )
 
     def run(*args: str) -> tuple[int, str, str]:
         code = main(["--config", str(config), "--state-dir", str(tmp_path / "state"), *args])
@@ -116,8 +124,16 @@ def labctl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     return harness
 
 
-SWEEP = ("sweep", "gemma", "--cores", "1,2,4,8,12", "--ram", "2G,4G,8G,16G,32G",
-         "--cpu-type", "host,x86-64-v2-AES")
+SWEEP = (
+    "sweep",
+    "gemma",
+    "--cores",
+    "1,2,4,8,12",
+    "--ram",
+    "2G,4G,8G,16G,32G",
+    "--cpu-type",
+    "host,x86-64-v2-AES",
+)
 
 
 def test_sweep_prints_the_table_and_the_minimum_and_writes_an_html_report(labctl: Any) -> None:
@@ -168,30 +184,33 @@ def test_rerunning_the_same_sweep_probes_nothing_and_report_regenerates_it(labct
     assert sweep_id in out
 
 
-def test_no_shape_meets_the_target_exit_8_and_the_report_shows_the_best_seen(
-        labctl: Any) -> None:
+def test_no_shape_meets_the_target_exit_8_and_the_report_shows_the_best_seen(labctl: Any) -> None:
     code, out, err = labctl.run(*SWEEP, "--min-tps", "40")
     assert code == ExitCode.SWEEP
     assert "No shape meets every target (eval >= 40 tok/s). Best seen: 12 vCPU / 32 GiB" in out
     assert err.strip().splitlines()[-1].startswith("error: No shape meets every target")
 
 
-@pytest.mark.parametrize(("args", "fragment"), [
-    (("--cores", "", "--ram", "4G"), "invalid core list"),
-    (("--cores", "1,,2", "--ram", "4G"), "invalid core list"),
-    (("--cores", "4-2", "--ram", "4G"), "invalid core range"),
-    (("--cores", "2", "--ram", "4X"), "unknown unit"),
-    (("--cores", "2", "--ram", "4G", "--cpu-type", "host,"), "invalid cpu type list"),
-    (("--cores", "2", "--ram", "4G", "--min-tps", "fast"), "invalid --min-tps"),
-    (("--cores", "2", "--ram", "4G", "--min-tps", "-3"), "positive"),
-    (("--cores", "2", "--ram", "4G", "--max-ttft", "2 minutes"), "invalid duration"),
-    (("--cores", "2", "--ram", "4G", "--min-free-mem", "100%"), "cannot be met"),
-    (("--cores", "2", "--ram", "4G,8G", "--min-free-mem", "8G"), "cannot be met"),
-    (("--cores", "2,32", "--ram", "4G"), "32 cores is more than node pve1 has"),
-    (("--cores", "2", "--ram", "4G,128G"), "RAM is more than node pve1 has free"),
-])
-def test_bad_input_is_one_line_exit_2_and_changes_nothing(labctl: Any, args: tuple[str, ...],
-                                                         fragment: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("--cores", "", "--ram", "4G"), "invalid core list"),
+        (("--cores", "1,,2", "--ram", "4G"), "invalid core list"),
+        (("--cores", "4-2", "--ram", "4G"), "invalid core range"),
+        (("--cores", "2", "--ram", "4X"), "unknown unit"),
+        (("--cores", "2", "--ram", "4G", "--cpu-type", "host,"), "invalid cpu type list"),
+        (("--cores", "2", "--ram", "4G", "--min-tps", "fast"), "invalid --min-tps"),
+        (("--cores", "2", "--ram", "4G", "--min-tps", "-3"), "positive"),
+        (("--cores", "2", "--ram", "4G", "--max-ttft", "2 minutes"), "invalid duration"),
+        (("--cores", "2", "--ram", "4G", "--min-free-mem", "100%"), "cannot be met"),
+        (("--cores", "2", "--ram", "4G,8G", "--min-free-mem", "8G"), "cannot be met"),
+        (("--cores", "2,32", "--ram", "4G"), "32 cores is more than node pve1 has"),
+        (("--cores", "2", "--ram", "4G,128G"), "RAM is more than node pve1 has free"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(
+    labctl: Any, args: tuple[str, ...], fragment: str
+) -> None:
     code, out, err = labctl.run("sweep", "gemma", *args)
     assert code == ExitCode.USAGE and out == ""
     assert fragment in err
@@ -201,11 +220,14 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(labctl: Any, args: tup
 
 @pytest.mark.parametrize("parallel", [(), ("--parallel", "1")])
 def test_keep_clones_without_a_parallel_sweep_is_exit_2_before_proxmox_is_asked(
-        labctl: Any, parallel: tuple[str, ...]) -> None:
+    labctl: Any, parallel: tuple[str, ...]
+) -> None:
     code, out, err = labctl.run(*SWEEP, "--min-tps", "10", "--keep-clones", *parallel)
     assert code == ExitCode.USAGE and out == ""
-    assert err == ("error: --keep-clones needs --parallel N (N >= 2): only a parallel sweep "
-                   "makes clones to keep\n")
+    assert err == (
+        "error: --keep-clones needs --parallel N (N >= 2): only a parallel sweep "
+        "makes clones to keep\n"
+    )
     assert labctl.lab.finds == 0 and labctl.vm.history == [] and labctl.probers == []
     assert not (labctl.tmp / "state" / "labctl.sqlite").exists()  # no sweep recorded either
 
@@ -215,11 +237,11 @@ def test_unknown_sweep_id_is_exit_2(labctl: Any) -> None:
     assert code == ExitCode.USAGE and "no sweep 'nosuch'" in err
 
 
-def test_parallel_splits_the_grid_between_the_vms_and_gives_the_same_answer(
-        labctl: Any) -> None:
+def test_parallel_splits_the_grid_between_the_vms_and_gives_the_same_answer(labctl: Any) -> None:
     labctl.rendezvous = threading.Barrier(3)
-    code, out, err = labctl.run(*SWEEP, "--min-tps", "10", "--strategy", "grid",
-                                "--parallel", "3", "--json")
+    code, out, err = labctl.run(
+        *SWEEP, "--min-tps", "10", "--strategy", "grid", "--parallel", "3", "--json"
+    )
     assert code == 0, err
     assert len(labctl.probers) == 3 and all(p.probed for p in labctl.probers)
     assert sum(len(p.probed) for p in labctl.probers) == 50
@@ -242,7 +264,8 @@ def test_ctrl_c_restores_the_vm_exits_130_and_the_rerun_resumes(labctl: Any) -> 
 
 
 def test_a_parallel_sweep_removes_the_clones_it_made_even_after_ctrl_c(
-        labctl: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    labctl: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from provision.sweep import clones
 
     _clones_made_by_the_sweep(labctl, monkeypatch)
@@ -275,23 +298,33 @@ def test_json_says_which_clones_were_removed(labctl: Any, monkeypatch: pytest.Mo
     _clones_made_by_the_sweep(labctl, monkeypatch)
     code, out, err = labctl.run(*SWEEP, "--min-tps", "10", "--parallel", "3", "--json")
     assert code == 0, err
-    assert json.loads(out)["clones"] == {"removed": ["gemma-2", "gemma-3"], "kept": [],
-                                         "left": [], "user_vms": []}
+    assert json.loads(out)["clones"] == {
+        "removed": ["gemma-2", "gemma-3"],
+        "kept": [],
+        "left": [],
+        "user_vms": [],
+    }
     assert labctl.lab.downs == ["gemma-2", "gemma-3"]
 
 
 def test_json_says_which_clones_were_kept(labctl: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     _clones_made_by_the_sweep(labctl, monkeypatch)
-    code, out, err = labctl.run(*SWEEP, "--min-tps", "10", "--parallel", "2", "--keep-clones",
-                                "--json")
+    code, out, err = labctl.run(
+        *SWEEP, "--min-tps", "10", "--parallel", "2", "--keep-clones", "--json"
+    )
     assert code == 0, err
-    assert json.loads(out)["clones"] == {"removed": [], "kept": ["gemma-2"], "left": [],
-                                         "user_vms": []}
+    assert json.loads(out)["clones"] == {
+        "removed": [],
+        "kept": ["gemma-2"],
+        "left": [],
+        "user_vms": [],
+    }
     assert labctl.lab.downs == []
 
 
 def test_json_names_clones_left_behind_and_vms_the_sweep_did_not_make(
-        labctl: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    labctl: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from provision.errors import ProxmoxError
     from provision.sweep import clones
 
@@ -307,8 +340,12 @@ def test_json_names_clones_left_behind_and_vms_the_sweep_did_not_make(
     monkeypatch.setattr(labctl.lab, "down", down_fails)
     code, out, err = labctl.run(*SWEEP, "--min-tps", "10", "--parallel", "3", "--json")
     assert code == 0, err
-    assert json.loads(out)["clones"] == {"removed": [], "kept": [], "left": ["gemma-2"],
-                                         "user_vms": ["gemma-3"]}
+    assert json.loads(out)["clones"] == {
+        "removed": [],
+        "kept": [],
+        "left": ["gemma-2"],
+        "user_vms": ["gemma-3"],
+    }
     assert "could not remove gemma-2: VM gemma-2 is locked (backup)" in err
 
 

@@ -63,7 +63,8 @@ def _wait_for_points(db: Path, count: int, child: subprocess.Popen[bytes]) -> No
 
 
 def test_sigkilled_sweep_resumes_without_reprobing_and_restores_the_original_shape(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     db, vm_file = tmp_path / "labctl.sqlite", tmp_path / "vm.json"
     vm_file.write_text(json.dumps(shape_to_dict(ORIGINAL)))
     sweep_store_at(db)  # create the schema before the child and the test both open it

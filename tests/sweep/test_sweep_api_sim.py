@@ -32,7 +32,8 @@ def config_of(lab: Lab, vm: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_shapes_larger_than_the_node_are_refused_before_the_vm_changes(
-        api_lab: Lab, vm: dict[str, Any]) -> None:
+    api_lab: Lab, vm: dict[str, Any]
+) -> None:
     before = config_of(api_lab, vm)
     result = api_lab.run("sweep", "sw", "--cores", "1,2,32", "--ram", "1G,2G", "--min-tps", "5")
     assert result.code == 2, result
@@ -48,9 +49,9 @@ def test_a_vm_that_does_not_exist_is_a_proxmox_error(api_lab: Lab) -> None:
 
 
 def test_unreachable_shapes_are_failed_points_exit_8_and_the_shape_is_put_back(
-        api_lab: Lab, vm: dict[str, Any]) -> None:
-    result = api_lab.run("sweep", "sw", "--cores", "1,2", "--ram", "1G", "--min-tps", "5",
-                         "--json")
+    api_lab: Lab, vm: dict[str, Any]
+) -> None:
+    result = api_lab.run("sweep", "sw", "--cores", "1,2", "--ram", "1G", "--min-tps", "5", "--json")
     assert result.code == 8, result
     document = result.json
     measured = [p for p in document["points"] if p["probed"]]

@@ -53,15 +53,26 @@ class LoopbackLab:
 
 
 def test_a_sweep_with_the_real_probe_records_points_linked_to_their_probe_runs(
-        local_sshd: LocalSshd, ollama_double: DoubleOllama, tmp_path: Path) -> None:
+    local_sshd: LocalSshd, ollama_double: DoubleOllama, tmp_path: Path
+) -> None:
     vm = FakeVm(shape=Shape(2, 4 * G))
     options = ProbeOptions(runs=2, warmup=0, num_predict=16, ollama_url=ollama_double.url)
     lab = LoopbackLab(vm, local_sshd.address)
-    prober = LabProber(lab, "gemma", options, tmp_path,  # type: ignore[arg-type]
-                       RecordingReporter(), {"model": options.model, "runs": 2})
+    prober = LabProber(
+        lab,  # type: ignore[arg-type]
+        "gemma",
+        options,
+        tmp_path,
+        RecordingReporter(),
+        {"model": options.model, "runs": 2},
+    )
     sweeps = SweepStore(store.connect(tmp_path))
-    plan = SweepPlan(vm="gemma", space=Space((1, 2), (4 * G,), ("host",)),
-                     targets=Targets(min_tps=0.1), strategy="grid")
+    plan = SweepPlan(
+        vm="gemma",
+        space=Space((1, 2), (4 * G,), ("host",)),
+        targets=Targets(min_tps=0.1),
+        strategy="grid",
+    )
 
     outcome = SweepLoop(sweeps, [Worker(vm, prober)], RecordingReporter()).run(plan)
 
@@ -75,28 +86,42 @@ def test_a_sweep_with_the_real_probe_records_points_linked_to_their_probe_runs(
     linked = sweeps.db.execute(
         "SELECT p.cores, p.status, COUNT(r.id) FROM sweep_points s JOIN probes p "
         "ON p.id = s.probe_id JOIN probe_runs r ON r.probe_id = p.id "
-        "WHERE s.sweep_id = ? GROUP BY p.id ORDER BY s.seq", (outcome.record.id,)).fetchall()
+        "WHERE s.sweep_id = ? GROUP BY p.id ORDER BY s.seq",
+        (outcome.record.id,),
+    ).fetchall()
     assert [tuple(row) for row in linked] == [(2, "ok", 2), (1, "ok", 2)]
     assert outcome.result.minimum is not None and outcome.result.minimum.shape.cores == 1
 
 
 def test_the_runner_killed_for_memory_becomes_an_oom_point(
-        local_sshd: LocalSshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    local_sshd: LocalSshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import provision.probe.run as probe_run
 
     def out_of_memory(*args: object, **kwargs: object) -> None:
-        raise ModelDoesNotFit("gemma2:2b does not fit in RAM on gemma (runner OOM-killed)",
-                              figure="OOM-killed while loading, Ollama held 0.9 GiB of 1.0 GiB")
+        raise ModelDoesNotFit(
+            "gemma2:2b does not fit in RAM on gemma (runner OOM-killed)",
+            figure="OOM-killed while loading, Ollama held 0.9 GiB of 1.0 GiB",
+        )
 
     monkeypatch.setattr(probe_run, "probe", out_of_memory)
     vm = FakeVm(shape=Shape(2, 1 * G))
-    prober = LabProber(LoopbackLab(vm, local_sshd.address), "gemma",  # type: ignore[arg-type]
-                       ProbeOptions(), tmp_path,
-                       RecordingReporter(), {})
+    prober = LabProber(
+        LoopbackLab(vm, local_sshd.address),  # type: ignore[arg-type]
+        "gemma",
+        ProbeOptions(),
+        tmp_path,
+        RecordingReporter(),
+        {},
+    )
     measurement = prober.measure(Shape(2, 1 * G))
     assert measurement.status is Status.OOM
     assert evaluate(measurement, Targets(min_tps=1)).why == (
-        "does not fit in RAM (OOM-killed while loading, Ollama held 0.9 GiB of 1.0 GiB)")
-    status = store.connect(tmp_path).execute(
-        "SELECT status FROM probes WHERE id = ?", (measurement.details["probe_id"],)).fetchone()
+        "does not fit in RAM (OOM-killed while loading, Ollama held 0.9 GiB of 1.0 GiB)"
+    )
+    status = (
+        store.connect(tmp_path)
+        .execute("SELECT status FROM probes WHERE id = ?", (measurement.details["probe_id"],))
+        .fetchone()
+    )
     assert status[0] == "oom"

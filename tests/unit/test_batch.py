@@ -21,7 +21,10 @@ def test_outcomes_come_in_the_names_order_with_each_vms_result_or_error() -> Non
     outcomes = each_vm(["a", "b", "c"], work, jobs=3)
 
     assert [(o.name, o.result, o.ok) for o in outcomes] == [
-        ("a", "A", True), ("b", None, False), ("c", "C", True)]
+        ("a", "A", True),
+        ("b", None, False),
+        ("c", "C", True),
+    ]
     assert str(first_error(outcomes)) == "b's guest died"
 
 

@@ -40,8 +40,9 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
     assert config.get("proxmox.verify") is False
 
 
-def test_secret_from_env_never_shows_in_repr(tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_secret_from_env_never_shows_in_repr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("LABCTL_PROXMOX_TOKEN_SECRET", "s3cr3t-uuid")
     config = load_config(str(write(tmp_path, LAB, mode=0o644)))  # no secret in the file: ok
     secret = config.secret("proxmox.token_secret")
@@ -60,13 +61,15 @@ def test_world_readable_file_holding_a_secret_is_refused_with_the_fix(tmp_path: 
 
 @pytest.mark.parametrize(
     ("text", "fragment"),
-    [("[proxmox]\nhots = 'x'\n", "unknown key proxmox.hots"),
-     ("[bogus]\n", "unknown section"),
-     ("[proxmox]\nport = 'x'\n", 'proxmox.port must be a whole number, got the string "x"'),
-     ("[vm.a_b]\n", "invalid VM name"),
-     ("[vm.x]\nram = '32X'\n", "vm.x"),
-     ("[vm.x]\nsize = 3\n", "unknown key vm.x.size"),
-     ("[proxmox\n", "invalid TOML")],
+    [
+        ("[proxmox]\nhots = 'x'\n", "unknown key proxmox.hots"),
+        ("[bogus]\n", "unknown section"),
+        ("[proxmox]\nport = 'x'\n", 'proxmox.port must be a whole number, got the string "x"'),
+        ("[vm.a_b]\n", "invalid VM name"),
+        ("[vm.x]\nram = '32X'\n", "vm.x"),
+        ("[vm.x]\nsize = 3\n", "unknown key vm.x.size"),
+        ("[proxmox\n", "invalid TOML"),
+    ],
 )
 def test_bad_lab_files_name_the_key(tmp_path: Path, text: str, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment.replace(".", r"\.").replace("[", r"\[")):
@@ -76,8 +79,10 @@ def test_bad_lab_files_name_the_key(tmp_path: Path, text: str, fragment: str) ->
 @pytest.mark.parametrize(
     ("line", "says"),
     [
-        ('models = "gemma2:2b"',
-         'vm.x.models must be a list of strings, got the string "gemma2:2b"'),
+        (
+            'models = "gemma2:2b"',
+            'vm.x.models must be a list of strings, got the string "gemma2:2b"',
+        ),
         ("models = [1]", "vm.x.models must be a list of strings, got a list holding the number 1"),
         ('full = "false"', 'vm.x.full must be true or false, got the string "false"'),
         ("full = 1", "vm.x.full must be true or false, got the number 1"),
@@ -92,8 +97,9 @@ def test_bad_lab_files_name_the_key(tmp_path: Path, text: str, fragment: str) ->
         ("gateway = { a = 1 }", "vm.x.gateway must be a string, got a table"),
     ],
 )
-def test_each_vm_key_is_type_checked_with_a_one_line_error(tmp_path: Path, line: str,
-                                                           says: str) -> None:
+def test_each_vm_key_is_type_checked_with_a_one_line_error(
+    tmp_path: Path, line: str, says: str
+) -> None:
     path = write(tmp_path, f"[vm.x]\n{line}\n")
     with pytest.raises(ConfigError) as caught:
         load_config(str(path))
@@ -112,8 +118,9 @@ def test_each_vm_key_is_type_checked_with_a_one_line_error(tmp_path: Path, line:
         ("[vm]\nx = 3\n", "vm.x must be a table, got the number 3"),
     ],
 )
-def test_bad_vm_values_name_the_file_and_the_key_they_came_from(tmp_path: Path, text: str,
-                                                                says: str) -> None:
+def test_bad_vm_values_name_the_file_and_the_key_they_came_from(
+    tmp_path: Path, text: str, says: str
+) -> None:
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as caught:
         load_config(str(path))
@@ -121,9 +128,11 @@ def test_bad_vm_values_name_the_file_and_the_key_they_came_from(tmp_path: Path, 
 
 
 def test_well_typed_vm_keys_reach_the_vm_spec(tmp_path: Path) -> None:
-    text = ('[vm.x]\ncores = 2\nram = "2G"\ndisk = "40G"\ncpu_type = "x86-64-v3"\n'
-            'node = "pve2"\nfull = true\nip = "10.0.0.5/24"\ngateway = "10.0.0.1"\n'
-            'models = ["qwen2.5:0.5b"]\n')
+    text = (
+        '[vm.x]\ncores = 2\nram = "2G"\ndisk = "40G"\ncpu_type = "x86-64-v3"\n'
+        'node = "pve2"\nfull = true\nip = "10.0.0.5/24"\ngateway = "10.0.0.1"\n'
+        'models = ["qwen2.5:0.5b"]\n'
+    )
     spec = load_config(str(write(tmp_path, text))).vms["x"]
     assert (spec.shape.cores, spec.shape.memory_mib, spec.shape.disk_gib) == (2, 2048, 40)
     assert spec.shape.cpu_type == "x86-64-v3" and spec.node == "pve2" and spec.full is True
@@ -163,8 +172,10 @@ def reference_markdown() -> str:
     rows = ["| key | type | default | env | what |", "|---|---|---|---|---|"]
     for key in KEYS:
         default = "" if key.secret else shown_default(key.default)
-        rows.append(f"| `{key.path}` | {key.type.__name__} | {default} | `{key.env}` | "
-                    f"{key.help.replace('|', '/')} |")
+        rows.append(
+            f"| `{key.path}` | {key.type.__name__} | {default} | `{key.env}` | "
+            f"{key.help.replace('|', '/')} |"
+        )
     rows += ["", "`[vm.NAME]` tables declare the lab's VMs; their keys:", ""]
     for vm_key in VM_KEYS:
         default = f", default `{vm_key.default_from}`" if vm_key.default_from else ""

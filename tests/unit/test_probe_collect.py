@@ -14,21 +14,41 @@ from provision.probe.run import ProbeOptions, collect
 from tests.support.reporting import RecordingReporter
 
 OPTIONS = ProbeOptions(runs=2, warmup=1)
-FACTS = {"event": "facts", "vcpus": 2, "cpu_model": "QEMU Virtual CPU", "kernel": "6.8.0",
-         "flags": {"avx": True, "avx2": True, "avx512f": False, "fma": True},
-         "mem_total": 4 << 30, "ollama_version": "0.32.15",
-         "tags_entry": {"name": "gemma2:2b", "digest": "8ccf136f", "size": 1629518495}}
+FACTS = {
+    "event": "facts",
+    "vcpus": 2,
+    "cpu_model": "QEMU Virtual CPU",
+    "kernel": "6.8.0",
+    "flags": {"avx": True, "avx2": True, "avx512f": False, "fma": True},
+    "mem_total": 4 << 30,
+    "ollama_version": "0.32.15",
+    "tags_entry": {"name": "gemma2:2b", "digest": "8ccf136f", "size": 1629518495},
+}
 
 
-def run_event(index: int, *, warmup: bool = False, ok: bool = True,
-              oom: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_event(
+    index: int, *, warmup: bool = False, ok: bool = True, oom: dict[str, Any] | None = None
+) -> dict[str, Any]:
     event: dict[str, Any] = {
-        "event": "run", "run": index, "warmup": warmup, "ok": ok,
+        "event": "run",
+        "run": index,
+        "warmup": warmup,
+        "ok": ok,
         "error": None if ok else "llama runner process has terminated: signal: killed",
-        "ollama": {"eval_count": 128, "eval_duration": 8_000_000_000, "prompt_eval_count": 40,
-                   "prompt_eval_duration": 400_000_000, "load_duration": 5_000_000,
-                   "done_reason": "length"} if ok else {},
-        "ttft_s": 0.45, "wall_s": 8.5, "load_kind": "warm", "cache_bust": "nonce",
+        "ollama": {
+            "eval_count": 128,
+            "eval_duration": 8_000_000_000,
+            "prompt_eval_count": 40,
+            "prompt_eval_duration": 400_000_000,
+            "load_duration": 5_000_000,
+            "done_reason": "length",
+        }
+        if ok
+        else {},
+        "ttft_s": 0.45,
+        "wall_s": 8.5,
+        "load_kind": "warm",
+        "cache_bust": "nonce",
         "sampler": {"samples": 85, "interval_s": 0.1, "cpu_s": 0.03, "wall_s": 8.5},
     }
     if oom is not None:
@@ -37,10 +57,18 @@ def run_event(index: int, *, warmup: bool = False, ok: bool = True,
 
 
 def sample(index: int, t: float, used_gib: float) -> dict[str, Any]:
-    return {"event": "sample", "run": index, "t": t, "load1": 1.5, "cpu_pct": 97.0,
-            "busiest_core_pct": 100.0, "mem_total": 4 << 30,
-            "mem_available": int((4 - used_gib) * 2**30), "swap_used": 0,
-            "ollama_rss": int(used_gib * 2**30) - (100 << 20)}
+    return {
+        "event": "sample",
+        "run": index,
+        "t": t,
+        "load1": 1.5,
+        "cpu_pct": 97.0,
+        "busiest_core_pct": 100.0,
+        "mem_total": 4 << 30,
+        "mem_available": int((4 - used_gib) * 2**30),
+        "swap_used": 0,
+        "ollama_rss": int(used_gib * 2**30) - (100 << 20),
+    }
 
 
 def lines(*events: dict[str, Any]) -> list[str]:
@@ -60,13 +88,21 @@ class Keeper:
 
 
 def good_stream() -> list[str]:
-    return lines({"event": "hello"}, FACTS,
-                 {"event": "run_start", "run": 0, "warmup": True}, run_event(0, warmup=True),
-                 {"event": "ps", "entry": {"size": 1_900_000_000, "size_vram": 0}},
-                 {"event": "run_start", "run": 1}, sample(1, 0.1, 2.0), sample(1, 0.2, 2.5),
-                 run_event(1),
-                 {"event": "run_start", "run": 2}, sample(2, 0.1, 2.2), run_event(2),
-                 {"event": "end", "runs": 3})
+    return lines(
+        {"event": "hello"},
+        FACTS,
+        {"event": "run_start", "run": 0, "warmup": True},
+        run_event(0, warmup=True),
+        {"event": "ps", "entry": {"size": 1_900_000_000, "size_vram": 0}},
+        {"event": "run_start", "run": 1},
+        sample(1, 0.1, 2.0),
+        sample(1, 0.2, 2.5),
+        run_event(1),
+        {"event": "run_start", "run": 2},
+        sample(2, 0.1, 2.2),
+        run_event(2),
+        {"event": "end", "runs": 3},
+    )
 
 
 def test_a_full_stream_gives_runs_summary_and_facts() -> None:
@@ -97,8 +133,10 @@ def test_ssh_dropping_mid_run_keeps_earlier_runs_and_records_the_failed_one() ->
     with pytest.raises(ProbeError) as raised:
         collect(dropping(), OPTIONS, RecordingReporter(), keeper, vm="gemma")
 
-    assert str(raised.value) == ("SSH connection to gemma lost during run 2/3: EOF (0 measured "
-                                 "run(s) kept; see `labctl results --vm gemma`)")
+    assert str(raised.value) == (
+        "SSH connection to gemma lost during run 2/3: EOF (0 measured "
+        "run(s) kept; see `labctl results --vm gemma`)"
+    )
     assert [(r.index, r.ok) for r in keeper.runs] == [(0, True), (1, False)]
     failed = keeper.runs[1]
     assert failed.error == "SSH connection lost during the run: EOF"
@@ -106,21 +144,27 @@ def test_ssh_dropping_mid_run_keeps_earlier_runs_and_records_the_failed_one() ->
 
 
 def test_fatal_agent_error_becomes_one_probe_error_with_the_fix() -> None:
-    stream = lines({"event": "hello"}, {"event": "error", "kind": "ollama_not_installed",
-                                        "message": "no `ollama` on PATH"})
+    stream = lines(
+        {"event": "hello"},
+        {"event": "error", "kind": "ollama_not_installed", "message": "no `ollama` on PATH"},
+    )
     with pytest.raises(ProbeError) as raised:
         collect(stream, OPTIONS, RecordingReporter(), vm="gemma")
 
-    assert str(raised.value) == ("Ollama is not installed on gemma (no `ollama` on PATH) "
-                                 "(run `labctl deploy gemma`)")
+    assert str(raised.value) == (
+        "Ollama is not installed on gemma (no `ollama` on PATH) (run `labctl deploy gemma`)"
+    )
 
 
 def test_oom_killed_runner_is_model_does_not_fit_after_keeping_the_run() -> None:
-    oom = {"likely": True,
-           "evidence": ["kernel: Out of memory: Killed process 812 (llama-server)"]}
-    stream = lines(FACTS, {"event": "run_start", "run": 0, "warmup": True},
-                   sample(0, 0.1, 3.9), run_event(0, warmup=True, ok=False, oom=oom),
-                   {"event": "end", "runs": 1, "stopped": "oom"})
+    oom = {"likely": True, "evidence": ["kernel: Out of memory: Killed process 812 (llama-server)"]}
+    stream = lines(
+        FACTS,
+        {"event": "run_start", "run": 0, "warmup": True},
+        sample(0, 0.1, 3.9),
+        run_event(0, warmup=True, ok=False, oom=oom),
+        {"event": "end", "runs": 1, "stopped": "oom"},
+    )
     keeper = Keeper()
     with pytest.raises(ModelDoesNotFit) as raised:
         collect(stream, OPTIONS, RecordingReporter(), keeper, vm="tiny")
@@ -137,8 +181,13 @@ def test_oom_killed_runner_is_model_does_not_fit_after_keeping_the_run() -> None
 def test_an_oom_kill_after_tokens_says_while_generating() -> None:
     oom = {"likely": True, "evidence": ["runner pid [9] vanished"]}
     killed = {**run_event(0, ok=False, oom=oom), "stream_tokens": 5}
-    stream = lines(FACTS, {"event": "run_start", "run": 0}, sample(0, 0.1, 3.0), killed,
-                   {"event": "end", "runs": 1, "stopped": "oom"})
+    stream = lines(
+        FACTS,
+        {"event": "run_start", "run": 0},
+        sample(0, 0.1, 3.0),
+        killed,
+        {"event": "end", "runs": 1, "stopped": "oom"},
+    )
     with pytest.raises(ModelDoesNotFit) as raised:
         collect(stream, ProbeOptions(runs=1, warmup=0), RecordingReporter(), Keeper(), vm="x")
     assert raised.value.figure.startswith("OOM-killed while generating, Ollama held 2.9 GiB")
@@ -147,16 +196,26 @@ def test_an_oom_kill_after_tokens_says_while_generating() -> None:
 def test_a_run_the_model_ended_early_is_kept_and_said_so() -> None:
     early = run_event(1)
     early["ollama"] = {**early["ollama"], "eval_count": 12, "done_reason": "stop"}
-    stream = lines(FACTS, {"event": "run_start", "run": 0, "warmup": True},
-                   run_event(0, warmup=True), {"event": "run_start", "run": 1}, early,
-                   {"event": "run_start", "run": 2}, run_event(2), {"event": "end", "runs": 3})
+    stream = lines(
+        FACTS,
+        {"event": "run_start", "run": 0, "warmup": True},
+        run_event(0, warmup=True),
+        {"event": "run_start", "run": 1},
+        early,
+        {"event": "run_start", "run": 2},
+        run_event(2),
+        {"event": "end", "runs": 3},
+    )
     reporter = RecordingReporter()
-    result = collect(stream, ProbeOptions(runs=2, warmup=1, num_predict=128), reporter,
-                     vm="gemma")
+    result = collect(stream, ProbeOptions(runs=2, warmup=1, num_predict=128), reporter, vm="gemma")
 
     assert [r.ended_early(128) for r in result.runs] == [False, True, False]
-    assert result.warnings == [("run 2 ended early: the model stopped (end of sequence) after "
-                                "12 of 128 tokens; its eval tok/s covers those")]
+    assert result.warnings == [
+        (
+            "run 2 ended early: the model stopped (end of sequence) after "
+            "12 of 128 tokens; its eval tok/s covers those"
+        )
+    ]
     from provision.cli.probe import render_probe
 
     assert "ok, EOS" in render_probe(result)  # the result column (wrapped as it fits)
@@ -164,20 +223,31 @@ def test_a_run_the_model_ended_early_is_kept_and_said_so() -> None:
 
 def test_when_every_measured_run_fails_the_probe_fails() -> None:
     failing = {"likely": False, "evidence": []}
-    stream = lines(FACTS, run_event(0, warmup=True), run_event(1, ok=False, oom=failing),
-                   run_event(2, ok=False, oom=failing), {"event": "end", "runs": 3})
+    stream = lines(
+        FACTS,
+        run_event(0, warmup=True),
+        run_event(1, ok=False, oom=failing),
+        run_event(2, ok=False, oom=failing),
+        {"event": "end", "runs": 3},
+    )
     reporter = RecordingReporter()
     with pytest.raises(ProbeError, match="all 2 measured runs failed on gemma"):
         collect(stream, OPTIONS, reporter, vm="gemma")
-    assert ("warn", "run 2 failed: llama runner process has terminated: signal: killed") \
-        in reporter.events
+    assert (
+        "warn",
+        "run 2 failed: llama runner process has terminated: signal: killed",
+    ) in reporter.events
 
 
 def test_missing_avx2_is_reported_as_a_warning() -> None:
     facts = {**FACTS, "flags": {"avx": True, "avx2": False, "avx512f": False, "fma": False}}
     reporter = RecordingReporter()
-    result = collect(lines(facts, {"event": "end", "runs": 0}), ProbeOptions(runs=1, warmup=0),
-                     reporter, vm="gemma")
+    result = collect(
+        lines(facts, {"event": "end", "runs": 0}),
+        ProbeOptions(runs=1, warmup=0),
+        reporter,
+        vm="gemma",
+    )
 
     warnings = [text for kind, text in reporter.events if kind == "warn"]
     assert len(warnings) == 1 and "Proxmox cpu type" in warnings[0]

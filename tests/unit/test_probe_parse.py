@@ -44,8 +44,7 @@ def test_final_stream_object_gives_ollamas_own_rates() -> None:
 
 
 def test_real_gemma2_response_matches_ollama_run_verbose_arithmetic() -> None:
-    metrics = OllamaMetrics.from_response(
-        fixture("real_gemma2_2b_generate_nostream_trimmed.json"))
+    metrics = OllamaMetrics.from_response(fixture("real_gemma2_2b_generate_nostream_trimmed.json"))
 
     assert metrics.done_reason == "stop"
     assert metrics.prompt_eval_count == 15
@@ -94,9 +93,16 @@ def test_ps_says_whether_the_model_runs_on_cpu() -> None:
 
 
 def _facts(flags: dict[str, bool] | None) -> GuestFacts:
-    return GuestFacts.from_event({
-        "vcpus": 4, "cpu_model": "Common KVM processor", "flags": flags, "kernel": "6.8.0",
-        "mem_total": 8 << 30, "tags_entry": fixture("real_gemma2_2b_tags_entry.json")})
+    return GuestFacts.from_event(
+        {
+            "vcpus": 4,
+            "cpu_model": "Common KVM processor",
+            "flags": flags,
+            "kernel": "6.8.0",
+            "mem_total": 8 << 30,
+            "tags_entry": fixture("real_gemma2_2b_tags_entry.json"),
+        }
+    )
 
 
 def test_missing_avx2_warns_and_names_the_proxmox_cpu_type() -> None:
@@ -113,31 +119,61 @@ def test_no_warning_with_avx2_or_when_flags_are_unknown() -> None:
 
 
 def _sample(t: float, available: int, rss: int | None, load: float) -> Sample:
-    return Sample.from_event({"t": t, "load1": load, "cpu_pct": 50.0, "busiest_core_pct": 90.0,
-                              "mem_total": 1000, "mem_available": available, "swap_used": 0,
-                              "ollama_rss": rss})
+    return Sample.from_event(
+        {
+            "t": t,
+            "load1": load,
+            "cpu_pct": 50.0,
+            "busiest_core_pct": 90.0,
+            "mem_total": 1000,
+            "mem_available": available,
+            "swap_used": 0,
+            "ollama_rss": rss,
+        }
+    )
 
 
 def test_peaks_take_the_worst_sample_and_skip_unreported_values() -> None:
-    peaks = RunPeaks.from_samples([_sample(0.1, 700, 100, 0.5), _sample(0.2, 400, None, 1.5),
-                                   _sample(0.3, 600, 300, 1.0)])
+    peaks = RunPeaks.from_samples(
+        [_sample(0.1, 700, 100, 0.5), _sample(0.2, 400, None, 1.5), _sample(0.3, 600, 300, 1.0)]
+    )
 
     assert (peaks.peak_mem_used, peaks.min_mem_available) == (600, 400)
     assert (peaks.peak_rss, peaks.peak_load1, peaks.samples) == (300, 1.5, 3)
     assert RunPeaks.from_samples([]).peak_rss is None
 
 
-def _run(index: int, tps_count: int, *, warmup: bool = False, ok: bool = True,
-         kind: str = "warm", load_ns: int = 1_000_000) -> Run:
-    return Run(index=index, warmup=warmup, ok=ok, error=None if ok else "boom",
-               metrics=OllamaMetrics(eval_count=tps_count, eval_duration_ns=1_000_000_000,
-                                     load_duration_ns=load_ns),
-               peaks=RunPeaks.from_samples([]), ttft_s=0.5, load_kind=kind)
+def _run(
+    index: int,
+    tps_count: int,
+    *,
+    warmup: bool = False,
+    ok: bool = True,
+    kind: str = "warm",
+    load_ns: int = 1_000_000,
+) -> Run:
+    return Run(
+        index=index,
+        warmup=warmup,
+        ok=ok,
+        error=None if ok else "boom",
+        metrics=OllamaMetrics(
+            eval_count=tps_count, eval_duration_ns=1_000_000_000, load_duration_ns=load_ns
+        ),
+        peaks=RunPeaks.from_samples([]),
+        ttft_s=0.5,
+        load_kind=kind,
+    )
 
 
 def test_summary_leaves_out_warmups_and_failures_and_keeps_cold_loads_apart() -> None:
-    runs = [_run(0, 99, warmup=True, kind="cold", load_ns=9_000_000_000), _run(1, 10),
-            _run(2, 30, kind="cold", load_ns=2_000_000_000), _run(3, 20), _run(4, 1000, ok=False)]
+    runs = [
+        _run(0, 99, warmup=True, kind="cold", load_ns=9_000_000_000),
+        _run(1, 10),
+        _run(2, 30, kind="cold", load_ns=2_000_000_000),
+        _run(3, 20),
+        _run(4, 1000, ok=False),
+    ]
 
     summary = summarize(runs)
 
@@ -155,26 +191,35 @@ def test_agent_lines_that_are_not_events_are_skipped() -> None:
     assert parse_event("{broken") is None
 
 
-@pytest.mark.parametrize(("kind", "hint"), [
-    ("ollama_not_installed", "run `labctl deploy gemma`"),
-    ("ollama_not_running", "`labctl deploy gemma`"),
-    ("model_missing", "run `labctl deploy gemma` to pull it"),
-    ("no_python", "install python3"),
-    ("broken_python", "`python3 -V`"),
-])
+@pytest.mark.parametrize(
+    ("kind", "hint"),
+    [
+        ("ollama_not_installed", "run `labctl deploy gemma`"),
+        ("ollama_not_running", "`labctl deploy gemma`"),
+        ("model_missing", "run `labctl deploy gemma` to pull it"),
+        ("no_python", "install python3"),
+        ("broken_python", "`python3 -V`"),
+    ],
+)
 def test_fatal_agent_errors_carry_their_fix(kind: str, hint: str) -> None:
-    error = fatal_error({"event": "error", "kind": kind, "message": "text from the agent",
-                         "model": "gemma2:2b"}, "gemma")
+    error = fatal_error(
+        {"event": "error", "kind": kind, "message": "text from the agent", "model": "gemma2:2b"},
+        "gemma",
+    )
 
     assert isinstance(error, ProbeError) and error.exit_code == 7
     assert hint in str(error) and "\n" not in str(error)
 
 
 def test_fatal_errors_name_the_vm_and_what_is_wrong() -> None:
-    missing = fatal_error({"kind": "model_missing", "message": "models there: llama3.2:latest",
-                          "model": "gemma2:2b"}, "gemma")
-    assert str(missing) == ("model gemma2:2b is not pulled on gemma (models there: "
-                            "llama3.2:latest) (run `labctl deploy gemma` to pull it)")
+    missing = fatal_error(
+        {"kind": "model_missing", "message": "models there: llama3.2:latest", "model": "gemma2:2b"},
+        "gemma",
+    )
+    assert str(missing) == (
+        "model gemma2:2b is not pulled on gemma (models there: "
+        "llama3.2:latest) (run `labctl deploy gemma` to pull it)"
+    )
     stopped = fatal_error({"kind": "ollama_not_running", "message": "x"}, "gemma")
     assert str(stopped).startswith("Ollama is not running on gemma: x")
     odd = fatal_error({"kind": "agent_bug", "message": "KeyError: 'x'"}, "gemma")

@@ -27,13 +27,22 @@ from tests.support.reporting import RecordingReporter
 
 KEY_A = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIqDEymXa6Vv5Rkr4g0+Jb8YB8u1FzY8nvY3W3wzBoX9 root@a"
 KEY_B = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE2z6Sx2m1rUuXh5A2rk1P9yZ3m6iHnW8n3b4Q4o2kKq root@b"
-NOT_RUNNING = ProxmoxAPIError("Proxmox: QEMU guest agent is not running [GET /x, HTTP 500]",
-                              status=500)
+NOT_RUNNING = ProxmoxAPIError(
+    "Proxmox: QEMU guest agent is not running [GET /x, HTTP 500]", status=500
+)
 NO_FILE = ProxmoxAPIError(
     "Proxmox: Agent error: failed to open file '/etc/ssh/ssh_host_ed25519_key.pub': No such "
-    "file or directory [GET /x, HTTP 500]", status=500)
-INTERFACES = {"result": [{"name": "eth0", "ip-addresses": [
-    {"ip-address": "10.0.0.5", "ip-address-type": "ipv4", "prefix": 24}]}]}
+    "file or directory [GET /x, HTTP 500]",
+    status=500,
+)
+INTERFACES = {
+    "result": [
+        {
+            "name": "eth0",
+            "ip-addresses": [{"ip-address": "10.0.0.5", "ip-address-type": "ipv4", "prefix": 24}],
+        }
+    ]
+}
 
 
 class AgentClient:
@@ -86,8 +95,17 @@ def make_agent(tmp_path: Path, client: Any, **values: Any) -> GuestAgent:
 
 
 def resource(vmid: int) -> Resource:
-    return Resource(vmid=vmid, node="pve", name=f"vm{vmid}", status="running", tags=("labctl",),
-                     template=False, lock=None, uptime_s=0, maxdisk=0)
+    return Resource(
+        vmid=vmid,
+        node="pve",
+        name=f"vm{vmid}",
+        status="running",
+        tags=("labctl",),
+        template=False,
+        lock=None,
+        uptime_s=0,
+        maxdisk=0,
+    )
 
 
 def test_one_agent_poll_per_vm_at_a_time_with_growing_pauses(tmp_path: Path) -> None:
@@ -106,9 +124,14 @@ def test_parallel_waits_keep_at_most_two_agent_calls_in_flight(tmp_path: Path) -
     client = AgentClient(lambda _p, n: NOT_RUNNING if n < 2 else INTERFACES, hold_s=0.15)
     guest_agent = make_agent(tmp_path, client, **{"timeouts.agent": 30})
     found: list[str] = []
-    threads = [threading.Thread(target=lambda v=v: found.append(
-        guest_agent.wait_for_address(UpContext(name=f"vm{v}", vmid=v), resource(v))))
-        for v in range(101, 106)]
+    threads = [
+        threading.Thread(
+            target=lambda v=v: found.append(
+                guest_agent.wait_for_address(UpContext(name=f"vm{v}", vmid=v), resource(v))
+            )
+        )
+        for v in range(101, 106)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -121,8 +144,9 @@ def test_parallel_waits_keep_at_most_two_agent_calls_in_flight(tmp_path: Path) -
 def test_listing_many_vms_keeps_at_most_two_agent_calls_in_flight(tmp_path: Path) -> None:
     client = AgentClient(lambda _p, _n: NOT_RUNNING, hold_s=0.2)
     guest_agent = make_agent(tmp_path, client)
-    threads = [threading.Thread(target=guest_agent.address, args=(resource(v),))
-               for v in range(101, 107)]
+    threads = [
+        threading.Thread(target=guest_agent.address, args=(resource(v),)) for v in range(101, 107)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -132,8 +156,13 @@ def test_listing_many_vms_keeps_at_most_two_agent_calls_in_flight(tmp_path: Path
 
 def test_host_key_is_pinned_once_it_exists_and_two_reads_agree(tmp_path: Path) -> None:
     # cloud-init has not written the key yet, then the image's key is replaced by the new one
-    script = [NO_FILE, NO_FILE, {"content": KEY_A + "\n"}, {"content": KEY_B + "\n"},
-              {"content": KEY_B + "\n"}]
+    script = [
+        NO_FILE,
+        NO_FILE,
+        {"content": KEY_A + "\n"},
+        {"content": KEY_B + "\n"},
+        {"content": KEY_B + "\n"},
+    ]
     client = AgentClient(lambda _p, n: script[min(n, len(script) - 1)])
     guest_agent = make_agent(tmp_path, client)
     entry = guest_agent.pin_host_key(resource(101), "10.0.0.5")
@@ -155,8 +184,7 @@ def test_a_host_key_that_never_appears_fails_within_the_agent_timeout(tmp_path: 
 
 
 @pytest.mark.parametrize("message", ["No QEMU guest agent configured", "VM 101 is not running"])
-def test_key_read_errors_that_retries_cannot_fix_fail_at_once(tmp_path: Path,
-                                                              message: str) -> None:
+def test_key_read_errors_that_retries_cannot_fix_fail_at_once(tmp_path: Path, message: str) -> None:
     client = AgentClient(lambda _p, _n: ProxmoxAPIError(f"Proxmox: {message}", status=500))
     guest_agent = make_agent(tmp_path, client)
     with pytest.raises(GuestError, match=message):
@@ -184,17 +212,32 @@ def result(code: int, out: str, err: str = "") -> CommandResult:
 
 
 def test_cloud_init_status_is_read_like_its_exit_codes() -> None:
-    done = parse_status(result(0, "....status: done\nextended_status: done\n"
-                                  "boot_status_code: enabled-by-generator\n"
-                                  "detail: DataSourceNoCloud\nerrors: []\n"
-                                  "recoverable_errors: {}\n"))
+    done = parse_status(
+        result(
+            0,
+            "....status: done\nextended_status: done\n"
+            "boot_status_code: enabled-by-generator\n"
+            "detail: DataSourceNoCloud\nerrors: []\n"
+            "recoverable_errors: {}\n",
+        )
+    )
     assert (done.state, done.finished_cleanly, done.waited_s) == ("done", True, 3.5)
-    degraded = parse_status(result(2, "status: done\nextended_status: degraded done\n"
-                                      "errors: []\nrecoverable_errors:\nWARNING:\n"
-                                      "\t- Package upgrade failed\n"))
+    degraded = parse_status(
+        result(
+            2,
+            "status: done\nextended_status: degraded done\n"
+            "errors: []\nrecoverable_errors:\nWARNING:\n"
+            "\t- Package upgrade failed\n",
+        )
+    )
     assert (degraded.state, degraded.detail) == ("degraded", "Package upgrade failed")
-    error = parse_status(result(1, "..status: error\nextended_status: error - done\nerrors:\n"
-                                   "\t- boom\nrecoverable_errors: {}\n"))
+    error = parse_status(
+        result(
+            1,
+            "..status: error\nextended_status: error - done\nerrors:\n"
+            "\t- boom\nrecoverable_errors: {}\n",
+        )
+    )
     assert (error.state, error.detail, error.finished_cleanly) == ("error", "boom", False)
     absent = parse_status(result(127, "", "bash: line 1: cloud-init: command not found"))
     assert (absent.state, absent.finished_cleanly) == ("absent", True)

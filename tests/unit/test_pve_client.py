@@ -16,7 +16,10 @@ from provision.pve.redaction import RedactingFilter, redact, register_secrets
 
 def test_booleans_go_as_1_and_0_and_none_is_not_sent() -> None:
     assert encode_params({"full": True, "force": False, "storage": None, "cores": 2}) == {
-        "full": 1, "force": 0, "cores": 2}
+        "full": 1,
+        "force": 0,
+        "cores": 2,
+    }
 
 
 def test_fingerprint_accepts_colons_and_case_and_refuses_the_rest() -> None:
@@ -30,9 +33,16 @@ def test_fingerprint_accepts_colons_and_case_and_refuses_the_rest() -> None:
 
 
 def test_resource_exception_becomes_our_error_with_pve_message_and_errors() -> None:
-    error = api_error("POST", "nodes/pve/qemu/9000/clone", ResourceException(
-        400, "Bad Request", "Parameter verification failed.",
-        errors={"newid": "property is missing and it is not optional"}))
+    error = api_error(
+        "POST",
+        "nodes/pve/qemu/9000/clone",
+        ResourceException(
+            400,
+            "Bad Request",
+            "Parameter verification failed.",
+            errors={"newid": "property is missing and it is not optional"},
+        ),
+    )
     assert error.status == 400
     assert error.errors == {"newid": "property is missing and it is not optional"}
     assert "Parameter verification failed. newid: property is missing" in error.message
@@ -46,6 +56,7 @@ def test_secrets_are_redacted_from_log_records() -> None:
     assert "s3cr3t" not in redact("Authorization: PVEAPIToken=root@pam!x=s3cr3t-token-value")
     cookie = redact("Cookie: PVEAuthCookie=PVE:root@pam:AAAA::sig")
     assert cookie == "Cookie: PVEAuthCookie=********"
-    record = logging.LogRecord("x", logging.DEBUG, __file__, 1, "sent %s", ("s3cr3t-token-value",),
-                               None)
+    record = logging.LogRecord(
+        "x", logging.DEBUG, __file__, 1, "sent %s", ("s3cr3t-token-value",), None
+    )
     assert RedactingFilter().filter(record) and record.getMessage() == "sent ********"

@@ -11,13 +11,17 @@ WHO = "labctl@pve!labctl"
 
 
 def refused(method: str, path: str, text: str, **params: object) -> ProxmoxAPIError:
-    return api_error(method, path, ResourceException(403, "Forbidden", text), params=params,
-                     who=WHO)
+    return api_error(
+        method, path, ResourceException(403, "Forbidden", text), params=params, who=WHO
+    )
 
 
 def test_a_privilege_check_names_the_privilege_the_path_and_readme() -> None:
-    error = refused("GET", "nodes/pve/qemu/101/agent/file-read",
-                    "Permission check failed (/vms/101, VM.GuestAgent.FileRead)")
+    error = refused(
+        "GET",
+        "nodes/pve/qemu/101/agent/file-read",
+        "Permission check failed (/vms/101, VM.GuestAgent.FileRead)",
+    )
     assert error.message.startswith(f"Proxmox: {WHO} lacks VM.GuestAgent.FileRead on /vms/101 ")
     assert "[GET /nodes/pve/qemu/101/agent/file-read, HTTP 403]" in error.message
     assert error.hint and "README" in error.hint and "A lab against a real Proxmox VE" in error.hint
@@ -26,11 +30,15 @@ def test_a_privilege_check_names_the_privilege_the_path_and_readme() -> None:
 
 
 def test_check_any_names_every_privilege_that_would_do() -> None:
-    error = refused("GET", "nodes/pve/qemu/101/agent/network-get-interfaces",
-                    "Permission check failed (/vms/101, VM.GuestAgent.Audit|"
-                    "VM.GuestAgent.Unrestricted)")
-    assert f"{WHO} lacks VM.GuestAgent.Audit (or VM.GuestAgent.Unrestricted) on /vms/101" \
+    error = refused(
+        "GET",
+        "nodes/pve/qemu/101/agent/network-get-interfaces",
+        "Permission check failed (/vms/101, VM.GuestAgent.Audit|VM.GuestAgent.Unrestricted)",
+    )
+    assert (
+        f"{WHO} lacks VM.GuestAgent.Audit (or VM.GuestAgent.Unrestricted) on /vms/101"
         in error.message
+    )
 
 
 def test_clones_unnamed_privilege_is_named_by_labctl() -> None:

@@ -17,8 +17,9 @@ UPID = "UPID:pve:0001A2B3:0023C4D5:6650F00D:qmclone:9000:root@pam!labctl:"
 class FakeApi:
     """Answers task status with `running` for `polls_until_done` polls, then `exitstatus`."""
 
-    def __init__(self, exitstatus: str, polls_until_done: int = 2,
-                 log: list[str] | None = None) -> None:
+    def __init__(
+        self, exitstatus: str, polls_until_done: int = 2, log: list[str] | None = None
+    ) -> None:
         self.exitstatus = exitstatus
         self.remaining = polls_until_done
         self.log = log or []
@@ -64,8 +65,10 @@ def test_poll_delays_start_fast_and_back_off_to_one_second() -> None:
     assert first[-1] == 1.0
 
 
-@pytest.mark.parametrize(("status", "ok"), [("OK", True), ("WARNINGS: 2", True),
-                                            ("VM 100 already running", False), ("", False)])
+@pytest.mark.parametrize(
+    ("status", "ok"),
+    [("OK", True), ("WARNINGS: 2", True), ("VM 100 already running", False), ("", False)],
+)
 def test_only_ok_and_warnings_are_success(status: str, ok: bool) -> None:
     assert is_ok(status) is ok
 
@@ -93,7 +96,8 @@ def test_failed_task_raises_with_the_end_of_its_log() -> None:
 def test_timeout_raises_task_timeout_and_reports_progress_meanwhile() -> None:
     api, clock, reporter = FakeApi("OK", polls_until_done=10_000), Clock(), RecordingReporter()
     with pytest.raises(TaskTimeout, match="did not finish within 30s"):
-        wait_task(api, UPID, timeout_s=30, what="clone", reporter=reporter, sleep=clock.sleep,
-                  clock=clock)
+        wait_task(
+            api, UPID, timeout_s=30, what="clone", reporter=reporter, sleep=clock.sleep, clock=clock
+        )
     assert any("still running" in m for _, m in reporter.events)
     assert max(clock.sleeps) == 1.0

@@ -27,12 +27,16 @@ def test_readme_role_asks_for_the_guest_agent_privileges_of_pve9() -> None:
 
 def test_readme_gives_the_token_and_its_user_the_same_acl_paths() -> None:
     spec = access_spec(readme_commands())
-    (token, info), = spec["tokens"].items()
+    ((token, info),) = spec["tokens"].items()
     assert info["privsep"] == 1 and token.split("!")[0] in spec["users"]
     for entry in spec["acl"]:  # privilege separation: the token holds the intersection
         assert entry["tokens"] == token and entry["users"] == token.split("!")[0]
     assert {e["path"] for e in spec["acl"]} == {
-        "/vms", "/nodes", "/storage/local-lvm", "/sdn/zones/localnetwork/vmbr0"}
+        "/vms",
+        "/nodes",
+        "/storage/local-lvm",
+        "/sdn/zones/localnetwork/vmbr0",
+    }
 
 
 def test_pve9_privilege_list_is_the_one_from_pve_access_control() -> None:

@@ -26,34 +26,55 @@ G = 1024
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def sweep_report(targets: Targets, strategy: str = "smart", space: Space = MATRIX,
-                 table: dict[Shape, Measurement] | None = None) -> SweepReport:
-    result = search(space, targets, one_at_a_time(Replay(table or gemma_table(space))),
-                    strategy=strategy)
-    return build_report(sweep_id="ab12cd34", vm="gemma", status="done",
-                        created_at="2026-11-25T20:00:00+00:00",
-                        updated_at="2026-11-25T20:30:00+00:00",
-                        spec={"strategy": strategy, "probe": {"model": "gemma2:2b"}},
-                        result=result, probes=result.probes, reboots=result.probes,
-                        labctl_version="0.1.0")
+def sweep_report(
+    targets: Targets,
+    strategy: str = "smart",
+    space: Space = MATRIX,
+    table: dict[Shape, Measurement] | None = None,
+) -> SweepReport:
+    result = search(
+        space, targets, one_at_a_time(Replay(table or gemma_table(space))), strategy=strategy
+    )
+    return build_report(
+        sweep_id="ab12cd34",
+        vm="gemma",
+        status="done",
+        created_at="2026-11-25T20:00:00+00:00",
+        updated_at="2026-11-25T20:30:00+00:00",
+        spec={"strategy": strategy, "probe": {"model": "gemma2:2b"}},
+        result=result,
+        probes=result.probes,
+        reboots=result.probes,
+        labctl_version="0.1.0",
+    )
 
 
 def test_recommendation_names_the_minimum_in_one_line() -> None:
     line = sweep_report(Targets(min_tps=10)).recommendation
-    assert line == ("Minimum: 4 vCPU / 4 GiB (cpu=host): 10.4 tok/s, TTFT 658 ms, "
-                    "3.0 GiB peak used")
+    assert line == (
+        "Minimum: 4 vCPU / 4 GiB (cpu=host): 10.4 tok/s, TTFT 658 ms, 3.0 GiB peak used"
+    )
 
 
 def test_no_shape_meeting_the_target_says_so_and_shows_the_best_seen() -> None:
     line = sweep_report(Targets(min_tps=40)).recommendation
-    assert line.startswith("No shape meets every target (eval >= 40 tok/s). Best seen: "
-                           "12 vCPU / 32 GiB (cpu=host): 12.5 tok/s")
+    assert line.startswith(
+        "No shape meets every target (eval >= 40 tok/s). Best seen: "
+        "12 vCPU / 32 GiB (cpu=host): 12.5 tok/s"
+    )
 
 
 def test_nothing_ran_says_so() -> None:
     shape = Shape(1, 1 * G)
-    result = SearchResult(Space((1,), (G,), ("host",)), Targets(min_tps=1),
-                          (Measurement(shape, Status.OOM),), {}, None, (), None)
+    result = SearchResult(
+        Space((1,), (G,), ("host",)),
+        Targets(min_tps=1),
+        (Measurement(shape, Status.OOM),),
+        {},
+        None,
+        (),
+        None,
+    )
     assert recommendation(result).endswith("the model did not run on any shape probed")
 
 
@@ -97,15 +118,23 @@ def test_unprobed_shapes_are_rows_without_numbers_in_csv_and_json() -> None:
     rows = list(csv.DictReader(io.StringIO(to_csv(report))))
     assert len(rows) == len(MATRIX)
     skipped = [r for r in rows if r["state"] == "skipped"]
-    assert skipped and all(r["probed"] == "False" and r["feasible"] == "" and r["eval_tps"] == ""
-                           and r["why"].startswith("not probed: ") for r in skipped)
+    assert skipped and all(
+        r["probed"] == "False"
+        and r["feasible"] == ""
+        and r["eval_tps"] == ""
+        and r["why"].startswith("not probed: ")
+        for r in skipped
+    )
     document = to_json(report)
     assert len(document["points"]) == len(MATRIX)
     assert sum(p["probed"] for p in document["points"]) == document["stats"]["probes"]
     stats = document["stats"]
     assert stats["ruled_out"] + stats["skipped"] == stats["not_probed"] == len(MATRIX) - 7
-    assert all(p["eval_tps"] is None and p["peak_used_mib"] is None
-               for p in document["points"] if not p["probed"])
+    assert all(
+        p["eval_tps"] is None and p["peak_used_mib"] is None
+        for p in document["points"]
+        if not p["probed"]
+    )
 
 
 def test_the_plot_draws_only_measured_shapes() -> None:
@@ -118,12 +147,17 @@ def test_the_plot_draws_only_measured_shapes() -> None:
     figure, axes = plt.subplots()
     try:
         _draw(axes, report)
-        plotted = {(float(x), float(y)) for line in axes.lines if line.get_marker() == "o"
-                   for x, y in np.asarray(line.get_xydata())}
+        plotted = {
+            (float(x), float(y))
+            for line in axes.lines
+            if line.get_marker() == "o"
+            for x, y in np.asarray(line.get_xydata())
+        }
     finally:
         plt.close(figure)
-    measured = {(m.shape.cores, m.eval_tps) for m in report.result.measurements
-                if m.eval_tps is not None}
+    measured = {
+        (m.shape.cores, m.eval_tps) for m in report.result.measurements if m.eval_tps is not None
+    }
     assert plotted == measured
 
 
@@ -146,8 +180,9 @@ def test_csv_has_one_row_per_shape_shown_and_the_documented_columns() -> None:
     assert tuple(rows[0]) == CSV_COLUMNS
     assert len(rows) == len(MATRIX)
     minimum = [r for r in rows if r["minimum"] == "True"]
-    assert [(r["cores"], r["memory_mib"], r["cpu_type"]) for r in minimum] == \
-        [("4", "4096", "host")]
+    assert [(r["cores"], r["memory_mib"], r["cpu_type"]) for r in minimum] == [
+        ("4", "4096", "host")
+    ]
     oom = next(r for r in rows if r["state"] == "oom")
     assert oom["eval_tps"] == ""  # not reported, never 0
 
@@ -163,10 +198,17 @@ def test_json_document_carries_answer_frontier_points_and_cost() -> None:
 
 def test_png_is_a_real_image_also_without_any_point() -> None:
     assert render_png(sweep_report(Targets(min_tps=10))).startswith(PNG_MAGIC)
-    empty = build_report(sweep_id="x", vm="gemma", status="running", created_at="",
-                         updated_at="", spec={},
-                         result=SearchResult(MATRIX, Targets(), (), {}, None, (), None),
-                         probes=0, reboots=0)
+    empty = build_report(
+        sweep_id="x",
+        vm="gemma",
+        status="running",
+        created_at="",
+        updated_at="",
+        spec={},
+        result=SearchResult(MATRIX, Targets(), (), {}, None, (), None),
+        probes=0,
+        reboots=0,
+    )
     assert render_png(empty).startswith(PNG_MAGIC)
 
 
@@ -182,9 +224,17 @@ def test_html_is_self_contained_with_the_plot_embedded(tmp_path: Path) -> None:
 
 def test_html_escapes_what_it_shows(tmp_path: Path) -> None:
     report = sweep_report(Targets(min_tps=10))
-    hostile = build_report(sweep_id="<b>x</b>", vm="<script>", status="done", created_at="",
-                           updated_at="", spec={"strategy": "smart"}, result=report.result,
-                           probes=1, reboots=1)
+    hostile = build_report(
+        sweep_id="<b>x</b>",
+        vm="<script>",
+        status="done",
+        created_at="",
+        updated_at="",
+        spec={"strategy": "smart"},
+        result=report.result,
+        probes=1,
+        reboots=1,
+    )
     [path] = write_report(hostile, tmp_path / "r.html", "html")
     assert "<script>" not in path.read_text()
 
@@ -208,8 +258,16 @@ def test_a_cpu_type_that_hides_avx2_is_called_out() -> None:
     table = gemma_table()
     for shape, m in list(table.items()):
         avx2 = shape.cpu_type == "host"
-        table[shape] = Measurement(m.shape, m.status, m.eval_tps, m.ttft_s, m.mem_total_mib,
-                                   m.peak_used_mib, m.error, {"avx2": avx2})
+        table[shape] = Measurement(
+            m.shape,
+            m.status,
+            m.eval_tps,
+            m.ttft_s,
+            m.mem_total_mib,
+            m.peak_used_mib,
+            m.error,
+            {"avx2": avx2},
+        )
     report = sweep_report(Targets(min_tps=10), table=table)
     [warning] = report.warnings
     assert warning.startswith("cpu=x86-64-v2-AES: the guest has no AVX2")

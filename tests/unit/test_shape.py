@@ -20,8 +20,17 @@ from provision.shape import (
 
 @pytest.mark.parametrize(
     ("text", "mib"),
-    [("512M", 512), ("8G", 8192), ("8GiB", 8192), ("8gb", 8192), ("1.5G", 1536),
-     ("2048", 2048), (4096, 4096), ("1T", 1048576), (" 16G ", 16384)],
+    [
+        ("512M", 512),
+        ("8G", 8192),
+        ("8GiB", 8192),
+        ("8gb", 8192),
+        ("1.5G", 1536),
+        ("2048", 2048),
+        (4096, 4096),
+        ("1T", 1048576),
+        (" 16G ", 16384),
+    ],
 )
 def test_ram_accepts_the_forms_users_type(text: str | int, mib: int) -> None:
     assert parse_ram(text) == mib
@@ -29,8 +38,16 @@ def test_ram_accepts_the_forms_users_type(text: str | int, mib: int) -> None:
 
 @pytest.mark.parametrize(
     ("text", "fragment"),
-    [("32X", "unknown unit"), ("0", "positive"), ("-4G", "positive"), ("256M", "minimum"),
-     ("", "invalid RAM"), ("G", "invalid RAM"), ("1.0001M", "whole number"), ("8 G B", "invalid")],
+    [
+        ("32X", "unknown unit"),
+        ("0", "positive"),
+        ("-4G", "positive"),
+        ("256M", "minimum"),
+        ("", "invalid RAM"),
+        ("G", "invalid RAM"),
+        ("1.0001M", "whole number"),
+        ("8 G B", "invalid"),
+    ],
 )
 def test_ram_rejects_bad_input_with_one_line(text: str, fragment: str) -> None:
     with pytest.raises(UsageError) as caught:

@@ -13,32 +13,66 @@ from provision import __version__, store
 from provision.errors import ConfigError
 from provision.probe.parse import GuestFacts, OllamaMetrics, RunPeaks, RunResult, Sample
 
-VM = store.VmRecord(name="gemma", vmid=9001, node="pve1", cores=4, memory_mib=8192,
-                    cpu_type="host")
-FACTS = GuestFacts.from_event({
-    "vcpus": 4, "cpu_model": "AMD EPYC", "flags": {"avx2": True}, "kernel": "6.8.0",
-    "mem_total": 8 << 30, "ollama_version": "0.32.15",
-    "tags_entry": {"name": "gemma2:2b", "digest": "8ccf136fdd52", "size": 1629518495}})
+VM = store.VmRecord(name="gemma", vmid=9001, node="pve1", cores=4, memory_mib=8192, cpu_type="host")
+FACTS = GuestFacts.from_event(
+    {
+        "vcpus": 4,
+        "cpu_model": "AMD EPYC",
+        "flags": {"avx2": True},
+        "kernel": "6.8.0",
+        "mem_total": 8 << 30,
+        "ollama_version": "0.32.15",
+        "tags_entry": {"name": "gemma2:2b", "digest": "8ccf136fdd52", "size": 1629518495},
+    }
+)
 
 
 def a_run(index: int, *, warmup: bool = False, ok: bool = True) -> RunResult:
-    samples = [Sample(t=0.1 * i, load1=1.0 + i, cpu_pct=90.0, busiest_core_pct=100.0,
-                      mem_total=8 << 30, mem_available=(6 << 30) - i * (1 << 20), swap_used=0,
-                      ollama_rss=(2 << 30) + i) for i in range(5)]
-    return RunResult(index=index, warmup=warmup, ok=ok, error=None if ok else "SSH lost",
-                     metrics=OllamaMetrics(eval_count=128, eval_duration_ns=8 * 10**9,
-                                           load_duration_ns=2 * 10**9, done_reason="length")
-                     if ok else OllamaMetrics(),
-                     peaks=RunPeaks.from_samples(samples), ttft_s=0.4, wall_s=8.6,
-                     load_kind="cold", sampler_cpu_s=0.02, sampler_wall_s=8.6, samples=samples)
+    samples = [
+        Sample(
+            t=0.1 * i,
+            load1=1.0 + i,
+            cpu_pct=90.0,
+            busiest_core_pct=100.0,
+            mem_total=8 << 30,
+            mem_available=(6 << 30) - i * (1 << 20),
+            swap_used=0,
+            ollama_rss=(2 << 30) + i,
+        )
+        for i in range(5)
+    ]
+    return RunResult(
+        index=index,
+        warmup=warmup,
+        ok=ok,
+        error=None if ok else "SSH lost",
+        metrics=OllamaMetrics(
+            eval_count=128,
+            eval_duration_ns=8 * 10**9,
+            load_duration_ns=2 * 10**9,
+            done_reason="length",
+        )
+        if ok
+        else OllamaMetrics(),
+        peaks=RunPeaks.from_samples(samples),
+        ttft_s=0.4,
+        wall_s=8.6,
+        load_kind="cold",
+        sampler_cpu_s=0.02,
+        sampler_wall_s=8.6,
+        samples=samples,
+    )
 
 
 def sample_count(conn: sqlite3.Connection, probe_id: int, run_index: int) -> int:
     """How many memory/load samples the database keeps for one run of a probe."""
     row = conn.execute(
         "SELECT count(*) FROM probe_samples s JOIN probe_runs r ON r.id = s.run_id"
-        " WHERE r.probe_id = ? AND r.run_index = ?", (probe_id, run_index)).fetchone()
+        " WHERE r.probe_id = ? AND r.run_index = ?",
+        (probe_id, run_index),
+    ).fetchone()
     return int(row[0])
+
 
 def test_a_new_database_is_created_private_at_the_latest_version(tmp_path: Path) -> None:
     conn = store.connect(tmp_path)
@@ -55,9 +89,11 @@ def test_every_older_schema_is_migrated_keeping_its_rows(tmp_path: Path, start: 
     store.migrate(old, migrations=store.MIGRATIONS[:start])
     assert store.schema_version(old) == start
     if start >= 1:  # a probe written by an older labctl must survive the upgrade
-        old.execute("INSERT INTO probes (started_at, vm_name, labctl_version, model, "
-                    "options_json) VALUES ('2026-01-01T00:00:00+00:00', 'old', '0.0.1', "
-                    "'gemma2:2b', '{}')")
+        old.execute(
+            "INSERT INTO probes (started_at, vm_name, labctl_version, model, "
+            "options_json) VALUES ('2026-01-01T00:00:00+00:00', 'old', '0.0.1', "
+            "'gemma2:2b', '{}')"
+        )
     old.close()
 
     conn = store.connect(tmp_path)
@@ -107,8 +143,13 @@ def test_runs_are_kept_with_the_vm_shape_and_labctl_version(tmp_path: Path) -> N
     rows = store.list_runs(other, "gemma")
     assert len(rows) == 1
     row = rows[0]
-    assert (row["vm_name"], row["node"], row["cores"], row["memory_mib"], row["cpu_type"]) == \
-        ("gemma", "pve1", 4, 8192, "host")
+    assert (row["vm_name"], row["node"], row["cores"], row["memory_mib"], row["cpu_type"]) == (
+        "gemma",
+        "pve1",
+        4,
+        8192,
+        "host",
+    )
     assert row["labctl_version"] == __version__ and row["ollama_version"] == "0.32.15"
     assert row["eval_tps"] == 16.0 and row["load_s"] == 2.0 and row["ok"] is True
     assert row["peak_rss_bytes"] == (2 << 30) + 4 and row["peak_load1"] == 5.0
@@ -133,7 +174,8 @@ def test_a_failed_run_is_kept_with_its_reason_and_no_invented_numbers(tmp_path: 
 
 
 def test_the_agents_cache_bust_method_replaces_the_hosts_guess_when_facts_arrive(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     conn = store.connect(tmp_path)
     recorder = store.ProbeRecorder(conn, VM, "gemma2:2b", {}, "nonce")
     recorder.on_facts(replace(FACTS, prompt_cache_bust="nonce-first"))

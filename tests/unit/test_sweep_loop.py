@@ -27,8 +27,12 @@ def store(tmp_path: Path) -> SweepStore:
 
 
 def plan(**changes: object) -> SweepPlan:
-    base = SweepPlan(vm="gemma", space=MATRIX, targets=Targets(min_tps=10),
-                     probe_options={"model": "gemma2:2b", "runs": 3})
+    base = SweepPlan(
+        vm="gemma",
+        space=MATRIX,
+        targets=Targets(min_tps=10),
+        probe_options={"model": "gemma2:2b", "runs": 3},
+    )
     return SweepPlan(**{**base.__dict__, **changes})
 
 
@@ -37,7 +41,8 @@ def loop_for(store: SweepStore, vm: FakeVm, prober: TableProber) -> SweepLoop:
 
 
 def test_a_sweep_finds_the_minimum_records_every_point_and_restores_the_shape(
-        store: SweepStore) -> None:
+    store: SweepStore,
+) -> None:
     vm = FakeVm()
     prober = TableProber(vm)
     outcome = loop_for(store, vm, prober).run(plan())
@@ -56,7 +61,8 @@ def test_keep_shape_leaves_the_vm_as_the_last_probe_left_it(store: SweepStore) -
 
 
 def test_ctrl_c_restores_the_shape_and_the_rerun_resumes_without_reprobing(
-        store: SweepStore) -> None:
+    store: SweepStore,
+) -> None:
     vm = FakeVm()
     first = TableProber(vm, interrupt_after=3)
     with pytest.raises(Interrupted, match="run the same command again"):
@@ -160,8 +166,9 @@ def test_parallel_workers_share_the_shapes_and_agree_with_one_worker(store: Swee
     vms = [FakeVm(name="gemma"), FakeVm(name="gemma-2")]
     both_started = threading.Barrier(2)
     probers = [TableProber(vm, rendezvous=both_started) for vm in vms]
-    loop = SweepLoop(store, [Worker(v, p) for v, p in zip(vms, probers, strict=True)],
-                     RecordingReporter())
+    loop = SweepLoop(
+        store, [Worker(v, p) for v, p in zip(vms, probers, strict=True)], RecordingReporter()
+    )
     outcome = loop.run(plan(strategy="grid"))
     assert all(p.probed for p in probers)
     assert sorted(probers[0].probed + probers[1].probed) == sorted(MATRIX.shapes())

@@ -18,8 +18,17 @@ from tests.support.reporting import RecordingReporter
 
 G = 1024
 SPACE = parse_space("1,2", "1G,2G", "host")
-INFO = VmInfo(name="gemma", vmid=100, node="pve", status="running", shape=Shape(2, 2 * G),
-              ip="10.0.0.2", uptime_s=5, tags=("labctl",), pending=False)
+INFO = VmInfo(
+    name="gemma",
+    vmid=100,
+    node="pve",
+    status="running",
+    shape=Shape(2, 2 * G),
+    ip="10.0.0.2",
+    uptime_s=5,
+    tags=("labctl",),
+    pending=False,
+)
 
 
 @dataclass
@@ -37,8 +46,9 @@ class FakeLab:
     def up(self, name: str, shape: Shape, *, node: str, allow_overcommit: bool) -> None:
         self.ups.append((name, node))
         if node != self.template_node:
-            raise ProxmoxAPIError(f"can't clone VM to node '{node}' (VM uses local storage)",
-                                  status=500)
+            raise ProxmoxAPIError(
+                f"can't clone VM to node '{node}' (VM uses local storage)", status=500
+            )
         self.vms.add(name)
 
     def managed_names(self) -> list[str]:
@@ -51,8 +61,15 @@ class FakeLab:
 
 def test_a_clone_refused_on_another_node_goes_to_the_vms_node_with_a_warning() -> None:
     lab, reporter = FakeLab(), RecordingReporter()
-    local_only = _up_clone(lab, "gemma-2", INFO, "pve2", SPACE, reporter,  # type: ignore[arg-type]
-                           allow_overcommit=False)
+    local_only = _up_clone(
+        lab,  # type: ignore[arg-type]
+        "gemma-2",
+        INFO,
+        "pve2",
+        SPACE,
+        reporter,
+        allow_overcommit=False,
+    )
     assert local_only and lab.ups == [("gemma-2", "pve2"), ("gemma-2", "pve")]
     [warning] = [m for kind, m in reporter.events if kind == "warn"]
     assert "local storage" in warning and "creating it on pve next to gemma" in warning
@@ -60,8 +77,15 @@ def test_a_clone_refused_on_another_node_goes_to_the_vms_node_with_a_warning() -
 
 def test_a_clone_on_shared_storage_goes_to_the_other_node() -> None:
     lab = FakeLab(template_node="pve2")
-    assert not _up_clone(lab, "gemma-2", INFO, "pve2", SPACE, RecordingReporter(),  # type: ignore[arg-type]
-                         allow_overcommit=False)
+    assert not _up_clone(
+        lab,  # type: ignore[arg-type]
+        "gemma-2",
+        INFO,
+        "pve2",
+        SPACE,
+        RecordingReporter(),
+        allow_overcommit=False,
+    )
     assert lab.ups == [("gemma-2", "pve2")]
 
 
@@ -71,8 +95,15 @@ def test_other_proxmox_errors_are_not_hidden_by_the_fallback() -> None:
             raise ProxmoxAPIError("storage 'local-lvm' is full", status=500)
 
     with pytest.raises(ProxmoxAPIError, match="full"):
-        _up_clone(Broken(), "gemma-2", INFO, "pve2", SPACE,  # type: ignore[arg-type]
-                  RecordingReporter(), allow_overcommit=False)
+        _up_clone(
+            Broken(),  # type: ignore[arg-type]
+            "gemma-2",
+            INFO,
+            "pve2",
+            SPACE,
+            RecordingReporter(),
+            allow_overcommit=False,
+        )
 
 
 def test_only_the_clones_a_sweep_made_are_removed(tmp_path: Path) -> None:
@@ -80,8 +111,13 @@ def test_only_the_clones_a_sweep_made_are_removed(tmp_path: Path) -> None:
 
     lab = FakeLab(vms={"gemma", "gemma-2", "gemma-3"})
     _set_owned(tmp_path, {"gemma-2"})  # gemma-3 is the user's own VM
-    removed, left = remove_clones(lab, tmp_path, "gemma", 3,  # type: ignore[arg-type]
-                                  RecordingReporter())
+    removed, left = remove_clones(
+        lab,  # type: ignore[arg-type]
+        tmp_path,
+        "gemma",
+        3,
+        RecordingReporter(),
+    )
     assert (removed, left) == (["gemma-2"], []) and lab.downs == ["gemma-2"]
     assert owned_clones(tmp_path) == set()
 
@@ -92,8 +128,13 @@ def test_kept_clones_are_never_removed_by_a_later_sweep(tmp_path: Path) -> None:
     lab = FakeLab(vms={"gemma", "gemma-2"})
     _set_owned(tmp_path, {"gemma-2"})
     disown_clones(tmp_path, ["gemma-2"])
-    assert remove_clones(lab, tmp_path, "gemma", 2,  # type: ignore[arg-type]
-                         RecordingReporter()) == ([], [])
+    assert remove_clones(
+        lab,  # type: ignore[arg-type]
+        tmp_path,
+        "gemma",
+        2,
+        RecordingReporter(),
+    ) == ([], [])
     assert lab.downs == []
 
 
@@ -108,10 +149,15 @@ def test_parallel_progress_never_shows_a_line_under_another_workers_stage() -> N
     main.step("1 vCPU / 2 GiB: meets every target")
     second.warn("slow to answer")
     assert base.events == [
-        ("stage", "sweep"), ("stage", "gemma probe"), ("stage", "gemma-2 probe"),
-        ("stage", "gemma probe"), ("step", "run 1/1: 6.8 tok/s"),
-        ("stage", "sweep"), ("step", "1 vCPU / 2 GiB: meets every target"),
-        ("warn", "gemma-2: slow to answer")]
+        ("stage", "sweep"),
+        ("stage", "gemma probe"),
+        ("stage", "gemma-2 probe"),
+        ("stage", "gemma probe"),
+        ("step", "run 1/1: 6.8 tok/s"),
+        ("stage", "sweep"),
+        ("step", "1 vCPU / 2 GiB: meets every target"),
+        ("warn", "gemma-2: slow to answer"),
+    ]
 
 
 def test_parallel_progress_keeps_each_stage_with_its_steps_under_threads() -> None:

@@ -22,31 +22,48 @@ from tests.support.sweep_tables import MATRIX, gemma_table, random_monotone_tabl
 G = 1024
 
 
-def run(space: Space, table: dict[Shape, Measurement], targets: Targets, strategy: str,
-        width: int = 1) -> tuple[Measurement | None, Replay]:
+def run(
+    space: Space, table: dict[Shape, Measurement], targets: Targets, strategy: str, width: int = 1
+) -> tuple[Measurement | None, Replay]:
     replay = Replay(table)
     result = search(space, targets, one_at_a_time(replay), strategy=strategy, width=width)
     return result.minimum, replay
 
 
-def ok(cores: int, ram_gib: int, tps: float, *, cpu: str = "host", ttft: float = 1.0,
-       used_gib: float = 3.0) -> Measurement:
-    return Measurement(Shape(cores, ram_gib * G, cpu), Status.OK, eval_tps=tps, ttft_s=ttft,
-                       mem_total_mib=ram_gib * G, peak_used_mib=int(used_gib * G))
+def ok(
+    cores: int,
+    ram_gib: int,
+    tps: float,
+    *,
+    cpu: str = "host",
+    ttft: float = 1.0,
+    used_gib: float = 3.0,
+) -> Measurement:
+    return Measurement(
+        Shape(cores, ram_gib * G, cpu),
+        Status.OK,
+        eval_tps=tps,
+        ttft_s=ttft,
+        mem_total_mib=ram_gib * G,
+        peak_used_mib=int(used_gib * G),
+    )
 
 
 def oom(cores: int, ram_gib: int, *, cpu: str = "host") -> Measurement:
     return Measurement(Shape(cores, ram_gib * G, cpu), Status.OOM, error="runner OOM-killed")
 
 
-@pytest.mark.parametrize("targets", [
-    Targets(min_tps=10),
-    Targets(min_tps=4),
-    Targets(min_tps=5, max_ttft_s=1.0),
-    Targets(min_tps=2, min_free_mem=FreeMemTarget(percent=40)),
-    Targets(min_free_mem=FreeMemTarget(mib=10 * G)),
-    Targets(max_ttft_s=0.65),
-])
+@pytest.mark.parametrize(
+    "targets",
+    [
+        Targets(min_tps=10),
+        Targets(min_tps=4),
+        Targets(min_tps=5, max_ttft_s=1.0),
+        Targets(min_tps=2, min_free_mem=FreeMemTarget(percent=40)),
+        Targets(min_free_mem=FreeMemTarget(mib=10 * G)),
+        Targets(max_ttft_s=0.65),
+    ],
+)
 def test_smart_finds_the_grid_minimum_with_at_most_half_the_probes(targets: Targets) -> None:
     grid_min, grid_probes = run(MATRIX, gemma_table(), targets, "grid")
     smart_min, smart_probes = run(MATRIX, gemma_table(), targets, "smart")
@@ -64,16 +81,19 @@ def test_the_minimum_is_fewest_cores_then_least_ram() -> None:
 
 def test_plateau_gives_the_knee_not_the_fastest_shape() -> None:
     space = Space((1, 2, 4, 8, 16), (8 * G,), ("host",))
-    table = {m.shape: m for m in [ok(1, 8, 3), ok(2, 8, 6), ok(4, 8, 9), ok(8, 8, 9.0),
-                                  ok(16, 8, 9.0)]}
+    table = {
+        m.shape: m for m in [ok(1, 8, 3), ok(2, 8, 6), ok(4, 8, 9), ok(8, 8, 9.0), ok(16, 8, 9.0)]
+    }
     assert run(space, table, Targets(min_tps=9), "smart")[0] == table[Shape(4, 8 * G)]
     assert run(space, table, Targets(min_tps=9), "grid")[0] == table[Shape(4, 8 * G)]
 
 
 def test_oom_threshold_makes_smaller_ram_infeasible_without_probing_it() -> None:
     space = Space((2,), (2 * G, 3 * G, 4 * G, 6 * G, 8 * G, 16 * G), ("host",))
-    table = {m.shape: m for m in [oom(2, 2), oom(2, 3), oom(2, 4), ok(2, 6, 5), ok(2, 8, 5),
-                                  ok(2, 16, 5)]}
+    table = {
+        m.shape: m
+        for m in [oom(2, 2), oom(2, 3), oom(2, 4), ok(2, 6, 5), ok(2, 8, 5), ok(2, 16, 5)]
+    }
     replay = Replay(table)
     result = search(space, Targets(min_tps=4), one_at_a_time(replay), strategy="smart")
     assert result.minimum == table[Shape(2, 6 * G)]
@@ -101,13 +121,27 @@ def test_nothing_fits_at_all() -> None:
 def test_tie_between_cpu_types_goes_to_more_tokens_then_the_first_listed() -> None:
     v2 = "x86-64-v2-AES"
     space = Space((2, 4), (4 * G,), (v2, "host"))
-    faster = {m.shape: m for m in [ok(2, 4, 3, cpu=v2), ok(4, 4, 6, cpu=v2),
-                                   ok(2, 4, 3, cpu="host"), ok(4, 4, 8, cpu="host")]}
+    faster = {
+        m.shape: m
+        for m in [
+            ok(2, 4, 3, cpu=v2),
+            ok(4, 4, 6, cpu=v2),
+            ok(2, 4, 3, cpu="host"),
+            ok(4, 4, 8, cpu="host"),
+        ]
+    }
     for strategy in ("smart", "grid"):
         minimum, _ = run(space, faster, Targets(min_tps=5), strategy)
         assert minimum is not None and minimum.shape == Shape(4, 4 * G, "host")
-    equal = {m.shape: m for m in [ok(2, 4, 3, cpu=v2), ok(4, 4, 8, cpu=v2),
-                                  ok(2, 4, 3, cpu="host"), ok(4, 4, 8, cpu="host")]}
+    equal = {
+        m.shape: m
+        for m in [
+            ok(2, 4, 3, cpu=v2),
+            ok(4, 4, 8, cpu=v2),
+            ok(2, 4, 3, cpu="host"),
+            ok(4, 4, 8, cpu="host"),
+        ]
+    }
     for strategy in ("smart", "grid"):
         minimum, _ = run(space, equal, Targets(min_tps=5), strategy)
         assert minimum is not None and minimum.shape.cpu_type == "x86-64-v2-AES"
@@ -125,10 +159,11 @@ def test_a_failed_probe_counts_as_not_meeting_the_targets_and_is_listed() -> Non
 def test_smart_equals_grid_on_random_monotone_tables(seed: int) -> None:
     rng = random.Random(seed)
     space, table = random_monotone_table(rng)
-    targets = Targets(min_tps=rng.choice([None, 0.5, 1.0, 2.0, 4.0, 8.0, 30.0]),
-                      max_ttft_s=rng.choice([None, 2.0, 5.0, 20.0]),
-                      min_free_mem=rng.choice([None, FreeMemTarget(percent=50),
-                                               FreeMemTarget(mib=2 * G)]))
+    targets = Targets(
+        min_tps=rng.choice([None, 0.5, 1.0, 2.0, 4.0, 8.0, 30.0]),
+        max_ttft_s=rng.choice([None, 2.0, 5.0, 20.0]),
+        min_free_mem=rng.choice([None, FreeMemTarget(percent=50), FreeMemTarget(mib=2 * G)]),
+    )
     grid_min, grid_replay = run(space, table, targets, "grid")
     smart_min, smart_replay = run(space, table, targets, "smart")
     assert smart_min == grid_min
@@ -141,10 +176,13 @@ def test_smart_equals_grid_on_random_monotone_tables(seed: int) -> None:
 def test_every_shape_smart_skips_is_explained_and_the_explanation_holds(seed: int) -> None:
     rng = random.Random(seed)
     space, table = random_monotone_table(rng)
-    targets = Targets(min_tps=rng.choice([None, 1.0, 2.0, 4.0, 30.0]),
-                      min_free_mem=rng.choice([None, FreeMemTarget(percent=50)]))
-    result = search(space, targets, one_at_a_time(Replay(table)), strategy="smart",
-                    width=rng.choice([1, 2, 3]))
+    targets = Targets(
+        min_tps=rng.choice([None, 1.0, 2.0, 4.0, 30.0]),
+        min_free_mem=rng.choice([None, FreeMemTarget(percent=50)]),
+    )
+    result = search(
+        space, targets, one_at_a_time(Replay(table)), strategy="smart", width=rng.choice([1, 2, 3])
+    )
     measured = {m.shape for m in result.measurements}
     parts = [measured, set(result.inferred), set(result.unprobed)]
     assert sum(map(len, parts)) == len(space) and set().union(*parts) == set(space.shapes())
@@ -165,37 +203,37 @@ def test_a_shape_with_more_cores_than_the_minimum_is_not_probed_and_says_so() ->
     result = search(space, Targets(min_tps=4), one_at_a_time(replay))
     assert result.minimum == table[Shape(1, 2 * G)]
     assert Shape(2, 1 * G) not in replay.probed
-    assert result.unprobed[Shape(2, 1 * G)].why == \
-        "not probed: more cores than the minimum"
+    assert result.unprobed[Shape(2, 1 * G)].why == "not probed: more cores than the minimum"
     assert result.unprobed[Shape(2, 1 * G)].misses is False  # it might OOM: verdict unknown
 
 
 def test_unprobed_shapes_name_the_miss_that_rules_them_out_or_the_minimum() -> None:
     space = Space((1, 2, 4), (2 * G, 4 * G, 8 * G, 16 * G), ("host",))
-    table = {m.shape: m for m in [ok(1, 16, 3), ok(2, 16, 6), ok(4, 16, 9), ok(2, 4, 6),
-                                  oom(2, 2)]}
+    table = {m.shape: m for m in [ok(1, 16, 3), ok(2, 16, 6), ok(4, 16, 9), ok(2, 4, 6), oom(2, 2)]}
     result = search(space, Targets(min_tps=5), one_at_a_time(Replay(table)))
     assert result.minimum == table[Shape(2, 4 * G)]
     assert result.unprobed[Shape(1, 4 * G)].why == (
-        "not probed: ruled out by 1 vCPU / 16 GiB (cpu=host), which missed (3.0 tok/s < 5)")
+        "not probed: ruled out by 1 vCPU / 16 GiB (cpu=host), which missed (3.0 tok/s < 5)"
+    )
     assert result.unprobed[Shape(1, 4 * G)].misses
-    assert result.unprobed[Shape(2, 8 * G)].why == \
-        "not probed: more RAM than the minimum"
+    assert result.unprobed[Shape(2, 8 * G)].why == "not probed: more RAM than the minimum"
     assert result.unprobed[Shape(4, 2 * G)].skip is Skip.CANNOT_WIN
 
 
 def test_a_shape_under_a_measured_oom_is_ruled_out_by_it() -> None:
     space = Space((1, 2), (1 * G, 2 * G), ("host",))
     reasons = explain_unprobed(space, Targets(min_tps=4), {Shape(2, 2 * G): oom(2, 2)}, {}, None)
-    assert reasons[Shape(1, 1 * G)].why == \
-        "not probed: ruled out by OOM at 2 vCPU / 2 GiB (cpu=host)"
+    assert (
+        reasons[Shape(1, 1 * G)].why == "not probed: ruled out by OOM at 2 vCPU / 2 GiB (cpu=host)"
+    )
     assert all(reasons[s].misses for s in (Shape(1, 1 * G), Shape(1, 2 * G), Shape(2, 1 * G)))
 
 
 def test_an_interrupted_search_says_which_shapes_it_had_not_reached() -> None:
     space = Space((1, 2, 4), (4 * G,), ("host",))
-    reasons = explain_unprobed(space, Targets(min_tps=5), {Shape(2, 4 * G): ok(2, 4, 6)}, {},
-                               ok(2, 4, 6))
+    reasons = explain_unprobed(
+        space, Targets(min_tps=5), {Shape(2, 4 * G): ok(2, 4, 6)}, {}, ok(2, 4, 6)
+    )
     assert reasons[Shape(1, 4 * G)].why == NOT_REACHED  # could still be a smaller minimum
     assert reasons[Shape(1, 4 * G)].skip is Skip.NOT_REACHED
     assert reasons[Shape(4, 4 * G)].skip is Skip.CANNOT_WIN

@@ -118,8 +118,12 @@ def _per_instance(root: Path, instance_id: str) -> None:
 def user_data(spec: GuestSpec) -> str:
     """The #cloud-config PVE renders for the VM (qemu-server Cloudinit.pm:145-188; no password:
     the simulator's VMs get none from labctl)."""
-    lines = ["#cloud-config", f"hostname: {spec.name}", "manage_etc_hosts: true",
-             f"fqdn: {spec.name}"]
+    lines = [
+        "#cloud-config",
+        f"hostname: {spec.name}",
+        "manage_etc_hosts: true",
+        f"fqdn: {spec.name}",
+    ]
     if spec.ciuser:
         lines.append(f"user: {spec.ciuser}")
         if spec.ciuser == "root":
@@ -139,7 +143,8 @@ def _seed(root: Path, spec: GuestSpec, instance_id: str) -> None:
     seed = guest_path(root, SEED_DIR)
     seed.mkdir(parents=True, exist_ok=True)
     guest_path(root, f"{SEED_DIR}/meta-data").write_text(
-        f"instance-id: {instance_id}\nlocal-hostname: {spec.name}\n")
+        f"instance-id: {instance_id}\nlocal-hostname: {spec.name}\n"
+    )
     guest_path(root, f"{SEED_DIR}/user-data").write_text(user_data(spec))
     timings = {"ssh_delay": spec.ssh_keys_delay, "upgrade_seconds": spec.upgrade_seconds}
     guest_path(root, f"{SEED_DIR}/labctl-sim.json").write_text(json.dumps(timings) + "\n")

@@ -116,8 +116,9 @@ def load_status() -> dict[str, Any]:
     v1.setdefault("datasource", None)
     v1.setdefault("stage", None)
     for stage in STAGES:
-        v1.setdefault(stage, {"start": None, "finished": None, "errors": [],
-                              "recoverable_errors": {}})
+        v1.setdefault(
+            stage, {"start": None, "finished": None, "errors": [], "recoverable_errors": {}}
+        )
     return data
 
 
@@ -163,8 +164,11 @@ def config_ssh() -> None:
         os.unlink(path)
     for kind in KEY_TYPES:
         keyfile = f"/etc/ssh/ssh_host_{kind}_key"
-        subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-f", keyfile], check=True,
-                       stdin=subprocess.DEVNULL)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", kind, "-N", "", "-f", keyfile],
+            check=True,
+            stdin=subprocess.DEVNULL,
+        )
         log(f"Generating public/private {kind} key pair: {keyfile}")
 
 
@@ -187,8 +191,10 @@ def config_package_update_upgrade_install() -> None:
             fcntl.lockf(handle, fcntl.LOCK_EX)  # waits, as cloud-init waits for the apt lock
         with contextlib.suppress(OSError), open("/proc/self/comm", "w") as comm:
             comm.write("apt-get")  # what `ps` and apt's "held by process N (...)" show
-        log("Running apt-get dist-upgrade (simulated by the PVE simulator: nothing is "
-            f"downloaded or installed; {seconds:g} s of work holding the dpkg lock)")
+        log(
+            "Running apt-get dist-upgrade (simulated by the PVE simulator: nothing is "
+            f"downloaded or installed; {seconds:g} s of work holding the dpkg lock)"
+        )
         packages = installed_packages()
         deadline = time.monotonic() + seconds
         digest = hashlib.sha256()
@@ -208,8 +214,12 @@ def unit_failed() -> bool:
     """cloud-init's systemd_failed(): a failed unit means status 'error' (status.py:317-373)."""
     for unit in UNITS:
         try:
-            out = subprocess.run(["systemctl", "show", "--property=ActiveState,SubState", unit],
-                                 capture_output=True, text=True, check=False).stdout
+            out = subprocess.run(
+                ["systemctl", "show", "--property=ActiveState,SubState", unit],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout
         except OSError:
             return False
         states = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
@@ -237,11 +247,14 @@ def status_details() -> tuple[str, str, list[str], dict[str, list[str]], str]:
     else:
         running = "not started"
     description = v1.get("datasource") or (
-        f"Running in stage: {v1['stage']}" if v1.get("stage") else "Enabled by systemd")
+        f"Running in stage: {v1['stage']}" if v1.get("stage") else "Enabled by systemd"
+    )
     if running == "running" and unit_failed():
         running = "done"
-        errors.append("Failed due to systemd unit failure. Ensure all cloud-init services are "
-                      "enabled, and check 'systemctl' or 'journalctl' for more information.")
+        errors.append(
+            "Failed due to systemd unit failure. Ensure all cloud-init services are "
+            "enabled, and check 'systemctl' or 'journalctl' for more information."
+        )
         description = "Failed due to systemd unit failure"
     condition = "error" if errors else ("degraded" if recoverable else "healthy")
     return running, condition, errors, recoverable, description
@@ -262,18 +275,35 @@ def status(wait: bool, long: bool, fmt: str) -> int:
     else:
         shown, extended = running, running
     if fmt == "json":
-        print(json.dumps({"status": shown, "extended_status": extended, "detail": description,
-                          "errors": errors, "recoverable_errors": recoverable,
-                          "boot_status_code": "enabled-by-generator",
-                          "datasource": "nocloud"}, indent=2, sort_keys=True))
+        print(
+            json.dumps(
+                {
+                    "status": shown,
+                    "extended_status": extended,
+                    "detail": description,
+                    "errors": errors,
+                    "recoverable_errors": recoverable,
+                    "boot_status_code": "enabled-by-generator",
+                    "datasource": "nocloud",
+                },
+                indent=2,
+                sort_keys=True,
+            )
+        )
     else:
         print(f"status: {shown}")
         if long:
             errs = "".join(f"\n\t- {e}" for e in errors) or " []"
-            recs = "".join(f"\n{k}:" + "".join(f"\n\t- {i}" for i in v)
-                           for k, v in recoverable.items()) or " {}"
-            print(f"extended_status: {extended}\nboot_status_code: enabled-by-generator\n"
-                  f"detail: {description}\nerrors:{errs}\nrecoverable_errors:{recs}")
+            recs = (
+                "".join(
+                    f"\n{k}:" + "".join(f"\n\t- {i}" for i in v) for k, v in recoverable.items()
+                )
+                or " {}"
+            )
+            print(
+                f"extended_status: {extended}\nboot_status_code: enabled-by-generator\n"
+                f"detail: {description}\nerrors:{errs}\nrecoverable_errors:{recs}"
+            )
     if condition == "error":
         return 1
     if condition == "degraded":
@@ -300,8 +330,9 @@ def main(argv: list[str]) -> int:
         return 0
     if args.mode == "final":
         with stage("modules-final"):
-            once_per_instance("package_update_upgrade_install",
-                              config_package_update_upgrade_install)
+            once_per_instance(
+                "package_update_upgrade_install", config_package_update_upgrade_install
+            )
     return 0
 
 

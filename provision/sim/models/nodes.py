@@ -184,17 +184,27 @@ class NodeMixin(VmMixin):
             bridge
             for config in configs
             for key, value in config.items()
-            if vmconfig.NET_KEY.match(key)
-            and (bridge := vmconfig.drive_option(value, "bridge"))
+            if vmconfig.NET_KEY.match(key) and (bridge := vmconfig.drive_option(value, "bridge"))
         }
         eth = {"iface": "eno1", "type": "eth", "active": 1, "exists": 1, "families": ["inet"],
                "method": "manual", "priority": 1}  # fmt: skip
         interfaces: list[dict[str, Any]] = [eth]
         for index, bridge in enumerate(sorted(bridges), start=2):
             ports = "eno1" if bridge == "vmbr0" else ""
-            interfaces.append({"iface": bridge, "type": "bridge", "active": 1, "autostart": 1,
-                               "families": ["inet"], "method": "manual", "priority": index,
-                               "bridge_ports": ports, "bridge_stp": "off", "bridge_fd": "0"})
+            interfaces.append(
+                {
+                    "iface": bridge,
+                    "type": "bridge",
+                    "active": 1,
+                    "autostart": 1,
+                    "families": ["inet"],
+                    "method": "manual",
+                    "priority": index,
+                    "bridge_ports": ports,
+                    "bridge_stp": "off",
+                    "bridge_fd": "0",
+                }
+            )
         wanted = {"any_bridge": {"bridge", "OVSBridge"}}.get(kind or "", {kind})
         return [i for i in interfaces if kind is None or i["type"] in wanted]
 

@@ -221,8 +221,11 @@ class LocalModel:
         config = self.manifest.get("config", {})
         self.size = sum(int(layer["size"]) for layer in layers) + int(config.get("size", 0))
         self.model_blob = next(
-            (blob_path(root, layer["digest"]) for layer in layers
-             if layer.get("mediaType") == "application/vnd.ollama.image.model"),
+            (
+                blob_path(root, layer["digest"])
+                for layer in layers
+                if layer.get("mediaType") == "application/vnd.ollama.image.model"
+            ),
             None,
         )
         try:
@@ -290,8 +293,9 @@ def pull_model(root: Path, raw_name: str, emit: Any) -> None:
     if not registry:
         real = f"https://{name.host}/v2/{name.namespace}/{name.model}/manifests/{name.tag}"
         # The double never leaves the test network: answer as real Ollama does when offline.
-        raise PullError(f'pull model manifest: Get "{real}": dial tcp: lookup {name.host}:'
-                        " no such host")
+        raise PullError(
+            f'pull model manifest: Get "{real}": dial tcp: lookup {name.host}: no such host'
+        )
     try:
         with urllib.request.urlopen(manifest_url, timeout=30) as response:
             manifest_raw = response.read()
@@ -318,8 +322,9 @@ def pull_model(root: Path, raw_name: str, emit: Any) -> None:
     emit({"status": "success"})
 
 
-def _pull_layer(root: Path, registry: str, name: ModelName, layer: dict[str, Any],
-                emit: Any) -> None:
+def _pull_layer(
+    root: Path, registry: str, name: ModelName, layer: dict[str, Any], emit: Any
+) -> None:
     digest, total = layer["digest"], int(layer["size"])
     status = f"pulling {digest[7:19]}"
     final = blob_path(root, digest)
@@ -338,8 +343,9 @@ def _pull_layer(root: Path, registry: str, name: ModelName, layer: dict[str, Any
                 hasher.update(chunk)
                 completed += len(chunk)
                 if time.monotonic() - last >= PROGRESS_INTERVAL_S:
-                    emit({"status": status, "digest": digest, "total": total,
-                          "completed": completed})
+                    emit(
+                        {"status": status, "digest": digest, "total": total, "completed": completed}
+                    )
                     last = time.monotonic()
     except urllib.error.HTTPError as err:
         partial.unlink(missing_ok=True)
@@ -374,7 +380,7 @@ class Weights:
         with blob.open("rb", buffering=0) as f:
             view, done = memoryview(self.buffer), 0
             while done < size:
-                n = f.readinto(view[done:done + (8 << 20)])
+                n = f.readinto(view[done : done + (8 << 20)])
                 if not n:
                     break
                 done += n
@@ -385,9 +391,9 @@ class Weights:
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.threads)
         # Fixed-size rows, so the output does not depend on how many threads share the work.
         view = memoryview(self.buffer)
-        rows = [view[i:i + ROW_BYTES] for i in range(0, max(size, 1), ROW_BYTES)]
+        rows = [view[i : i + ROW_BYTES] for i in range(0, max(size, 1), ROW_BYTES)]
         per_thread = -(-len(rows) // self.threads)
-        self.groups = [rows[i:i + per_thread] for i in range(0, len(rows), per_thread)]
+        self.groups = [rows[i : i + per_thread] for i in range(0, len(rows), per_thread)]
 
     def forward(self, salt: bytes) -> bytes:
         """One full pass over the weights; returns a digest that depends on every byte."""
@@ -409,8 +415,16 @@ def runner_main(argv: list[str]) -> int:
     weights = Weights(Path(args["--model"]), threads, ctx * parallel * kv_per_token)
     weights.forward(b"warmup")  # real load includes a first graph evaluation
     out = sys.stdout
-    out.write(json.dumps({"ready": True, "threads": weights.threads,
-                          "size": len(weights.buffer) + len(weights.kv)}) + "\n")
+    out.write(
+        json.dumps(
+            {
+                "ready": True,
+                "threads": weights.threads,
+                "size": len(weights.buffer) + len(weights.kv),
+            }
+        )
+        + "\n"
+    )
     out.flush()
     for line in sys.stdin:
         request = json.loads(line)
@@ -474,16 +488,32 @@ class RunnerProcess:
 class Loaded(RunnerProcess):
     """One model loaded in the hashing runner child process (unit tests only)."""
 
-    def __init__(self, model: LocalModel, options: dict[str, Any], runner_key: tuple[Any, ...],
-                 ctx: int, parallel: int) -> None:
+    def __init__(
+        self,
+        model: LocalModel,
+        options: dict[str, Any],
+        runner_key: tuple[Any, ...],
+        ctx: int,
+        parallel: int,
+    ) -> None:
         self.model, self.options, self.runner_key, self.ctx = model, options, runner_key, ctx
         self.lock = threading.Lock()
         self.expires_at = time.time() + KEEP_ALIVE_DEFAULT_S
         threads = int(options.get("num_thread") or 0)
-        command = [*_runner_command(), "--model", str(model.model_blob), "--ctx-size", str(ctx),
-                   "--parallel", str(parallel), "--threads", str(threads)]
-        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, bufsize=1)
+        command = [
+            *_runner_command(),
+            "--model",
+            str(model.model_blob),
+            "--ctx-size",
+            str(ctx),
+            "--parallel",
+            str(parallel),
+            "--threads",
+            str(threads),
+        ]
+        self.proc = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+        )
         ready = self._read()
         self.size = int(ready["size"])
 
@@ -507,8 +537,9 @@ class Loaded(RunnerProcess):
             try:
                 event = self._read()
             except RunnerDied as err:  # died mid-stream: llm/llama_server.go:1758-1768
-                raise RunnerDied("an error was encountered while running the model: "
-                                 "unexpected EOF") from err
+                raise RunnerDied(
+                    "an error was encountered while running the model: unexpected EOF"
+                ) from err
             yield event
             if "done" in event:
                 return
@@ -537,12 +568,28 @@ def _runner_command() -> list[str]:
 # starts it exactly as Ollama v0.32.15 does; what follows cites that tag's sources.
 
 # llm/status.go:67-83 (errorPrefixes) and :85-96 (outOfMemorySubstrings)
-ERROR_PREFIXES = ("panic:", "fatal error:", "error:", "Error:", '"ERR"', "error loading model",
-                  "GGML_ASSERT", "llama_init_from_model:")
-OOM_SUBSTRINGS = ("out of memory", "failed to allocate", "allocation failed", "not enough memory",
-                  "insufficient memory", "cannot allocate memory")
-RUNNER_STOPPED = ("model runner has unexpectedly stopped, this may be due to resource limitations"
-                  " or an internal error, check ollama server logs for details")  # :1642-1644
+ERROR_PREFIXES = (
+    "panic:",
+    "fatal error:",
+    "error:",
+    "Error:",
+    '"ERR"',
+    "error loading model",
+    "GGML_ASSERT",
+    "llama_init_from_model:",
+)
+OOM_SUBSTRINGS = (
+    "out of memory",
+    "failed to allocate",
+    "allocation failed",
+    "not enough memory",
+    "insufficient memory",
+    "cannot allocate memory",
+)
+RUNNER_STOPPED = (
+    "model runner has unexpectedly stopped, this may be due to resource limitations"
+    " or an internal error, check ollama server logs for details"
+)  # :1642-1644
 _SIGNAL_NAMES = {9: "killed", 15: "terminated", 11: "segmentation fault", 6: "aborted"}
 BUFFER_SIZE = re.compile(r"buffer size\s*=\s*([\d.]+) MiB")
 HEALTH_POLL_S = 0.25  # llm/llama_server.go:1368-1381 (250 ms between health polls)
@@ -596,12 +643,29 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def llama_server_args(binary: Path, model: Path, port: int, ctx: int, parallel: int,
-                      options: dict[str, Any]) -> list[str]:
+def llama_server_args(
+    binary: Path, model: Path, port: int, ctx: int, parallel: int, options: dict[str, Any]
+) -> list[str]:
     """The command line of llm/llama_server.go:368-425 (startLlamaServer) for a CPU-only host."""
-    args = [str(binary), "--model", str(model), "--port", str(port), "--host", "127.0.0.1",
-            "--no-webui", "--offline", "-c", str(ctx * parallel), "-np", str(parallel),
-            "--log-verbosity", "4", "--no-log-prefix", "--no-log-timestamps"]
+    args = [
+        str(binary),
+        "--model",
+        str(model),
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        "--no-webui",
+        "--offline",
+        "-c",
+        str(ctx * parallel),
+        "-np",
+        str(parallel),
+        "--log-verbosity",
+        "4",
+        "--no-log-prefix",
+        "--no-log-timestamps",
+    ]
     # server/sched.go:1138-1163: on CPU Ollama turns mmap off unless the request sets use_mmap;
     # llm/llama_server.go:634-636 then passes --load-mode none (weights read into RAM).
     if options.get("use_mmap") is not True:
@@ -619,8 +683,14 @@ def llama_server_args(binary: Path, model: Path, port: int, ctx: int, parallel: 
 class LlamaServerLoaded(RunnerProcess):
     """One model loaded in the real llama-server, driven over HTTP as Ollama drives it."""
 
-    def __init__(self, model: LocalModel, options: dict[str, Any], runner_key: tuple[Any, ...],
-                 ctx: int, parallel: int) -> None:
+    def __init__(
+        self,
+        model: LocalModel,
+        options: dict[str, Any],
+        runner_key: tuple[Any, ...],
+        ctx: int,
+        parallel: int,
+    ) -> None:
         binary = _real_llama_server()
         if binary is None or model.model_blob is None:
             raise RunnerDied("llama-server binary not found")
@@ -637,10 +707,16 @@ class LlamaServerLoaded(RunnerProcess):
         # the binary's own directory first on LD_LIBRARY_PATH, so its libraries are found
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = os.pathsep.join(
-            [str(binary.parent)] + [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep)
-                                    if p])
-        self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, env=env)
+            [str(binary.parent)]
+            + [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
+        )
+        self.proc = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         self._reader = threading.Thread(target=self._read_output, daemon=True)
         self._reader.start()
         self._wait_until_running()
@@ -663,8 +739,9 @@ class LlamaServerLoaded(RunnerProcess):
                 self.last_error = (self.last_error + "\n" + line).strip()[-8192:]
         sys.stderr.flush()
 
-    def _http(self, method: str, path: str, body: Any = None,
-              timeout: float = 3600) -> http.client.HTTPResponse:
+    def _http(
+        self, method: str, path: str, body: Any = None, timeout: float = 3600
+    ) -> http.client.HTTPResponse:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         data = json.dumps(body).encode() if body is not None else None
         conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
@@ -674,8 +751,11 @@ class LlamaServerLoaded(RunnerProcess):
         """llm/llama_server.go:1300-1325: what WaitUntilRunning says when the process died."""
         self._reader.join(timeout=2)
         code = self.proc.wait()
-        status = f"signal: {_SIGNAL_NAMES.get(-code, f'signal {-code}')}" if code < 0 else (
-            f"exit status {code}")
+        status = (
+            f"signal: {_SIGNAL_NAMES.get(-code, f'signal {-code}')}"
+            if code < 0
+            else (f"exit status {code}")
+        )
         if self.last_error:
             if any(s in self.last_error.lower() for s in OOM_SUBSTRINGS):
                 return f"llama-server reported out-of-memory during startup: {self.last_error}"
@@ -706,12 +786,16 @@ class LlamaServerLoaded(RunnerProcess):
         limit = 10 * self.ctx  # boundedNumPredict (:106-117)
         stop = [str(w) for w in (options.get("stop") or self.stop_words)]
         return {
-            "prompt": request["prompt"], "stream": True, "cache_prompt": True,
+            "prompt": request["prompt"],
+            "stream": True,
+            "cache_prompt": True,
             "n_predict": limit if num_predict < 0 or num_predict > limit else num_predict,
             "n_keep": int(options.get("num_keep", 4)),
             "temperature": float(options.get("temperature", 0.8)),
-            "top_k": int(options.get("top_k", 40)), "top_p": float(options.get("top_p", 0.9)),
-            "min_p": float(options.get("min_p", 0.0)), "stop": stop,
+            "top_k": int(options.get("top_k", 40)),
+            "top_p": float(options.get("top_p", 0.9)),
+            "min_p": float(options.get("min_p", 0.0)),
+            "stop": stop,
             "repeat_penalty": float(options.get("repeat_penalty", 1.0)),
             "repeat_last_n": int(options.get("repeat_last_n", 64)),
             "frequency_penalty": float(options.get("frequency_penalty", 0.0)),
@@ -723,8 +807,11 @@ class LlamaServerLoaded(RunnerProcess):
     def generate(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """Stream one completion; events shaped like the hashing runner's."""
         # llm/llama_server.go:1529 logs the request at debug; the double also logs its head
-        _log("llama_server.go:1529", "llama-server completion request "
-             f"prompt_len={len(request['prompt'])} prompt_head={request['prompt'][:40]!r}")
+        _log(
+            "llama_server.go:1529",
+            "llama-server completion request "
+            f"prompt_len={len(request['prompt'])} prompt_head={request['prompt'][:40]!r}",
+        )
         try:
             response = self._http("POST", "/completion", self._completion_body(request))
         except OSError as err:
@@ -743,8 +830,10 @@ class LlamaServerLoaded(RunnerProcess):
                 return
         # the stream ended without a final event: the process died mid-stream (:1758-1768)
         self._reader.join(timeout=2)
-        raise RunnerDied("an error was encountered while running the model: "
-                         + (self.last_error or "unexpected EOF"))
+        raise RunnerDied(
+            "an error was encountered while running the model: "
+            + (self.last_error or "unexpected EOF")
+        )
 
     @staticmethod
     def _sse_events(response: http.client.HTTPResponse) -> Iterator[dict[str, Any]]:
@@ -761,19 +850,25 @@ class LlamaServerLoaded(RunnerProcess):
         except (OSError, http.client.HTTPException):
             return
 
-    def _final_events(self, request: dict[str, Any], event: dict[str, Any],
-                      text: str) -> Iterator[dict[str, Any]]:
+    def _final_events(
+        self, request: dict[str, Any], event: dict[str, Any], text: str
+    ) -> Iterator[dict[str, Any]]:
         timings = event.get("timings") or {}
         cached = timings.get("cache_n")
         prompt_n = int(timings.get("prompt_n", 0))
         # llm/llama_server.go:1511-1513 promptEvalCount: cache_n + prompt_n, while the duration
         # covers only prompt_n (the cached tokens cost nothing)
         _log("double", f"llama-server completion cache_n={int(cached or 0)} prompt_n={prompt_n}")
-        yield {"prompt_eval_count": prompt_n + int(cached or 0),
-               "prompt_eval_ns": int(float(timings.get("prompt_ms", 0.0)) * 1e6)}
+        yield {
+            "prompt_eval_count": prompt_n + int(cached or 0),
+            "prompt_eval_ns": int(float(timings.get("prompt_ms", 0.0)) * 1e6),
+        }
         reason = "length" if event.get("stop_type") == "limit" else "stop"  # :1713-1717
-        done: dict[str, Any] = {"done": reason, "eval_count": int(timings.get("predicted_n", 0)),
-                                "eval_ns": int(float(timings.get("predicted_ms", 0.0)) * 1e6)}
+        done: dict[str, Any] = {
+            "done": reason,
+            "eval_count": int(timings.get("predicted_n", 0)),
+            "eval_ns": int(float(timings.get("predicted_ms", 0.0)) * 1e6),
+        }
         context = self._tokenize(request["prompt"] + text)
         if context is not None:
             done["context"] = context
@@ -785,7 +880,6 @@ class LlamaServerLoaded(RunnerProcess):
             return [int(t) for t in json.loads(response.read()).get("tokens", [])]
         except (OSError, ValueError):
             return None
-
 
 
 # the model held in RAM: the real llama-server, or the hashing stand-in without it
@@ -835,8 +929,11 @@ class Scheduler:
             time.sleep(0.25)
             now = time.time()
             with self.lock:
-                expired = [n for n, m in self.loaded.items()
-                           if (m.expires_at <= now and not m.lock.locked()) or not m.alive()]
+                expired = [
+                    n
+                    for n, m in self.loaded.items()
+                    if (m.expires_at <= now and not m.lock.locked()) or not m.alive()
+                ]
                 victims = [self.loaded.pop(n) for n in expired]
             for victim in victims:
                 victim.stop()
@@ -935,15 +1032,26 @@ class Handler(http.server.BaseHTTPRequestHandler):
             pass
 
     def do_GET(self) -> None:
-        self._dispatch({"/": lambda: self._send_text(200, "Ollama is running"),
-                        "/api/version": lambda: self._send_json(200, {"version": VERSION}),
-                        "/api/tags": self.api_tags, "/api/ps": self.api_ps})
+        self._dispatch(
+            {
+                "/": lambda: self._send_text(200, "Ollama is running"),
+                "/api/version": lambda: self._send_json(200, {"version": VERSION}),
+                "/api/tags": self.api_tags,
+                "/api/ps": self.api_ps,
+            }
+        )
 
     do_HEAD = do_GET
 
     def do_POST(self) -> None:
-        self._dispatch({"/api/pull": self.api_pull, "/api/generate": self.api_generate,
-                        "/api/chat": self.api_chat, "/api/show": self.api_show})
+        self._dispatch(
+            {
+                "/api/pull": self.api_pull,
+                "/api/generate": self.api_generate,
+                "/api/chat": self.api_chat,
+                "/api/show": self.api_show,
+            }
+        )
 
     def do_DELETE(self) -> None:
         self._dispatch({"/api/delete": self.api_delete})
@@ -951,33 +1059,59 @@ class Handler(http.server.BaseHTTPRequestHandler):
     # -- endpoints
 
     def api_tags(self) -> None:
-        models = [{
-            "name": m.name.display, "model": m.name.display,
-            "modified_at": local_rfc3339(m.modified), "size": m.size, "digest": m.digest,
-            "details": m.details,
-        } for m in list_models(self.scheduler.root)]
+        models = [
+            {
+                "name": m.name.display,
+                "model": m.name.display,
+                "modified_at": local_rfc3339(m.modified),
+                "size": m.size,
+                "digest": m.digest,
+                "details": m.details,
+            }
+            for m in list_models(self.scheduler.root)
+        ]
         self._send_json(200, {"models": models})
 
     def api_ps(self) -> None:
         with self.scheduler.lock:
-            loaded = sorted(self.scheduler.loaded.values(), key=lambda m: m.expires_at,
-                            reverse=True)
-        self._send_json(200, {"models": [{
-            "name": m.model.name.display, "model": m.model.name.display, "size": m.size,
-            "digest": m.model.digest, "details": m.model.details,
-            "expires_at": local_rfc3339(min(m.expires_at, 10**10)),
-            "size_vram": 0, "context_length": m.ctx,
-        } for m in loaded if m.alive()]})
+            loaded = sorted(
+                self.scheduler.loaded.values(), key=lambda m: m.expires_at, reverse=True
+            )
+        self._send_json(
+            200,
+            {
+                "models": [
+                    {
+                        "name": m.model.name.display,
+                        "model": m.model.name.display,
+                        "size": m.size,
+                        "digest": m.model.digest,
+                        "details": m.model.details,
+                        "expires_at": local_rfc3339(min(m.expires_at, 10**10)),
+                        "size_vram": 0,
+                        "context_length": m.ctx,
+                    }
+                    for m in loaded
+                    if m.alive()
+                ]
+            },
+        )
 
     def api_show(self) -> None:
         body = self._body()
         model = find_model(self.scheduler.root, str(body.get("model") or body.get("name") or ""))
         if model is None:
             raise ApiError(404, f"model '{body.get('model') or body.get('name')}' not found")
-        self._send_json(200, {"details": model.details, "capabilities": ["completion"],
-                              "template": model_template(model),
-                              "modified_at": local_rfc3339(model.modified),
-                              "model_info": {"general.architecture": model.details["family"]}})
+        self._send_json(
+            200,
+            {
+                "details": model.details,
+                "capabilities": ["completion"],
+                "template": model_template(model),
+                "modified_at": local_rfc3339(model.modified),
+                "model_info": {"general.architecture": model.details["family"]},
+            },
+        )
 
     def api_delete(self) -> None:
         body = self._body()
@@ -1032,8 +1166,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         options = body.get("options") or {}
         if not isinstance(options, dict):
             raise ApiError(400, "json: cannot unmarshal options")
-        keep_alive = (parse_duration(body["keep_alive"], self.scheduler.keep_alive_s)
-                      if "keep_alive" in body else self.scheduler.keep_alive_s)
+        keep_alive = (
+            parse_duration(body["keep_alive"], self.scheduler.keep_alive_s)
+            if "keep_alive" in body
+            else self.scheduler.keep_alive_s
+        )
         stream = body.get("stream", True) is not False
         if body.get("raw") and (body.get("template") or body.get("system") or body.get("context")):
             raise ApiError(400, "raw mode does not support template, system, or context")  # :422
@@ -1041,17 +1178,31 @@ class Handler(http.server.BaseHTTPRequestHandler):
         base = {"model": name}
         if not prompt and keep_alive == 0:
             self.scheduler.unload(name)
-            self._reply_final(stream, {**base, "created_at": now_rfc3339(),
-                                       **self._text("", chat), "done": True,
-                                       "done_reason": "unload"})
+            self._reply_final(
+                stream,
+                {
+                    **base,
+                    "created_at": now_rfc3339(),
+                    **self._text("", chat),
+                    "done": True,
+                    "done_reason": "unload",
+                },
+            )
             return
         loaded, load_ns = self._load(model, options)
         with loaded.lock:
             loaded.expires_at = time.time() + keep_alive
         if not prompt:
-            self._reply_final(stream, {**base, "created_at": now_rfc3339(),
-                                       **self._text("", chat), "done": True,
-                                       "done_reason": "load"})
+            self._reply_final(
+                stream,
+                {
+                    **base,
+                    "created_at": now_rfc3339(),
+                    **self._text("", chat),
+                    "done": True,
+                    "done_reason": "load",
+                },
+            )
             return
         self._run(loaded, body, prompt, options, chat, stream, t_start, load_ns, keep_alive)
 
@@ -1081,17 +1232,31 @@ class Handler(http.server.BaseHTTPRequestHandler):
         else:
             self._send_json(200, final)
 
-    def _run(self, loaded: Runner, body: dict[str, Any], prompt: str, options: dict[str, Any],
-             chat: bool, stream: bool, t_start: int, load_ns: int, keep_alive: float) -> None:
+    def _run(
+        self,
+        loaded: Runner,
+        body: dict[str, Any],
+        prompt: str,
+        options: dict[str, Any],
+        chat: bool,
+        stream: bool,
+        t_start: int,
+        load_ns: int,
+        keep_alive: float,
+    ) -> None:
         seed = int(options.get("seed", -1))
         if seed < 0:
             # no seed: greedy decoding (temperature 0) is deterministic, sampling is not
             greedy = float(options.get("temperature", 0.8)) == 0
             seed = 0 if greedy else random.randrange(2**31)
         tokens = prompt_tokens(prompt)
-        request = {"tokens": tokens, "seed": int(seed),
-                   "num_predict": int(options.get("num_predict", -1)),
-                   "prompt": self._rendered(loaded.model, body, prompt), "options": options}
+        request = {
+            "tokens": tokens,
+            "seed": int(seed),
+            "num_predict": int(options.get("num_predict", -1)),
+            "prompt": self._rendered(loaded.model, body, prompt),
+            "options": options,
+        }
         name = loaded.model.name.display
         pieces: list[str] = []
         ids: list[int] = []
@@ -1108,8 +1273,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
                             if not started:
                                 self._start_stream()
                                 started = True
-                            self._chunk({"model": name, "created_at": now_rfc3339(),
-                                         **self._text(event["text"], chat), "done": False})
+                            self._chunk(
+                                {
+                                    "model": name,
+                                    "created_at": now_rfc3339(),
+                                    **self._text(event["text"], chat),
+                                    "done": False,
+                                }
+                            )
                     elif "prompt_eval_ns" in event:
                         prompt_stats = event
                     elif "done" in event:
@@ -1125,20 +1296,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if keep_alive == 0:
             self.scheduler.unload(name)
         final: dict[str, Any] = {
-            "model": name, "created_at": now_rfc3339(),
+            "model": name,
+            "created_at": now_rfc3339(),
             **self._text("" if stream else "".join(pieces), chat),
-            "done": True, "done_reason": final_stats["done"],
+            "done": True,
+            "done_reason": final_stats["done"],
         }
         if not chat:
             final["context"] = final_stats.get("context", tokens + ids)
-        final.update({
-            "total_duration": time.perf_counter_ns() - t_start,
-            "load_duration": load_ns or 1,
-            "prompt_eval_count": prompt_stats["prompt_eval_count"],
-            "prompt_eval_duration": prompt_stats["prompt_eval_ns"],
-            "eval_count": final_stats["eval_count"],
-            "eval_duration": final_stats["eval_ns"],
-        })
+        final.update(
+            {
+                "total_duration": time.perf_counter_ns() - t_start,
+                "load_duration": load_ns or 1,
+                "prompt_eval_count": prompt_stats["prompt_eval_count"],
+                "prompt_eval_duration": prompt_stats["prompt_eval_ns"],
+                "eval_count": final_stats["eval_count"],
+                "eval_duration": final_stats["eval_ns"],
+            }
+        )
         if not final["eval_count"]:  # omitempty, as in api/types.go
             del final["eval_count"], final["eval_duration"]
         if stream:
@@ -1156,7 +1331,7 @@ def _log(source: str, message: str) -> None:
     if " " in message and not message.startswith("inference"):
         message = f'"{message}"'
     elif message.startswith("inference compute"):
-        message = '"inference compute"' + message[len("inference compute"):]
+        message = '"inference compute"' + message[len("inference compute") :]
     sys.stderr.write(f"time={stamp} level=INFO source={source} msg={message}\n")
     sys.stderr.flush()
 
@@ -1199,9 +1374,12 @@ def serve() -> int:
         return 1
     _log("routes.go:1297", f"Listening on {host or '[::]'}:{port} (version {VERSION})")
     total, available = _meminfo()
-    _log("types.go:60", 'inference compute id=cpu library=cpu compute="" name=cpu '
-         f'description=cpu libdirs=ollama driver="" pci_id="" type="" '
-         f'total="{total / 2**30:.1f} GiB" available="{available / 2**30:.1f} GiB"')
+    _log(
+        "types.go:60",
+        'inference compute id=cpu library=cpu compute="" name=cpu '
+        f'description=cpu libdirs=ollama driver="" pci_id="" type="" '
+        f'total="{total / 2**30:.1f} GiB" available="{available / 2**30:.1f} GiB"',
+    )
 
     def stop(_sig: int, _frame: Any) -> None:
         threading.Thread(target=httpd.shutdown, daemon=True).start()
@@ -1247,8 +1425,9 @@ def _human_size(n: int) -> str:
 
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("    ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in rows)
+    return "\n".join(
+        "    ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
 
 
 def cli_version() -> int:
@@ -1284,8 +1463,16 @@ def cli_ps() -> int:
         return 1
     rows = [["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]]
     for m in body["models"]:
-        rows.append([m["name"], m["digest"][:12], _human_size(m["size"]), "100% CPU",
-                     str(m["context_length"]), m["expires_at"][:19]])
+        rows.append(
+            [
+                m["name"],
+                m["digest"][:12],
+                _human_size(m["size"]),
+                "100% CPU",
+                str(m["context_length"]),
+                m["expires_at"][:19],
+            ]
+        )
     print(_table(rows))
     return 0
 
