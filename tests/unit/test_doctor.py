@@ -9,16 +9,12 @@ from typing import Any
 import pytest
 
 from provision.config import KEYS, LabConfig
-from provision.pve.doctor import (
-    NEEDED_PRIVILEGES,
-    OK,
-    PROBLEM,
-    WARNING,
+from provision.pve.doctor.base import NEEDED_PRIVILEGES, OK, PROBLEM, WARNING
+from provision.pve.doctor.local import check_ssh_key, check_tls
+from provision.pve.doctor.rules import (
     Volume,
     agent_enabled,
     boot_volume,
-    check_ssh_key,
-    check_tls,
     cloudinit_drive,
     has_avx2,
     hides_avx2,
