@@ -16,10 +16,9 @@ from typing import Any
 from provision.errors import ProbeError
 
 NS = 1_000_000_000
-AVX_FLAGS = ("avx", "avx2", "avx512f", "fma")
 
 
-def _count(obj: Mapping[str, Any], key: str) -> int | None:
+def count_of(obj: Mapping[str, Any], key: str) -> int | None:
     """A non-negative integer field, or None when Ollama left it out (or sent nonsense)."""
     value = obj.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -53,12 +52,12 @@ class OllamaMetrics:
     def from_response(cls, obj: Mapping[str, Any]) -> OllamaMetrics:
         reason = obj.get("done_reason")
         return cls(
-            total_duration_ns=_count(obj, "total_duration"),
-            load_duration_ns=_count(obj, "load_duration"),
-            prompt_eval_count=_count(obj, "prompt_eval_count"),
-            prompt_eval_duration_ns=_count(obj, "prompt_eval_duration"),
-            eval_count=_count(obj, "eval_count"),
-            eval_duration_ns=_count(obj, "eval_duration"),
+            total_duration_ns=count_of(obj, "total_duration"),
+            load_duration_ns=count_of(obj, "load_duration"),
+            prompt_eval_count=count_of(obj, "prompt_eval_count"),
+            prompt_eval_duration_ns=count_of(obj, "prompt_eval_duration"),
+            eval_count=count_of(obj, "eval_count"),
+            eval_duration_ns=count_of(obj, "eval_duration"),
             done_reason=reason if isinstance(reason, str) else None,
         )
 
@@ -74,137 +73,6 @@ class OllamaMetrics:
     @property
     def load_s(self) -> float | None:
         return _seconds(self.load_duration_ns)
-
-
-@dataclass(frozen=True)
-class ModelFacts:
-    """The model as /api/tags lists it."""
-
-    name: str
-    digest: str | None
-    size_bytes: int | None
-    family: str | None = None
-    parameter_size: str | None = None
-    quantization: str | None = None
-
-    @classmethod
-    def from_tags_entry(cls, entry: Mapping[str, Any]) -> ModelFacts:
-        details = entry.get("details") or {}
-        digest = entry.get("digest")
-        return cls(
-            name=str(entry.get("name") or entry.get("model") or ""),
-            digest=str(digest).removeprefix("sha256:") if digest else None,
-            size_bytes=_count(entry, "size"),
-            family=details.get("family") or None,
-            parameter_size=details.get("parameter_size") or None,
-            quantization=details.get("quantization_level") or None,
-        )
-
-
-def find_tags_entry(tags: Mapping[str, Any], model: str) -> dict[str, Any] | None:
-    """The /api/tags entry of a model; "gemma2" means "gemma2:latest", as in Ollama."""
-    wanted = normalise_model(model)
-    for entry in tags.get("models") or []:
-        if normalise_model(str(entry.get("name") or entry.get("model") or "")) == wanted:
-            return dict(entry)
-    return None
-
-
-def normalise_model(name: str) -> str:
-    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
-
-
-@dataclass(frozen=True)
-class PsFacts:
-    """The loaded model as /api/ps shows it."""
-
-    size_bytes: int | None
-    size_vram_bytes: int | None
-    context_length: int | None
-
-    @classmethod
-    def from_entry(cls, entry: Mapping[str, Any]) -> PsFacts:
-        return cls(
-            size_bytes=_count(entry, "size"),
-            size_vram_bytes=_count(entry, "size_vram"),
-            context_length=_count(entry, "context_length"),
-        )
-
-    @property
-    def on_cpu(self) -> bool | None:
-        """True when the model runs 100 % on CPU (size_vram 0); None when not reported."""
-        return None if self.size_vram_bytes is None else self.size_vram_bytes == 0
-
-    @property
-    def processor(self) -> str:
-        """The PROCESSOR column of `ollama ps` (cmd/cmd.go, ollama.md §4.2)."""
-        size, vram = self.size_bytes, self.size_vram_bytes
-        if vram is None or size is None:
-            return "not reported"
-        if vram == 0:
-            return "100% CPU"
-        if vram == size:
-            return "100% GPU"
-        if vram > size or size == 0:
-            return "Unknown"
-        cpu = round((size - vram) / size * 100)
-        return f"{cpu}%/{100 - cpu}% CPU/GPU"
-
-
-@dataclass(frozen=True)
-class GuestFacts:
-    """What the guest is: reported once per probe by the agent."""
-
-    vcpus: int | None
-    cpu_model: str | None
-    flags: dict[str, bool] | None
-    kernel: str | None
-    mem_total_bytes: int | None
-    swap_total_bytes: int | None
-    python: str | None
-    ollama_version: str | None
-    model: ModelFacts
-    ps: PsFacts | None = None
-    # how cached prompt tokens were kept out of prompt tok/s (agent.py cache_bust)
-    prompt_cache_bust: str | None = None
-
-    @classmethod
-    def from_event(cls, event: Mapping[str, Any]) -> GuestFacts:
-        flags = event.get("flags")
-        return cls(
-            vcpus=_count(event, "vcpus"),
-            cpu_model=event.get("cpu_model") or None,
-            flags={str(k): bool(v) for k, v in flags.items()} if isinstance(flags, dict) else None,
-            kernel=event.get("kernel") or None,
-            mem_total_bytes=_count(event, "mem_total"),
-            swap_total_bytes=_count(event, "swap_total"),
-            python=event.get("python") or None,
-            ollama_version=event.get("ollama_version") or None,
-            model=ModelFacts.from_tags_entry(event.get("tags_entry") or {}),
-            prompt_cache_bust=event.get("prompt_cache_bust") or None,
-        )
-
-    def has_flag(self, flag: str) -> bool | None:
-        return None if self.flags is None else self.flags.get(flag, False)
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["avx2"] = self.has_flag("avx2")
-        data["on_cpu"] = self.ps.on_cpu if self.ps else None
-        data["processor"] = self.ps.processor if self.ps else None
-        return data
-
-
-def avx_warning(facts: GuestFacts) -> str | None:
-    """A warning when the guest CPU hides AVX2 (ollama.md §5.5), else None."""
-    if facts.has_flag("avx2") is not False:
-        return None
-    missing = [f for f in AVX_FLAGS if facts.has_flag(f) is False]
-    return (
-        f"the guest CPU ({facts.cpu_model or 'unknown model'}) lacks {', '.join(missing)}: "
-        "llama.cpp falls back to a much slower kernel. The Proxmox cpu type is the likely "
-        "cause (kvm64 and x86-64-v2-AES hide AVX2); use cpu type host or x86-64-v3"
-    )
 
 
 @dataclass(frozen=True)
@@ -227,10 +95,10 @@ class Sample:
             load1=number(event, "load1"),
             cpu_pct=number(event, "cpu_pct"),
             busiest_core_pct=number(event, "busiest_core_pct"),
-            mem_total=_count(event, "mem_total"),
-            mem_available=_count(event, "mem_available"),
-            swap_used=_count(event, "swap_used"),
-            ollama_rss=_count(event, "ollama_rss"),
+            mem_total=count_of(event, "mem_total"),
+            mem_available=count_of(event, "mem_available"),
+            swap_used=count_of(event, "swap_used"),
+            ollama_rss=count_of(event, "ollama_rss"),
         )
 
     @property
@@ -384,7 +252,7 @@ def run_from_event(event: Mapping[str, Any], samples: Sequence[Sample]) -> RunRe
         load_kind=event.get("load_kind"),
         cache_bust=event.get("cache_bust"),
         started_at=number(event, "started_at"),
-        stream_tokens=_count(event, "stream_tokens"),
+        stream_tokens=count_of(event, "stream_tokens"),
         stream_decode_s=number(event, "stream_decode_s"),
         sampler_cpu_s=number(sampler, "cpu_s"),
         sampler_wall_s=number(sampler, "wall_s"),

@@ -24,7 +24,8 @@ from provision.errors import (
     UsageError,
 )
 from provision.probe import parse
-from provision.probe.parse import GuestFacts, PsFacts, RunResult, Sample
+from provision.probe.facts import GuestFacts, PsFacts, avx_warning
+from provision.probe.parse import RunResult, Sample
 from provision.progress import Reporter
 
 if TYPE_CHECKING:
@@ -264,7 +265,7 @@ class _Collector:
     def on_facts(self, event: dict[str, Any]) -> None:
         facts = GuestFacts.from_event(event)
         self.result.facts = facts
-        warning = parse.avx_warning(facts)
+        warning = avx_warning(facts)
         if warning:
             self._warn(warning)
         self.reporter.step(

@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from provision import __version__
-from provision.probe.parse import GuestFacts, RunResult, Stat
+from provision.probe.facts import GuestFacts
+from provision.probe.parse import RunResult, Stat
 
 
 @dataclass(frozen=True)

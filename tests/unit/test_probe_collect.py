@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from provision.errors import GuestUnreachable, ModelDoesNotFit, ProbeError
-from provision.probe.parse import GuestFacts, RunResult
+from provision.probe.facts import GuestFacts
+from provision.probe.parse import RunResult
 from provision.probe.run import ProbeOptions, collect
 from tests.support.reporting import RecordingReporter
 

@@ -9,16 +9,12 @@ from typing import Any
 import pytest
 
 from provision.errors import ProbeError
+from provision.probe.facts import GuestFacts, ModelFacts, PsFacts, avx_warning, find_tags_entry
 from provision.probe.parse import (
-    GuestFacts,
-    ModelFacts,
     OllamaMetrics,
-    PsFacts,
     RunPeaks,
     Sample,
-    avx_warning,
     fatal_error,
-    find_tags_entry,
     parse_event,
     stat,
     summarize,

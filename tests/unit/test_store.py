@@ -11,7 +11,8 @@ import pytest
 
 from provision import __version__, store
 from provision.errors import ConfigError
-from provision.probe.parse import GuestFacts, OllamaMetrics, RunPeaks, RunResult, Sample
+from provision.probe.facts import GuestFacts
+from provision.probe.parse import OllamaMetrics, RunPeaks, RunResult, Sample
 
 VM = store.VmRecord(name="gemma", vmid=9001, node="pve1", cores=4, memory_mib=8192, cpu_type="host")
 FACTS = GuestFacts.from_event(
