@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from proxmoxer import ProxmoxAPI, ResourceException
+from proxmoxer import ResourceException
 from proxmoxer.tools import Tasks
 
 from provision.sim.guests.capacity import HostReader, HostUsage
 from provision.sim.guests.container import ssh_banner
 from provision.sim.server import SimServer
+from tests.support.sim_api import token_api
 
 BRIDGE, SUBNET, PREFIX = "llbr42", "10.213.42.0/24", "ll42"
 FIRST_VMID = 400
@@ -51,20 +52,6 @@ class Outcome:
     ip_at: float | None = None
     ssh_at: float | None = None
     error: str | None = None
-
-
-def api_for(server: SimServer) -> Any:
-    creds = server.credentials
-    user, token = creds["token_id"].split("!")
-    return ProxmoxAPI(
-        "127.0.0.1",
-        port=server.port,
-        user=user,
-        token_name=token,
-        token_value=creds["token_secret"],
-        verify_ssl=str(server.cert_path),
-        timeout=60,
-    )
 
 
 def finished(api: Any, upid: str, timeout: float = 300) -> str:
@@ -197,7 +184,7 @@ def main() -> int:
         )
         print(backend.describe())
         with SimServer(base / "sim", backend=backend, **SETTINGS) as server:
-            api = api_for(server)
+            api = token_api(server, timeout=60)
             began = time.monotonic()
             with ThreadPoolExecutor(8) as pool:
                 errors = list(pool.map(lambda v: clone(api, v, args.cores, args.memory), vmids))
@@ -209,7 +196,7 @@ def main() -> int:
             began = time.monotonic()
             deadline = began + args.timeout
             threads = [
-                threading.Thread(target=bring_up, args=(api_for(server), o, deadline))
+                threading.Thread(target=bring_up, args=(token_api(server, timeout=60), o, deadline))
                 for o in outcomes
             ]
             for thread in threads:

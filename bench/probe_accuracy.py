@@ -35,6 +35,7 @@ from typing import Any
 from tests.doubles.engine import ensure_engine
 from tests.doubles.gguf_model import GEMMA2_2B, ensure_model, model_digest
 from tests.support.e2e_lab import guest_lab
+from tests.support.guests import system_ssh
 from tests.support.lab import Lab
 
 VM = "acc"
@@ -50,21 +51,7 @@ LIMIT_PCT = 5.0
 
 def ssh(lab: Lab, ip: str, command: str, stdin: bytes | None = None, timeout: float = 900) -> str:
     done = subprocess.run(
-        [
-            "ssh",
-            "-i",
-            str(lab.key),
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            f"UserKnownHostsFile={lab.state / 'known_hosts'}",
-            f"labctl@{ip}",
-            command,
-        ],
+        system_ssh(lab.key, lab.state / "known_hosts", f"labctl@{ip}", command),
         input=stdin,
         capture_output=True,
         timeout=timeout,

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.guests import system_ssh
+
 pytestmark = [pytest.mark.e2e, pytest.mark.guests, pytest.mark.slow]
 
 
@@ -82,21 +84,8 @@ def test_up_deploys_then_up_again_changes_nothing(sim_lab: Any) -> None:
         ).stdout
     )
     gemma = listed["_meta"]["hostvars"]["gemma"]
-    ssh = [
-        "ssh",
-        "-i",
-        str(sim_lab.key),
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        f"UserKnownHostsFile={sim_lab.state / 'known_hosts'}",
-        f"{gemma['ansible_user']}@{gemma['ansible_host']}",
-        "ollama list",
-    ]
+    target = f"{gemma['ansible_user']}@{gemma['ansible_host']}"
+    ssh = system_ssh(sim_lab.key, sim_lab.state / "known_hosts", target, "ollama list")
     listing = subprocess.run(ssh, capture_output=True, text=True, timeout=60, check=False)
     assert "gemma2:2b" in listing.stdout, listing.stderr
 

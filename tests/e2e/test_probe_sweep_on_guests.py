@@ -35,6 +35,7 @@ import pytest
 from provision.errors import ExitCode
 from provision.store import RESULT_COLUMNS
 from tests.support.e2e_lab import BRIDGE, MODEL_BYTES, PREFIX, VM, E2eLab
+from tests.support.guests import system_ssh
 from tests.support.lab import CliResult, Lab
 
 pytestmark = [pytest.mark.e2e, pytest.mark.guests, pytest.mark.slow]
@@ -390,21 +391,7 @@ def guest_shell(lab: Lab, command: str) -> str:
     """Run a command in the VM over the system's ssh, with labctl's key and pinned host keys."""
     [vm] = [v for v in ok(lab, "--json", "ls").json["vms"] if v["name"] == VM]
     done = subprocess.run(
-        [
-            "ssh",
-            "-i",
-            str(lab.key),
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            f"UserKnownHostsFile={lab.state / 'known_hosts'}",
-            f"labctl@{vm['ip']}",
-            command,
-        ],
+        system_ssh(lab.key, lab.state / "known_hosts", f"labctl@{vm['ip']}", command),
         capture_output=True,
         text=True,
         timeout=60,

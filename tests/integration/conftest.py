@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from provision.sim.server import SimServer
-from tests.support.lab import FAST, Lab, guest_backend, wait_gone, wait_stopped
+from tests.support.lab import FAST, Lab, guest_backend
 
 BRIDGE, SUBNET, PREFIX = "llbr40", "10.213.40.0/24", "ll40"
 
@@ -34,14 +34,7 @@ def guest_lab(guest_sim: SimServer, tmp_path: Path, ssh_key: Path) -> Iterator[L
     lab = Lab(guest_sim, tmp_path, ssh_key)
     lab.write()
     yield lab
-    lab.clear_faults()
-    for vm in lab.vms():
-        path = f"/nodes/{vm['node']}/qemu/{vm['vmid']}"
-        if vm.get("status") == "running":
-            lab.api("POST", path + "/status/stop")
-            wait_stopped(lab, path)
-        lab.api("DELETE", path)
-    wait_gone(lab)
+    lab.empty()
 
 
 @pytest.fixture

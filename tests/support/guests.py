@@ -93,3 +93,22 @@ def guests_skip_reason() -> str | None:
     if os.geteuid() != 0:
         return "guest tests need root (netns, overlayfs, cgroups)"
     return None
+
+
+def system_ssh(key: Path, known_hosts: Path, target: str, command: str) -> list[str]:
+    """The system's ssh with labctl's key and its pinned host keys (what `up` prints)."""
+    return [
+        "ssh",
+        "-i",
+        str(key),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"UserKnownHostsFile={known_hosts}",
+        target,
+        command,
+    ]

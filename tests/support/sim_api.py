@@ -32,7 +32,8 @@ FAST: dict[str, Any] = {
 }
 
 
-def token_api(server: SimServer) -> Any:
+def token_api(server: SimServer, timeout: float = 5.0) -> Any:
+    """proxmoxer on the simulator's root API token, its certificate verified."""
     creds = server.credentials
     user, token = creds["token_id"].split("!")
     return ProxmoxAPI(
@@ -42,6 +43,7 @@ def token_api(server: SimServer) -> Any:
         token_name=token,
         token_value=creds["token_secret"],
         verify_ssl=str(server.cert_path),
+        timeout=timeout,
     )
 
 
