@@ -11,6 +11,7 @@ folders use are registered here once, as plugins, so a folder's conftest only ho
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,14 @@ pytest_plugins = [
 ]
 
 _skipped: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A suite started as a background job of a non-interactive shell (`./.ci/run &`) inherits
+    # SIGINT ignored: Python then raises no KeyboardInterrupt, and every labctl it starts
+    # inherits the ignore too, so the Ctrl-C tests would test nothing. Ctrl-C as a user has it.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 
@@ -78,7 +79,9 @@ def test_ctrl_c_or_sigterm_during_a_deploy_stops_the_playbook_and_raises_interru
     host = DeployHost(name="silent", address="127.0.0.1", user="nobody", port=port)
     ssh = SshSettings(private_key=tmp_path / "id_ed25519", known_hosts=known_hosts)
     restore = interrupt_on_sigterm()  # as the labctl group does for every command
-    ctrl_c = threading.Timer(1.0, os.kill, (os.getpid(), signum))
+    # The signal comes once ansible-playbook runs (not after a fixed time: on a busy machine the
+    # inventory may still be being written, and Ctrl-C there is a plain KeyboardInterrupt).
+    ctrl_c = threading.Thread(target=_signal_once_playbook_runs, args=(signum,), daemon=True)
     ctrl_c.start()
     try:
         with pytest.raises(Interrupted, match="deploy interrupted; artifacts: "):
@@ -90,6 +93,22 @@ def test_ctrl_c_or_sigterm_during_a_deploy_stops_the_playbook_and_raises_interru
                 inventory_out=tmp_path / "inventory.yml",
             )
     finally:
-        ctrl_c.cancel()
+        ctrl_c.join(timeout=60)
         restore()
         silent.close()
+
+
+def _signal_once_playbook_runs(signum: int, timeout_s: float = 60.0) -> None:
+    """Send signum to this process as soon as one of its children is ansible-playbook."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for child in Path("/proc").glob("[0-9]*"):
+            try:
+                ppid = int((child / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                if ppid == os.getpid() and b"ansible-playbook" in (child / "cmdline").read_bytes():
+                    time.sleep(0.5)  # let it get going, as a user's Ctrl-C would
+                    os.kill(os.getpid(), signum)
+                    return
+            except (OSError, ValueError, IndexError):
+                continue
+        time.sleep(0.05)

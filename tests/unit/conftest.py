@@ -1,7 +1,8 @@
 """tests/unit holds only tests that start no process: any attempt fails the test.
 
-Every phase of a unit test (fixture set-up, the test, teardown) runs under
-tests.support.process_guard.NoProcesses; tests that need a subprocess, an sshd or the simulator
+A unit test's set-up and the test itself run under tests.support.process_guard.NoProcesses
+(not its teardown: the last test of a session also tears down other folders' session fixtures,
+a guest backend that unmounts, say); tests that need a subprocess, an sshd or the simulator
 belong in tests/integration, tests/probe, tests/deploy and the like.
 """
 
@@ -34,8 +35,3 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None, object, object]:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     return (yield from _guarded(item, "the test"))
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, object, object]:
-    return (yield from _guarded(item, "teardown"))
