@@ -50,8 +50,8 @@ def probe(
 ) -> None:
     """Measure tokens/s, time to first token, load and memory inside VM NAME."""
     from provision import store
+    from provision.probe.options import options_from_config
     from provision.probe.record import record_probe
-    from provision.probe.run import options_from_config
 
     app.json_output = app.json_output or json_flag
     options = options_from_config(

@@ -115,8 +115,8 @@ def sweep(
     a killed sweep run again reuses them); --keep-clones keeps them, and `labctl down NAME-2`
     removes one later. A VM named NAME-2 that you made yourself is used but never removed.
     """
+    from provision.probe.options import options_from_config
     from provision.probe.record import identity_options, kept_options
-    from provision.probe.run import options_from_config
     from provision.pve.lease import parse_wait
     from provision.sweep.loop import SweepPlan, check_space_fits
     from provision.sweep.model import parse_space, parse_targets

@@ -2,11 +2,9 @@
 
 from provision.deploy.inventory import DeployHost, SshSettings
 from provision.deploy.lab import deploy_after_up, deploy_guests, deploy_options, ssh_settings
+from provision.deploy.results import DeployResult, HostStats, TaskOutcome
 from provision.deploy.runner import (
     DeployOptions,
-    DeployResult,
-    HostStats,
-    TaskOutcome,
     default_inventory_path,
     deploy,
     forget_hosts,

@@ -12,7 +12,8 @@ from typing import Any
 
 from provision.config import LabConfig
 from provision.deploy.inventory import DeployHost, SshSettings
-from provision.deploy.runner import DeployOptions, DeployResult, deploy
+from provision.deploy.results import DeployResult
+from provision.deploy.runner import DeployOptions, deploy
 from provision.errors import DeployError
 from provision.guest.types import GuestAddress
 from provision.progress import Reporter

@@ -17,6 +17,9 @@ stdout, flushed at once, so the host sees every event as it happens:
 
 Interpretation (rates, statistics, verdicts shown to users) happens on the host, in
 provision/probe/parse.py; this file only measures and reports raw values.
+
+It is one file on purpose, over the ~400-line budget: it is piped to the guest's python3 as a
+single script with nothing of labctl installed there, so it cannot import sibling modules.
 """
 
 from __future__ import annotations

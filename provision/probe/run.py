@@ -14,7 +14,7 @@ import shlex
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from provision.errors import (
     GuestError,
@@ -27,9 +27,6 @@ from provision.probe import parse
 from provision.probe.facts import GuestFacts, PsFacts, avx_warning
 from provision.probe.parse import RunResult, Sample
 from provision.progress import Reporter
-
-if TYPE_CHECKING:
-    from provision.config import LabConfig
 
 AGENT_PATH = Path(__file__).with_name("agent.py")
 DEFAULT_PROMPT = (
@@ -79,39 +76,6 @@ class ProbeOptions:
 
     def agent_options(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def options_from_config(
-    config: LabConfig,
-    *,
-    model: str | None = None,
-    runs: int | None = None,
-    warmup: int | None = None,
-    num_predict: int | None = None,
-    num_thread: int | None = None,
-    num_ctx: int | None = None,
-    prompt_file: Path | None = None,
-    cold: bool = False,
-) -> ProbeOptions:
-    """Command-line values over the lab file's [probe] section over labctl's defaults."""
-    prompt = str(config.get("probe.prompt") or "") or DEFAULT_PROMPT
-    if prompt_file is not None:
-        try:
-            prompt = prompt_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise UsageError(f"cannot read --prompt-file {prompt_file}: {error}") from None
-    return ProbeOptions(
-        model=model or str(config.get("probe.model")),
-        runs=runs if runs is not None else int(config.get("probe.runs")),
-        warmup=warmup if warmup is not None else int(config.get("probe.warmup")),
-        num_predict=num_predict
-        if num_predict is not None
-        else int(config.get("probe.num_predict")),
-        num_thread=num_thread,
-        num_ctx=num_ctx,
-        prompt=prompt,
-        cold=cold,
-    ).validated()
 
 
 class ProbeListener(Protocol):
