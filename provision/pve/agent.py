@@ -62,8 +62,9 @@ class GuestAgent:
             return None
         return pick_address((data or {}).get("result"))
 
-    def wait_for_address(self, ctx: UpContext, res: Resource) -> str:
-        """Poll agent/network-get-interfaces until it reports a usable address.
+    def wait_for_address(self, ctx: UpContext, res: Resource, timeout: float | None = None) -> str:
+        """Poll agent/network-get-interfaces until it reports a usable address (within
+        `timeout`, by default timeouts.agent).
 
         One poll at a time, with a growing pause in between: while the agent is not up, PVE
         answers "QEMU guest agent is not running" only after its 3 s guest-ping timeout, and
@@ -72,7 +73,9 @@ class GuestAgent:
         """
         ctx.stage = "agent"
         self.cluster.reporter.stage("agent")
-        poll = _AddressPoll(ctx, self.cluster.seconds("timeouts.agent"))
+        if timeout is None:
+            timeout = self.cluster.seconds("timeouts.agent")
+        poll = _AddressPoll(ctx, timeout)
         path = f"{res.path}/agent/network-get-interfaces"
         while True:
             ip = self._poll_address(ctx, poll, path)

@@ -148,14 +148,24 @@ class Boot:
             raise GuestError(f"VM {name} is {res.status}", hint=f"run `labctl up {name}`")
         ip = self.agent.address(res)
         if ip is None:
-            raise GuestError(
-                f"the guest agent of {name} reports no address",
-                hint="is qemu-guest-agent running in the VM?",
-            )
+            ip = self._address_after_boot(res)
         address = self.address(name, ip)
         if not self.agent.is_pinned(ip):
             self.agent.pin_host_key(res, ip)
         return address
+
+    def _address_after_boot(self, res: Resource) -> str:
+        """A VM that has just started (by another command, or by one killed while it waited)
+        gets what is left of timeouts.agent for its agent to report an address; one that has
+        run longer than that has no agent to wait for."""
+        left = self.cluster.seconds("timeouts.agent") - res.uptime_s
+        if left <= 0:
+            raise GuestError(
+                f"the guest agent of {res.name} reports no address",
+                hint="is qemu-guest-agent running in the VM?",
+            )
+        ctx = UpContext(name=res.name, vmid=res.vmid, node=res.node)
+        return self.agent.wait_for_address(ctx, res, timeout=left)
 
     def address(self, name: str, ip: str) -> GuestAddress:
         config = self.cluster.config

@@ -12,14 +12,18 @@ from typing import Any
 import pytest
 
 from provision.config import KEYS, LabConfig
-from provision.errors import AgentTimeout
+from provision.errors import AgentTimeout, GuestError
+from provision.guest.known_hosts import pin_host_key
 from provision.progress import NullReporter
 from provision.pve.agent import GuestAgent
+from provision.pve.boot import Boot
 from provision.pve.cluster import Cluster, Resource, UpContext
 from provision.pve.tasks import wait_task
+from provision.sim.guests.null import fake_address
 from provision.sim.server import SimServer
 from tests.support.lab import FAST
 
+KEY_LINE = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA guest"
 SILENT_AGENT_S = 1.0  # PVE answers "QEMU guest agent is not running" after this long
 
 
@@ -103,3 +107,48 @@ def test_waiting_for_silent_agents_leaves_pvedaemon_a_worker(
     assert len(timeouts) == 2  # both waits ended with the agent timeout
     assert len(took) > 10
     assert max(took) < SILENT_AGENT_S / 2, f"status/current waited {max(took):.2f}s for a worker"
+
+
+def _labctl_vm(client: Any, name: str) -> int:
+    """A started clone of the template, tagged as labctl's."""
+    vmid = int(client.get("cluster/nextid"))
+    clone = client.post("nodes/pve/qemu/9000/clone", newid=vmid, name=name)
+    wait_task(client, clone, timeout_s=30, what="clone")
+    client.post(f"nodes/pve/qemu/{vmid}/config", tags="labctl")
+    wait_task(
+        client, client.post(f"nodes/pve/qemu/{vmid}/status/start"), timeout_s=30, what="start"
+    )
+    return vmid
+
+
+def test_a_vm_started_a_moment_ago_gets_time_for_its_agent_to_report_an_address(
+    tmp_path: Path,
+) -> None:
+    # a sweep killed while the VM rebooted leaves it running with no agent yet; the next
+    # command's first agent poll finds no address and must wait, not fail
+    settings = FAST | {"agent_delay": 1.5}
+    with SimServer(tmp_path / "sim", **settings) as server:
+        guest_agent = agent_for(server, tmp_path / "state", **{"timeouts.agent": 20})
+        vmid = _labctl_vm(guest_agent.cluster.client, "fresh")
+        ip = fake_address(vmid)
+        pin_host_key(guest_agent.known_hosts, ip, KEY_LINE)  # no host key read needed
+        started = time.monotonic()
+        address = Boot(guest_agent.cluster, guest_agent).guest("fresh")
+        assert address.host == ip
+        assert time.monotonic() - started > 0.5  # it did wait for the agent
+
+
+def test_a_vm_running_longer_than_the_agent_timeout_without_an_address_fails_at_once(
+    tmp_path: Path,
+) -> None:
+    with SimServer(tmp_path / "sim", **FAST) as server:
+        guest_agent = agent_for(server, tmp_path / "state", **{"timeouts.agent": 1})
+        vmid = _labctl_vm(guest_agent.cluster.client, "silent")
+        assert server.cluster is not None
+        server.cluster.faults.add({"kind": "agent", "vmid": vmid})
+        while guest_agent.cluster.require_managed("silent").uptime_s < 2:  # whole seconds
+            time.sleep(0.2)
+        started = time.monotonic()
+        with pytest.raises(GuestError, match="the guest agent of silent reports no address"):
+            Boot(guest_agent.cluster, guest_agent).guest("silent")
+        assert time.monotonic() - started < 1
