@@ -27,7 +27,9 @@ import tempfile
 from pathlib import Path
 
 from provision import store
-from provision.probe.run import AGENT_PATH, ProbeOptions, ProbeResult, collect
+from provision.probe.collect import collect
+from provision.probe.result import ProbeOptions, ProbeResult
+from provision.probe.run import AGENT_PATH
 from provision.progress import NullReporter
 
 SAMPLER_LIMIT_PCT = 1.0

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provision.config_values import check_value
+from provision.config_values import RunCount, check_value
 from provision.config_vms import (
     VmSpec,
     parse_vms,
@@ -164,7 +164,14 @@ KEYS: tuple[Key, ...] = (
     ),
     Key("deploy", "extra_vars", dict, {}, "extra Ansible variables (role variables ollama_*)"),
     Key("probe", "model", str, "gemma2:2b", "model the probe runs"),
-    Key("probe", "runs", int, 3, "measured runs per probe"),
+    Key(
+        "probe",
+        "runs",
+        RunCount,
+        3,
+        'measured runs per probe; "auto" = until the median tok/s is known to +-5 %',
+    ),
+    Key("probe", "max_runs", int, 20, 'the most measured runs of runs = "auto"'),
     Key("probe", "warmup", int, 1, "warm-up runs (not counted)"),
     Key("probe", "num_predict", int, 128, "tokens to generate per run"),
     Key("probe", "prompt", str, "", "prompt text; empty = labctl's default prompt"),
@@ -277,11 +284,13 @@ def _from_env(key: Key, text: str) -> Any:
         if lowered in {"0", "false", "no", "off"}:
             return False
         raise ConfigError(f"{key.env}: expected true/false, got {text!r}")
-    if key.type is int:
+    if key.type is int or (key.type is RunCount and text.strip() != "auto"):
         try:
             return int(text)
         except ValueError:
             raise ConfigError(f"{key.env}: expected a whole number, got {text!r}") from None
+    if key.type is RunCount:
+        return "auto"
     if key.type is list:
         return [part.strip() for part in text.split(",") if part.strip()]
     if key.type is dict:

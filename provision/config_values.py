@@ -14,7 +14,15 @@ from typing import Any
 
 from provision.errors import ConfigError
 
+
+class RunCount:
+    """The type of `probe.runs`: a whole number of runs, or the string "auto"."""
+
+    shown = 'int or "auto"'  # its name in the lab-file reference
+
+
 _EXPECTED: dict[type, str] = {
+    RunCount: 'a whole number or "auto"',
     str: "a string",
     int: "a whole number",
     bool: "true or false",
@@ -38,6 +46,8 @@ def check_value(where: str, path: str, expected: type, value: Any, *, secret: bo
 
 
 def _matches(expected: type, value: Any) -> bool:
+    if expected is RunCount:
+        return value == "auto" or _matches(int, value)
     if expected is int:
         return isinstance(value, int) and not isinstance(value, bool)  # bool is an int subclass
     if expected is list:

@@ -14,15 +14,24 @@ from rich.text import Text
 
 from provision.cli import cli
 from provision.cli.app import AppContext, pass_app, wait_option
+from provision.cli.params import RunsParam
 from provision.errors import UsageError
-from provision.probe.parse import RunResult, Stat
-from provision.probe.run import ProbeResult
+from provision.probe.parse import RunResult
+from provision.probe.result import ProbeResult
+from provision.probe.stats import Stat
 
 
 @cli.command()
 @click.argument("name")
 @click.option("--model", help="model to run (default: probe.model of the lab file)")
-@click.option("--runs", type=click.IntRange(1, 1000), help="measured runs (default: probe.runs)")
+@click.option(
+    "--runs",
+    type=RunsParam(1000),
+    help="measured runs (default: probe.runs), or auto: until the median tok/s is known to +-5 %",
+)
+@click.option(
+    "--max-runs", type=click.IntRange(6, 1000), help="the most runs of --runs auto (default 20)"
+)
 @click.option("--warmup", type=click.IntRange(0, 100), help="warm-up runs, not counted")
 @click.option("--num-predict", type=click.IntRange(1, 1_000_000), help="tokens to generate")
 @click.option("--num-thread", type=click.IntRange(1, 4096), help="Ollama num_thread (reloads)")
@@ -38,7 +47,8 @@ def probe(
     app: AppContext,
     name: str,
     model: str | None,
-    runs: int | None,
+    runs: int | str | None,
+    max_runs: int | None,
     warmup: int | None,
     num_predict: int | None,
     num_thread: int | None,
@@ -58,6 +68,7 @@ def probe(
         app.config,
         model=model,
         runs=runs,
+        max_runs=max_runs,
         warmup=warmup,
         num_predict=num_predict,
         num_thread=num_thread,
@@ -260,15 +271,19 @@ def _summary_table(result: ProbeResult) -> Table:
         title_justify="left",
         header_style="bold",
     )
-    for name in ("metric", "median", "min", "max"):
+    for name in ("metric", "median", "± 95 % CI", "min", "max"):
         table.add_column(name, justify="left" if name == "metric" else "right")
     for label, key, fmt in _SUMMARY_ROWS:
         value: Stat | None = summary[key]
         if value is None:
             empty = {"load_s_cold": "no cold run", "load_s_warm": "no warm run"}
-            table.add_row(label, empty.get(key, "not reported"), "", "")
+            table.add_row(label, empty.get(key, "not reported"), "", "", "")
         else:
-            table.add_row(label, fmt(value.median), fmt(value.min), fmt(value.max))
+            half = value.half_width
+            spread = "n < 6" if half is None else f"± {fmt(half)}"
+            table.add_row(label, fmt(value.median), spread, fmt(value.min), fmt(value.max))
+    if result.options.runs_auto:
+        table.caption = result.precision_note()
     return table
 
 

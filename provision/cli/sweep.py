@@ -10,6 +10,7 @@ import click
 
 from provision.cli import cli
 from provision.cli.app import AppContext, pass_app, wait_option
+from provision.cli.params import RunsParam
 from provision.errors import SweepError, UsageError
 
 if TYPE_CHECKING:
@@ -58,7 +59,14 @@ if TYPE_CHECKING:
 @click.option("--keep-shape", is_flag=True, help="leave the VM in the last shape probed")
 @click.option("--allow-overcommit", is_flag=True, help="allow shapes larger than the node")
 @click.option("--model", help="model to run (default: probe.model of the lab file)")
-@click.option("--runs", type=click.IntRange(1, 100), help="measured runs per shape")
+@click.option(
+    "--runs",
+    type=RunsParam(100),
+    help="measured runs per shape, or auto: until the median tok/s is known to +-5 %",
+)
+@click.option(
+    "--max-runs", type=click.IntRange(6, 1000), help="the most runs of --runs auto (default 20)"
+)
 @click.option("--warmup", type=click.IntRange(0, 10), help="warm-up runs per shape")
 @click.option("--num-predict", type=click.IntRange(1, 1_000_000), help="tokens per run")
 @click.option(
@@ -96,7 +104,8 @@ def sweep(
     keep_shape: bool,
     allow_overcommit: bool,
     model: str | None,
-    runs: int | None,
+    runs: int | str | None,
+    max_runs: int | None,
     warmup: int | None,
     num_predict: int | None,
     prompt_file: Path | None,
@@ -135,6 +144,7 @@ def sweep(
         app.config,
         model=model,
         runs=runs,
+        max_runs=max_runs,
         warmup=warmup,
         num_predict=num_predict,
         prompt_file=prompt_file,

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from provision.errors import UsageError
-from provision.probe.run import DEFAULT_PROMPT, ProbeOptions
+from provision.probe.result import DEFAULT_PROMPT, ProbeOptions
+from provision.probe.stats import AUTO_MIN_RUNS
 
 if TYPE_CHECKING:
     from provision.config import LabConfig
@@ -16,7 +17,8 @@ def options_from_config(
     config: LabConfig,
     *,
     model: str | None = None,
-    runs: int | None = None,
+    runs: int | str | None = None,
+    max_runs: int | None = None,
     warmup: int | None = None,
     num_predict: int | None = None,
     num_thread: int | None = None,
@@ -33,7 +35,8 @@ def options_from_config(
             raise UsageError(f"cannot read --prompt-file {prompt_file}: {error}") from None
     return ProbeOptions(
         model=model or str(config.get("probe.model")),
-        runs=runs if runs is not None else int(config.get("probe.runs")),
+        **run_count(runs if runs is not None else config.get("probe.runs")),
+        max_runs=max_runs if max_runs is not None else int(config.get("probe.max_runs")),
         warmup=warmup if warmup is not None else int(config.get("probe.warmup")),
         num_predict=num_predict
         if num_predict is not None
@@ -43,3 +46,13 @@ def options_from_config(
         prompt=prompt,
         cold=cold,
     ).validated()
+
+
+def run_count(value: int | str) -> dict[str, Any]:
+    """ProbeOptions' fields for `--runs N` or `--runs auto` (auto starts at AUTO_MIN_RUNS)."""
+    if value == "auto":
+        return {"runs": AUTO_MIN_RUNS, "runs_auto": True}
+    try:
+        return {"runs": int(value), "runs_auto": False}
+    except ValueError:
+        raise UsageError(f'--runs must be a whole number or "auto", got {value!r}') from None

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from provision.errors import ProbeError
+from provision.probe.stats import Stat, stat
 
 NS = 1_000_000_000
 
@@ -280,21 +281,6 @@ def failed_run(
         started_at=started_at,
         samples=list(samples),
     )
-
-
-@dataclass(frozen=True)
-class Stat:
-    median: float
-    min: float
-    max: float
-    n: int
-
-
-def stat(values: Iterable[float | int | None]) -> Stat | None:
-    known = [float(v) for v in values if v is not None]
-    if not known:
-        return None
-    return Stat(median=statistics.median(known), min=min(known), max=max(known), n=len(known))
 
 
 def summarize(runs: Iterable[RunResult]) -> dict[str, Stat | None]:

@@ -16,13 +16,16 @@ from typing import Any
 from provision import store
 from provision.errors import LabctlError, ModelDoesNotFit
 from provision.probe import run as probe_run
-from provision.probe.run import ProbeOptions, ProbeResult
+from provision.probe.result import ProbeOptions, ProbeResult
 from provision.progress import Reporter
 
 
 def kept_options(options: ProbeOptions) -> dict[str, Any]:
-    """The probe options stored with each probe (the prompt by its length only)."""
-    return {
+    """The probe options stored with each probe (the prompt by its length only).
+
+    `--runs auto` is kept as runs "auto" with its max_runs; a fixed count keeps the same keys as
+    before it existed, so the identity of earlier sweeps (identity_options) does not change."""
+    kept = {
         "model": options.model,
         "runs": options.runs,
         "warmup": options.warmup,
@@ -33,6 +36,9 @@ def kept_options(options: ProbeOptions) -> dict[str, Any]:
         "seed": options.seed,
         "prompt_chars": len(options.prompt),
     }
+    if options.runs_auto:
+        kept |= {"runs": "auto", "max_runs": options.max_runs}
+    return kept
 
 
 def identity_options(options: ProbeOptions) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from rich.text import Text
 
 from provision.report.model import Row, SweepReport
 from provision.shape import format_mib
-from provision.sweep.model import format_seconds
+from provision.sweep.model import Measurement, format_seconds
 
 _STATE_STYLE = {
     "meets": "green",
@@ -100,9 +100,17 @@ def cells(row: Row) -> list[str | Text]:
         str(row.shape.cores),
         format_mib(row.shape.memory_mib),
         row.shape.cpu_type,
-        f"{m.eval_tps:.1f}" if m and m.eval_tps is not None else "-",
+        _tps(m),
         format_seconds(m.ttft_s) if m and m.ttft_s is not None else "-",
         format_mib(m.peak_used_mib) if m and m.peak_used_mib is not None else "-",
         f"{row.free_pct:.0f}%" if row.free_pct is not None else "-",
         verdict,
     ]
+
+
+def _tps(m: Measurement | None) -> str:
+    """Median eval tok/s, with `± half-width` of its 95 % interval when there is one."""
+    if m is None or m.eval_tps is None:
+        return "-"
+    half = m.eval_tps_half_width
+    return f"{m.eval_tps:.1f}" if half is None else f"{m.eval_tps:.1f} ± {half:.1f}"

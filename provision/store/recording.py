@@ -11,7 +11,8 @@ from typing import Any
 
 from provision import __version__
 from provision.probe.facts import GuestFacts
-from provision.probe.parse import RunResult, Stat
+from provision.probe.parse import RunResult
+from provision.probe.stats import Stat
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,8 @@ def start_probe(
 ) -> int:
     cursor = conn.execute(
         "INSERT INTO probes (started_at, vm_name, vmid, node, cores, memory_mib, cpu_type,"
-        " labctl_version, model, options_json, cache_bust) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        " labctl_version, model, options_json, cache_bust, runs_auto)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
         (
             _now(),
             vm.name,
@@ -49,6 +51,7 @@ def start_probe(
             model,
             json.dumps(dict(options), sort_keys=True),
             cache_bust,
+            int(options.get("runs") == "auto"),
         ),
     )
     return int(cursor.lastrowid or 0)
@@ -162,9 +165,20 @@ def finish_probe(
         if summary is not None
         else None
     )
+    eval_tps = summary.get("eval_tps") if summary is not None else None
     conn.execute(
-        "UPDATE probes SET finished_at=?, status=?, error=?, summary_json=? WHERE id=?",
-        (_now(), status, error, summary_json, probe_id),
+        "UPDATE probes SET finished_at=?, status=?, error=?, summary_json=?, eval_tps_n=?, "
+        "eval_tps_ci_low=?, eval_tps_ci_high=? WHERE id=?",
+        (
+            _now(),
+            status,
+            error,
+            summary_json,
+            eval_tps.n if eval_tps else None,
+            eval_tps.ci_low if eval_tps else None,
+            eval_tps.ci_high if eval_tps else None,
+            probe_id,
+        ),
     )
 
 

@@ -127,6 +127,17 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (sweep_id, cores, memory_mib, cpu_type)
     );
     """,
+    # v4: how well each median eval tok/s is known (`--runs auto`): the runs it rests on and the
+    # 95 % confidence interval of the median (provision/probe/stats.py)
+    """
+    ALTER TABLE probes ADD COLUMN runs_auto INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE probes ADD COLUMN eval_tps_n INTEGER;
+    ALTER TABLE probes ADD COLUMN eval_tps_ci_low REAL;
+    ALTER TABLE probes ADD COLUMN eval_tps_ci_high REAL;
+    ALTER TABLE sweep_points ADD COLUMN eval_tps_n INTEGER;
+    ALTER TABLE sweep_points ADD COLUMN eval_tps_ci_low REAL;
+    ALTER TABLE sweep_points ADD COLUMN eval_tps_ci_high REAL;
+    """,
 ]
 
 

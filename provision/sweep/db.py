@@ -160,8 +160,9 @@ class SweepStore:
         self.db.execute(
             "INSERT OR REPLACE INTO sweep_points (sweep_id, seq, cores, memory_mib, cpu_type, "
             "status, eval_tps, ttft_s, mem_total_mib, peak_used_mib, error, rebooted, worker, "
-            "duration_s, probe_id, details_json, measured_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "duration_s, probe_id, details_json, measured_at, eval_tps_n, eval_tps_ci_low, "
+            "eval_tps_ci_high) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 sweep_id,
                 seq,
@@ -180,6 +181,8 @@ class SweepStore:
                 measurement.details.get("probe_id"),
                 json.dumps(measurement.details, default=str),
                 _now(),
+                measurement.eval_tps_n,
+                *(measurement.eval_tps_ci or (None, None)),
             ),
         )
         self.db.execute("UPDATE sweeps SET updated_at = ? WHERE id = ?", (_now(), sweep_id))
@@ -235,7 +238,13 @@ def _measurement(row: sqlite3.Row) -> Measurement:
         peak_used_mib=row["peak_used_mib"],
         error=row["error"],
         details=json.loads(row["details_json"] or "{}"),
+        eval_tps_n=row["eval_tps_n"],
+        eval_tps_ci=_interval(row["eval_tps_ci_low"], row["eval_tps_ci_high"]),
     )
+
+
+def _interval(low: float | None, high: float | None) -> tuple[float, float] | None:
+    return (low, high) if low is not None and high is not None else None
 
 
 def open_store(state_dir: Path) -> SweepStore:

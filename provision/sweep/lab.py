@@ -19,7 +19,7 @@ from provision.shape import Shape
 from provision.sweep.model import Measurement, Status
 
 if TYPE_CHECKING:
-    from provision.probe.run import ProbeOptions, ProbeResult
+    from provision.probe.result import ProbeOptions, ProbeResult
     from provision.pve.lifecycle import Lab
 
 MIB = 1024 * 1024
@@ -128,4 +128,10 @@ def measurement_from_probe(
         mem_total_mib=int(total_bytes // MIB) if total_bytes else None,
         peak_used_mib=int(peak.max // MIB) if peak else None,
         details=extra,
+        eval_tps_n=eval_tps.n,
+        eval_tps_ci=(
+            (round(eval_tps.ci_low, 2), round(eval_tps.ci_high, 2))
+            if eval_tps.ci_low is not None and eval_tps.ci_high is not None
+            else None
+        ),
     )

@@ -207,10 +207,20 @@ class Measurement:
     peak_used_mib: int | None = None  # MemTotal - lowest MemAvailable during the runs
     error: str = ""
     details: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    eval_tps_n: int | None = None  # the runs behind the median
+    eval_tps_ci: tuple[float, float] | None = None  # its 95 % interval (6 runs or more)
 
     @property
     def fits(self) -> bool:
         return self.status is Status.OK
+
+    @property
+    def eval_tps_half_width(self) -> float | None:
+        """The `±` of the median eval tok/s: its larger distance to an end of the interval."""
+        if self.eval_tps is None or self.eval_tps_ci is None:
+            return None
+        low, high = self.eval_tps_ci
+        return max(self.eval_tps - low, high - self.eval_tps)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from provision.sweep.loop import SweepLoop, SweepPlan, Worker
 
 if TYPE_CHECKING:
     from provision.config import LabConfig
-    from provision.probe.run import ProbeOptions
+    from provision.probe.result import ProbeOptions
     from provision.pve.lifecycle import Lab, VmInfo
     from provision.sweep.progress import SharedProgress
 

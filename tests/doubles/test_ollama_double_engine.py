@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from provision.probe.run import ProbeOptions
+from provision.probe.result import ProbeOptions
 from tests.doubles import OllamaMirror, prepare_mirror, publish_model
 from tests.support.agent import of_kind, run_agent
 from tests.support.double_server import Double, start_double, stop_double
@@ -218,7 +218,8 @@ def test_probe_of_a_broken_model_file_fails_with_ollamas_message_exit_7(
     engine_double: Double, name: str
 ) -> None:
     from provision.errors import ExitCode, ProbeError
-    from provision.probe.run import ProbeOptions, collect
+    from provision.probe.collect import collect
+    from provision.probe.result import ProbeOptions
     from tests.support.reporting import RecordingReporter
 
     options = ProbeOptions(

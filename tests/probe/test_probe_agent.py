@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from provision.probe.run import AGENT_PATH, ProbeOptions
+from provision.probe.result import ProbeOptions
+from provision.probe.run import AGENT_PATH
 from tests.support.agent import of_kind, run_agent
 from tests.support.installed_double import DoubleOllama
 from tests.support.net import free_port

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from provision.errors import ProbeError
-from provision.probe.run import ProbeOptions, agent_command, collect
+from provision.probe.collect import collect
+from provision.probe.result import ProbeOptions
+from provision.probe.run import agent_command
 from tests.support.reporting import RecordingReporter
 
 OPTIONS = ProbeOptions(runs=2, warmup=1)

@@ -8,6 +8,8 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from provision import store
 from provision.probe.parse import OllamaMetrics, RunPeaks, RunResult
 from tests.support.cli import labctl as run_labctl
@@ -93,3 +95,29 @@ def test_probe_rejects_bad_numbers_and_unreadable_prompt_files(api_lab: Lab) -> 
     done = api_lab.run("probe", "ghost", "--prompt-file", "/nonexistent/prompt.txt")
     assert done.code == 2, done
     assert done.stderr.startswith("error: cannot read --prompt-file /nonexistent/prompt.txt")
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("--runs", "soon"), "'soon' is neither a whole number nor \"auto\""),
+        (("--runs", "1001"), "1001 is not in the range 1-1000"),
+        (("--runs", "auto", "--max-runs", "5"), "--max-runs"),
+    ],
+)
+def test_probe_refuses_runs_that_are_neither_a_count_nor_auto(
+    api_lab: Lab, args: tuple[str, ...], said: str
+) -> None:
+    done = api_lab.run("probe", "ghost", *args)
+    assert done.code == 2, done
+    assert said in done.stderr and "Traceback" not in done.stderr
+    assert [line for line in done.stderr.splitlines() if "Error" in line] == [
+        next(line for line in done.stderr.splitlines() if said in line)
+    ]  # click's usage lines, then one error line
+
+
+def test_lab_file_runs_must_be_a_count_or_auto(api_lab: Lab) -> None:
+    api_lab.write(probe={"runs": "often"})
+    done = api_lab.run("probe", "ghost")
+    assert done.code == 3, done
+    assert 'probe.runs must be a whole number or "auto", got the string "often"' in done.stderr

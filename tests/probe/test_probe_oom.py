@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from provision.errors import ExitCode, ModelDoesNotFit
+from provision.probe.collect import collect
 from provision.probe.parse import RunResult
-from provision.probe.run import ProbeOptions, collect
+from provision.probe.result import ProbeOptions
 from tests.support.agent import of_kind, run_agent
 from tests.support.installed_double import DoubleOllama, start_double, stop_double
 from tests.support.reporting import RecordingReporter

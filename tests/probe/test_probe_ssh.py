@@ -12,7 +12,8 @@ import pytest
 
 from provision import store
 from provision.errors import ProbeError
-from provision.probe.run import ProbeOptions, probe
+from provision.probe.result import ProbeOptions
+from provision.probe.run import probe
 from tests.support.installed_double import DoubleOllama
 from tests.support.reporting import RecordingReporter
 from tests.support.sshd import LocalSshd

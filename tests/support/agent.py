@@ -8,7 +8,8 @@ import subprocess
 import sys
 from typing import Any
 
-from provision.probe.run import AGENT_PATH, ProbeOptions
+from provision.probe.result import ProbeOptions
+from provision.probe.run import AGENT_PATH
 
 
 def run_agent(

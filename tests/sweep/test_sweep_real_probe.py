@@ -16,7 +16,7 @@ import pytest
 from provision import store
 from provision.errors import ModelDoesNotFit
 from provision.guest import GuestAddress
-from provision.probe.run import ProbeOptions
+from provision.probe.result import ProbeOptions
 from provision.shape import Shape
 from provision.sweep.db import SweepStore
 from provision.sweep.lab import LabProber

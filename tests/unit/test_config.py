@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from provision.config import KEYS, Secret, load_config
+from provision.config_values import check_value
 from provision.config_vms import VM_KEYS
 from provision.errors import ConfigError
 from tests.support.lab_file import LAB, write
@@ -160,7 +161,9 @@ def test_every_key_is_declared_once_with_help() -> None:
     paths = [key.path for key in KEYS]
     assert len(paths) == len(set(paths))
     assert all(key.help for key in KEYS)
-    assert all(isinstance(key.default, key.type) for key in KEYS)
+    assert all(
+        check_value("defaults", key.path, key.type, key.default) == key.default for key in KEYS
+    )
 
 
 def test_secret_is_falsy_when_empty() -> None:
@@ -173,7 +176,8 @@ def reference_markdown() -> str:
     for key in KEYS:
         default = "" if key.secret else shown_default(key.default)
         rows.append(
-            f"| `{key.path}` | {key.type.__name__} | {default} | `{key.env}` | "
+            f"| `{key.path}` | {getattr(key.type, 'shown', key.type.__name__)} | {default} | "
+            f"`{key.env}` | "
             f"{key.help.replace('|', '/')} |"
         )
     rows += ["", "`[vm.NAME]` tables declare the lab's VMs; their keys:", ""]

@@ -1,4 +1,4 @@
-"""run.collect(): the agent's event stream becomes runs, kept one by one, and the right errors."""
+"""collect(): the agent's event stream becomes runs, kept one by one, and the right errors."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 from provision.errors import GuestUnreachable, ModelDoesNotFit, ProbeError
+from provision.probe.collect import collect
 from provision.probe.facts import GuestFacts
 from provision.probe.parse import RunResult
-from provision.probe.run import ProbeOptions, collect
+from provision.probe.result import ProbeOptions
 from tests.support.reporting import RecordingReporter
 
 OPTIONS = ProbeOptions(runs=2, warmup=1)

@@ -12,7 +12,7 @@ from provision import store
 from provision.errors import ModelDoesNotFit, ProbeError
 from provision.probe import run as probe_run
 from provision.probe.record import identity_options, kept_options, record_probe
-from provision.probe.run import ProbeOptions, ProbeResult
+from provision.probe.result import ProbeOptions, ProbeResult
 from provision.progress import NullReporter
 
 VM = store.VmRecord(name="gemma", vmid=101, node="pve1", cores=2, memory_mib=4096, cpu_type="host")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import stat
 from dataclasses import replace
@@ -11,6 +12,7 @@ import pytest
 
 from provision import __version__, store
 from provision.errors import ConfigError
+from provision.probe import stats
 from provision.probe.facts import GuestFacts
 from provision.probe.parse import OllamaMetrics, RunPeaks, RunResult, Sample
 
@@ -183,3 +185,19 @@ def test_the_agents_cache_bust_method_replaces_the_hosts_guess_when_facts_arrive
     recorder.on_run(a_run(0))
 
     assert store.list_runs(conn)[0]["cache_bust"] == "nonce-first"
+
+
+def test_an_auto_probe_keeps_how_many_runs_its_median_rests_on_and_their_interval(
+    tmp_path: Path,
+) -> None:
+    conn = store.connect(tmp_path)
+    recorder = store.ProbeRecorder(conn, VM, "gemma2:2b", {"runs": "auto", "max_runs": 20}, "n")
+    eval_tps = stats.stat([9.0, 9.5, 10.0, 10.2, 10.4, 11.0, 10.1])
+    recorder.finish("ok", None, {"eval_tps": eval_tps})
+    row = conn.execute(
+        "SELECT runs_auto, eval_tps_n, eval_tps_ci_low, eval_tps_ci_high, summary_json"
+        " FROM probes WHERE id = ?",
+        (recorder.probe_id,),
+    ).fetchone()
+    assert tuple(row)[:4] == (1, 7, 9.0, 11.0)
+    assert json.loads(row["summary_json"])["eval_tps"]["ci_low"] == 9.0

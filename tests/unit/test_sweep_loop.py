@@ -12,7 +12,7 @@ from provision.shape import NodeCapacity, Shape
 from provision.sweep.clones import clone_names, spread_nodes
 from provision.sweep.db import SweepStore
 from provision.sweep.loop import SweepLoop, SweepPlan, Worker, check_space_fits, result_from_store
-from provision.sweep.model import Status, Targets
+from provision.sweep.model import Measurement, Status, Targets
 from tests.support.reporting import RecordingReporter
 from tests.support.sweep_fakes import START, FakeVm, TableProber
 from tests.support.sweep_store import sweep_store_at
@@ -220,3 +220,16 @@ def test_clones_are_named_after_the_vm_and_go_to_the_other_nodes_first() -> None
     assert clone_names("gemma", 1) == []
     assert spread_nodes(["pve1", "pve2", "pve3"], "pve2", 3) == ["pve1", "pve3", "pve2"]
     assert spread_nodes(["pve"], "pve", 2) == ["pve", "pve"]
+
+
+def test_a_measured_shape_keeps_the_interval_of_its_median_across_a_resume(
+    store: SweepStore,
+) -> None:
+    sweep = store.begin("id-auto", "gemma", {}, None)
+    measured = Measurement(
+        Shape(2, 4 * G, "host"), Status.OK, eval_tps=10.2, eval_tps_n=9, eval_tps_ci=(9.8, 10.6)
+    )
+    store.record(sweep.id, measured)
+    [kept] = store.measurements(sweep.id)
+    assert (kept.eval_tps_n, kept.eval_tps_ci) == (9, (9.8, 10.6))
+    assert kept.eval_tps_half_width == pytest.approx(0.4)
