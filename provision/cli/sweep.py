@@ -35,6 +35,14 @@ if TYPE_CHECKING:
     help="target: memory free at the probe's peak, e.g. 15% (of MemTotal) or 1G",
 )
 @click.option(
+    "--users",
+    type=int,
+    metavar="N",
+    help="size for a service: probe each shape with 1..N users at once; the minimum serves N",
+)
+@click.option("--max-ttft-p95", metavar="TIME", help="with --users: p95 time to first token")
+@click.option("--min-tps-per-user", metavar="N", help="with --users: eval tok/s of each user")
+@click.option(
     "--strategy",
     type=click.Choice(["smart", "grid"]),
     default="smart",
@@ -97,6 +105,9 @@ def sweep(
     min_tps: str | None,
     max_ttft: str | None,
     min_free_mem: str | None,
+    users: int | None,
+    max_ttft_p95: str | None,
+    min_tps_per_user: str | None,
     strategy: str,
     parallel: int,
     keep_clones: bool,
@@ -129,6 +140,7 @@ def sweep(
     from provision.pve.lease import parse_wait
     from provision.sweep.loop import SweepPlan, check_space_fits
     from provision.sweep.model import parse_space, parse_targets
+    from provision.sweep.service import parse_service
     from provision.sweep.session import SweepSession, running_vm
 
     app.json_output = app.json_output or json_flag
@@ -139,7 +151,8 @@ def sweep(
         )
     wait_s = parse_wait(wait)
     space = parse_space(cores, ram, cpu_types or "host")
-    targets = parse_targets(min_tps, max_ttft, min_free_mem, space)
+    service = parse_service(users, max_ttft_p95, min_tps_per_user)
+    targets = parse_targets(min_tps, max_ttft, min_free_mem, space, service)
     options = options_from_config(
         app.config,
         model=model,

@@ -11,6 +11,7 @@ from typing import Any
 import jinja2
 
 from provision import paths
+from provision.report.capacity import capacity_cells, capacity_levels
 from provision.report.export import to_json
 from provision.report.model import SweepReport
 from provision.report.table import cells, summary_line
@@ -51,6 +52,11 @@ def _context(report: SweepReport) -> dict[str, Any]:
         "rows": rows,
         "space": space_text,
         "summary": summary_line(report),
+        "capacity": (
+            {"levels": capacity_levels(report), "rows": capacity_cells(report)}
+            if report.targets.service is not None
+            else None
+        ),
         "headers": [
             "vCPU",
             "RAM",

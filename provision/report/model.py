@@ -13,6 +13,7 @@ from provision.shape import Shape, format_mib
 from provision.sweep.db import SweepStore
 from provision.sweep.loop import result_from_store
 from provision.sweep.model import Measurement, Status, Targets, evaluate, format_seconds
+from provision.sweep.service import serves_line
 from provision.sweep.strategy import SearchResult, Skip
 
 
@@ -76,6 +77,7 @@ class Row:
             "peak_used_mib": m.peak_used_mib if m else None,
             "free_pct": self.free_pct,
             "error": m.error if m else "",
+            "levels": [lv.to_dict() for lv in m.levels] if m else [],
         }
 
 
@@ -119,6 +121,10 @@ class SweepReport:
 
 def recommendation(result: SearchResult) -> str:
     """`Minimum: 4 vCPU / 4 GiB (cpu=host): 11.2 tok/s, 2.9 GiB peak used` or why there is none."""
+    service = result.targets.service
+    if result.minimum is not None and service is not None:
+        m = result.minimum
+        return f"Minimum: {serves_line(m.shape.label, m.levels, service)}"
     if result.minimum is not None:
         return f"Minimum: {describe_point(result.minimum)}"
     line = f"No shape meets every target ({result.targets.describe()})"

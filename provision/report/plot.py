@@ -24,9 +24,14 @@ _MISS_COLOR = "#d62728"
 
 def render_png(report: SweepReport, *, dpi: int = 110) -> bytes:
     """PNG bytes of the plot; an empty sweep still gives a readable (empty) chart."""
-    figure, axes = plt.subplots(figsize=(9.6, 5.6), dpi=dpi)
+    service = report.targets.service is not None
+    figure, panels = plt.subplots(
+        1, 2 if service else 1, figsize=(16.0 if service else 9.6, 5.6), dpi=dpi, squeeze=False
+    )
     try:
-        _draw(axes, report)
+        _draw(panels[0][0], report)
+        if service:
+            _draw_capacity(panels[0][1], report)
         figure.tight_layout()
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png")
@@ -204,3 +209,37 @@ def _legend(axes: plt.Axes, report: SweepReport) -> None:
         title="RAM, cpu type",
         title_fontsize=9,
     )
+
+
+def _draw_capacity(axes: plt.Axes, report: SweepReport) -> None:
+    """A service sweep: p95 TTFT against users at once, one line per measured shape, and the
+    TTFT target as a dashed line."""
+    service = report.targets.service
+    assert service is not None
+    colors = plt.get_cmap("tab10")
+    lines = [r for r in report.rows if r.measurement is not None and r.measurement.levels]
+    for index, row in enumerate(lines):
+        assert row.measurement is not None
+        points = [
+            (lv.users, lv.ttft_p95_s) for lv in row.measurement.levels if lv.ttft_p95_s is not None
+        ]
+        if points:
+            xs, ys = zip(*points, strict=True)
+            axes.plot(
+                xs,
+                ys,
+                marker="o",
+                color=colors(index % 10),
+                linewidth=2.5 if row.is_minimum else 1.2,
+                label=row.shape.label + (" (minimum)" if row.is_minimum else ""),
+            )
+    if service.max_ttft_p95_s is not None:
+        axes.axhline(service.max_ttft_p95_s, color=_MISS_COLOR, linestyle="--", linewidth=1)
+    axes.set_xticks(list(service.levels))
+    axes.set_xlabel("users at once")
+    axes.set_ylabel("time to first token, p95 (s)")
+    axes.set_ylim(bottom=0)
+    axes.grid(True, alpha=0.3)
+    axes.set_title(f"p95 TTFT by users ({service.describe()})", fontsize=11, loc="left")
+    if lines:
+        axes.legend(fontsize=8, loc="upper left")

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from provision.report.capacity import capacity_table
 from provision.report.model import Row, SweepReport
 from provision.shape import format_mib
 from provision.sweep.model import Measurement, format_seconds
@@ -29,6 +30,9 @@ def render_table(report: SweepReport, *, color: bool = False, width: int = 110) 
         file=io.StringIO(), force_terminal=color, no_color=not color, width=width, highlight=False
     )
     console.print(_table(report))
+    capacity = capacity_table(report)
+    if capacity is not None:
+        console.print(capacity)
     style = "bold green" if report.result.minimum else "bold yellow"
     console.print(Text(report.recommendation, style=style), soft_wrap=True)
     console.print(Text(summary_line(report), style="dim"), soft_wrap=True)

@@ -138,6 +138,25 @@ MIGRATIONS: list[str] = [
     ALTER TABLE sweep_points ADD COLUMN eval_tps_ci_low REAL;
     ALTER TABLE sweep_points ADD COLUMN eval_tps_ci_high REAL;
     """,
+    # v5: a service sweep (`--users N`) keeps each shape's concurrency levels
+    # (owner: provision/sweep/db.py; the levels themselves: provision/sweep/service.py)
+    """
+    CREATE TABLE sweep_point_levels (
+        sweep_id TEXT NOT NULL,
+        cores INTEGER NOT NULL,
+        memory_mib INTEGER NOT NULL,
+        cpu_type TEXT NOT NULL,
+        users INTEGER NOT NULL,              -- concurrent streams
+        ttft_p95_s REAL,
+        tps_per_user REAL,                   -- median eval tok/s of one stream
+        aggregate_tps REAL,                  -- all streams together
+        completed INTEGER NOT NULL,
+        failed INTEGER NOT NULL,
+        PRIMARY KEY (sweep_id, cores, memory_mib, cpu_type, users),
+        FOREIGN KEY (sweep_id, cores, memory_mib, cpu_type)
+            REFERENCES sweep_points (sweep_id, cores, memory_mib, cpu_type) ON DELETE CASCADE
+    );
+    """,
 ]
 
 

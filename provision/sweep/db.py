@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from provision import __version__
 from provision.errors import UsageError
 from provision.shape import Shape
 from provision.sweep.model import Measurement, Status, shape_from_dict, shape_to_dict
+from provision.sweep.service import LevelPoint
 
 # The tables are migration v3 in provision.store.MIGRATIONS (sweeps, sweep_points).
 
@@ -185,14 +186,47 @@ class SweepStore:
                 *(measurement.eval_tps_ci or (None, None)),
             ),
         )
+        self._record_levels(sweep_id, measurement)
         self.db.execute("UPDATE sweeps SET updated_at = ? WHERE id = ?", (_now(), sweep_id))
         self.db.commit()
+
+    def _record_levels(self, sweep_id: str, measurement: Measurement) -> None:
+        shape = measurement.shape
+        key = (sweep_id, shape.cores, shape.memory_mib, shape.cpu_type)
+        self.db.execute(
+            "DELETE FROM sweep_point_levels WHERE sweep_id = ? AND cores = ? AND memory_mib = ? "
+            "AND cpu_type = ?",
+            key,
+        )
+        self.db.executemany(
+            "INSERT INTO sweep_point_levels (sweep_id, cores, memory_mib, cpu_type, users, "
+            "ttft_p95_s, tps_per_user, aggregate_tps, completed, failed) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (*key, lv.users, lv.ttft_p95_s, lv.tps_per_user, lv.aggregate_tps)
+                + (lv.completed, lv.failed)
+                for lv in measurement.levels
+            ],
+        )
 
     def measurements(self, sweep_id: str) -> list[Measurement]:
         rows = self.db.execute(
             "SELECT * FROM sweep_points WHERE sweep_id = ? ORDER BY seq", (sweep_id,)
         ).fetchall()
-        return [_measurement(r) for r in rows]
+        levels = self._levels(sweep_id)
+        return [
+            replace(m, levels=levels.get((m.shape.cores, m.shape.memory_mib, m.shape.cpu_type), ()))
+            for m in map(_measurement, rows)
+        ]
+
+    def _levels(self, sweep_id: str) -> dict[tuple[int, int, str], tuple[LevelPoint, ...]]:
+        found: dict[tuple[int, int, str], tuple[LevelPoint, ...]] = {}
+        for row in self.db.execute(
+            "SELECT * FROM sweep_point_levels WHERE sweep_id = ? ORDER BY users", (sweep_id,)
+        ):
+            key = (row["cores"], row["memory_mib"], row["cpu_type"])
+            found[key] = (*found.get(key, ()), LevelPoint.from_dict(dict(row)))
+        return found
 
     def point_stats(self, sweep_id: str) -> dict[str, Any]:
         row = self.db.execute(

@@ -14,6 +14,7 @@ from typing import Any
 
 from provision.errors import UsageError
 from provision.shape import Shape, format_mib, parse_cores_list, parse_ram_list, parse_size_mib
+from provision.sweep.service import LevelPoint, ServiceTargets, service_reasons
 
 _CPU_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|)\s*$", re.IGNORECASE)
@@ -105,9 +106,10 @@ class Targets:
     min_tps: float | None = None
     max_ttft_s: float | None = None
     min_free_mem: FreeMemTarget | None = None
+    service: ServiceTargets | None = None  # --users N and its per-user targets
 
     def describe(self) -> str:
-        parts = []
+        parts = [self.service.describe()] if self.service else []
         if self.min_tps is not None:
             parts.append(f"eval >= {self.min_tps:g} tok/s")
         if self.max_ttft_s is not None:
@@ -118,19 +120,23 @@ class Targets:
 
     def to_dict(self) -> dict[str, Any]:
         free = self.min_free_mem
-        return {
+        document: dict[str, Any] = {
             "min_tps": self.min_tps,
             "max_ttft_s": self.max_ttft_s,
             "min_free_mem_percent": free.percent if free else None,
             "min_free_mem_mib": free.mib if free else None,
         }
+        if self.service is not None:  # absent otherwise: earlier sweeps keep their identity
+            document["service"] = self.service.to_dict()
+        return document
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Targets:
         free = None
         if data.get("min_free_mem_percent") is not None or data.get("min_free_mem_mib") is not None:
             free = FreeMemTarget(data.get("min_free_mem_percent"), data.get("min_free_mem_mib"))
-        return cls(data.get("min_tps"), data.get("max_ttft_s"), free)
+        service = ServiceTargets.from_dict(data.get("service"))
+        return cls(data.get("min_tps"), data.get("max_ttft_s"), free, service)
 
 
 def parse_targets(
@@ -138,6 +144,7 @@ def parse_targets(
     max_ttft: str | None,
     min_free_mem: str | None,
     space: Space | None = None,
+    service: ServiceTargets | None = None,
 ) -> Targets:
     """Parse the target options; UsageError for malformed ones and ones no shape can meet."""
     tps = _parse_tps(min_tps) if min_tps is not None else None
@@ -150,7 +157,7 @@ def parse_targets(
                 f"--min-free-mem {format_mib(free.mib)} cannot be met: the largest "
                 f"RAM in the sweep is {format_mib(largest)}"
             )
-    return Targets(tps, ttft, free)
+    return Targets(tps, ttft, free, service)
 
 
 def _parse_tps(text: str | float) -> float:
@@ -209,6 +216,7 @@ class Measurement:
     details: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     eval_tps_n: int | None = None  # the runs behind the median
     eval_tps_ci: tuple[float, float] | None = None  # its 95 % interval (6 runs or more)
+    levels: tuple[LevelPoint, ...] = ()  # a service sweep's concurrency levels (--users)
 
     @property
     def fits(self) -> bool:
@@ -261,6 +269,8 @@ def evaluate(measurement: Measurement, targets: Targets) -> Verdict:
             if short:
                 reasons.append(short)
                 memory_bound = True
+    if targets.service is not None:
+        reasons.extend(service_reasons(measurement.levels, targets.service))
     return Verdict(not reasons, tuple(reasons), memory_bound=memory_bound)
 
 

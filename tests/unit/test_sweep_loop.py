@@ -13,6 +13,7 @@ from provision.sweep.clones import clone_names, spread_nodes
 from provision.sweep.db import SweepStore
 from provision.sweep.loop import SweepLoop, SweepPlan, Worker, check_space_fits, result_from_store
 from provision.sweep.model import Measurement, Status, Targets
+from provision.sweep.service import LevelPoint
 from tests.support.reporting import RecordingReporter
 from tests.support.sweep_fakes import START, FakeVm, TableProber
 from tests.support.sweep_store import sweep_store_at
@@ -233,3 +234,17 @@ def test_a_measured_shape_keeps_the_interval_of_its_median_across_a_resume(
     [kept] = store.measurements(sweep.id)
     assert (kept.eval_tps_n, kept.eval_tps_ci) == (9, (9.8, 10.6))
     assert kept.eval_tps_half_width == pytest.approx(0.4)
+
+
+def test_a_service_sweep_keeps_each_shapes_concurrency_levels(store: SweepStore) -> None:
+    sweep = store.begin("id-service", "gemma", {}, None)
+    levels = (
+        LevelPoint(1, 0.4, 9.0, 9.0, 1, 0),
+        LevelPoint(2, 0.9, 6.1, 12.2, 2, 0),
+        LevelPoint(3, 2.4, 4.0, 12.0, 2, 1),
+    )
+    shape = Shape(2, 4 * G, "host")
+    store.record(sweep.id, Measurement(shape, Status.OK, eval_tps=9.0, levels=levels))
+    store.record(sweep.id, Measurement(shape, Status.OK, eval_tps=9.1, levels=levels[:2]))
+    [kept] = store.measurements(sweep.id)
+    assert kept.levels == levels[:2]  # measured again: the new levels replace the old
