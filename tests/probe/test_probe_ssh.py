@@ -101,3 +101,28 @@ def test_python3_missing_on_the_guest_is_one_clear_error(
         "python3 is not installed on probe-test; the probe agent "
         "needs it (install python3 on the guest (Ansible needs it too))"
     )
+
+
+def test_runs_auto_measures_one_series_over_one_connection_until_the_median_is_known(
+    local_sshd: LocalSshd, ollama_double: DoubleOllama, tmp_path: Path
+) -> None:
+    conn = store.connect(tmp_path)
+    recorder = store.ProbeRecorder(
+        conn, store.VmRecord(name="probe-test"), "gemma2:2b", {"runs": "auto"}, "nonce"
+    )
+    reporter = RecordingReporter()
+    auto = options(ollama_double, runs=6, runs_auto=True, max_runs=8, num_predict=16)
+
+    result = probe(local_sshd.address, auto, reporter, listener=recorder)
+    recorder.finish("ok", None, result.summary)
+
+    measured = result.measured
+    assert 6 <= len(measured) <= 8 and all(r.ok for r in measured)
+    rows = store.list_runs(conn, "probe-test", include_warmup=True)
+    assert [r["run_index"] for r in rows] == list(range(len(result.runs)))  # one series
+    eval_tps = result.summary["eval_tps"]
+    assert eval_tps is not None and eval_tps.ci_low is not None
+    assert eval_tps.within(0.05) or len(measured) == 8  # why it stopped
+    assert sum(1 for e in reporter.events if e[0] == "step" and "vCPU" in e[1]) == 1
+    kept = conn.execute("SELECT eval_tps_n, eval_tps_ci_low FROM probes").fetchone()
+    assert tuple(kept) == (eval_tps.n, eval_tps.ci_low)
