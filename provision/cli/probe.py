@@ -14,7 +14,7 @@ from rich.text import Text
 
 from provision.cli import cli
 from provision.cli.app import AppContext, pass_app, wait_option
-from provision.cli.params import RunsParam
+from provision.cli.params import runs_options
 from provision.errors import UsageError
 from provision.probe.parse import RunResult
 from provision.probe.result import ProbeResult
@@ -24,14 +24,7 @@ from provision.probe.stats import Stat
 @cli.command()
 @click.argument("name")
 @click.option("--model", help="model to run (default: probe.model of the lab file)")
-@click.option(
-    "--runs",
-    type=RunsParam(1000),
-    help="measured runs (default: probe.runs), or auto: until the median tok/s is known to +-5 %",
-)
-@click.option(
-    "--max-runs", type=click.IntRange(6, 1000), help="the most runs of --runs auto (default 20)"
-)
+@runs_options(1000, "measured runs (default: probe.runs)")
 @click.option("--warmup", type=click.IntRange(0, 100), help="warm-up runs, not counted")
 @click.option("--num-predict", type=click.IntRange(1, 1_000_000), help="tokens to generate")
 @click.option("--num-thread", type=click.IntRange(1, 4096), help="Ollama num_thread (reloads)")

@@ -10,7 +10,7 @@ import click
 
 from provision.cli import cli
 from provision.cli.app import AppContext, pass_app, wait_option
-from provision.cli.params import RunsParam
+from provision.cli.params import runs_options
 from provision.errors import SweepError, UsageError
 
 if TYPE_CHECKING:
@@ -67,14 +67,7 @@ if TYPE_CHECKING:
 @click.option("--keep-shape", is_flag=True, help="leave the VM in the last shape probed")
 @click.option("--allow-overcommit", is_flag=True, help="allow shapes larger than the node")
 @click.option("--model", help="model to run (default: probe.model of the lab file)")
-@click.option(
-    "--runs",
-    type=RunsParam(100),
-    help="measured runs per shape, or auto: until the median tok/s is known to +-5 %",
-)
-@click.option(
-    "--max-runs", type=click.IntRange(6, 1000), help="the most runs of --runs auto (default 20)"
-)
+@runs_options(100, "measured runs per shape")
 @click.option("--warmup", type=click.IntRange(0, 10), help="warm-up runs per shape")
 @click.option("--num-predict", type=click.IntRange(1, 1_000_000), help="tokens per run")
 @click.option(
