@@ -24,7 +24,7 @@ from provision.probe.stats import Stat
 @cli.command()
 @click.argument("name")
 @click.option("--model", help="model to run (default: probe.model of the lab file)")
-@runs_options(1000, "measured runs (default: probe.runs)")
+@runs_options("measured runs (default: probe.runs)")
 @click.option("--warmup", type=click.IntRange(0, 100), help="warm-up runs, not counted")
 @click.option("--num-predict", type=click.IntRange(1, 1_000_000), help="tokens to generate")
 @click.option("--num-thread", type=click.IntRange(1, 4096), help="Ollama num_thread (reloads)")

@@ -67,7 +67,7 @@ if TYPE_CHECKING:
 @click.option("--keep-shape", is_flag=True, help="leave the VM in the last shape probed")
 @click.option("--allow-overcommit", is_flag=True, help="allow shapes larger than the node")
 @click.option("--model", help="model to run (default: probe.model of the lab file)")
-@runs_options(100, "measured runs per shape")
+@runs_options("measured runs per shape")
 @click.option("--warmup", type=click.IntRange(0, 10), help="warm-up runs per shape")
 @click.option("--num-predict", type=click.IntRange(1, 1_000_000), help="tokens per run")
 @click.option(

@@ -9,6 +9,8 @@ from provision.errors import UsageError
 from provision.probe.result import DEFAULT_PROMPT, ProbeOptions
 from provision.probe.stats import AUTO_MIN_RUNS
 
+MAX_RUNS = 1000
+
 if TYPE_CHECKING:
     from provision.config import LabConfig
 
@@ -49,10 +51,13 @@ def options_from_config(
 
 
 def run_count(value: int | str) -> dict[str, Any]:
-    """ProbeOptions' fields for `--runs N` or `--runs auto` (auto starts at AUTO_MIN_RUNS)."""
+    """ProbeOptions' fields for `--runs N` (1-1000) or `--runs auto` (starts at AUTO_MIN_RUNS)."""
     if value == "auto":
         return {"runs": AUTO_MIN_RUNS, "runs_auto": True}
     try:
-        return {"runs": int(value), "runs_auto": False}
+        runs = int(value)
     except ValueError:
         raise UsageError(f'--runs must be a whole number or "auto", got {value!r}') from None
+    if not 1 <= runs <= MAX_RUNS:
+        raise UsageError(f"--runs must be 1-{MAX_RUNS} (or auto), got {runs}")
+    return {"runs": runs, "runs_auto": False}

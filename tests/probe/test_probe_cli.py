@@ -100,9 +100,8 @@ def test_probe_rejects_bad_numbers_and_unreadable_prompt_files(api_lab: Lab) -> 
 @pytest.mark.parametrize(
     ("args", "said"),
     [
-        (("--runs", "soon"), "'soon' is neither a whole number nor \"auto\""),
-        (("--runs", "1001"), "1001 is not in the range 1-1000"),
-        (("--runs", "auto", "--max-runs", "5"), "--max-runs"),
+        (("--runs", "soon"), "error: --runs must be a whole number or \"auto\", got 'soon'"),
+        (("--runs", "1001"), "error: --runs must be 1-1000 (or auto), got 1001"),
     ],
 )
 def test_probe_refuses_runs_that_are_neither_a_count_nor_auto(
@@ -111,9 +110,7 @@ def test_probe_refuses_runs_that_are_neither_a_count_nor_auto(
     done = api_lab.run("probe", "ghost", *args)
     assert done.code == 2, done
     assert said in done.stderr and "Traceback" not in done.stderr
-    assert [line for line in done.stderr.splitlines() if "Error" in line] == [
-        next(line for line in done.stderr.splitlines() if said in line)
-    ]  # click's usage lines, then one error line
+    assert done.stderr.count("\n") == 1  # one line
 
 
 def test_lab_file_runs_must_be_a_count_or_auto(api_lab: Lab) -> None:

@@ -206,6 +206,12 @@ def test_no_shape_meets_the_target_exit_8_and_the_report_shows_the_best_seen(lab
         (("--cores", "2", "--ram", "4G,8G", "--min-free-mem", "8G"), "cannot be met"),
         (("--cores", "2,32", "--ram", "4G"), "32 cores is more than node pve1 has"),
         (("--cores", "2", "--ram", "4G,128G"), "RAM is more than node pve1 has free"),
+        (("--cores", "2", "--ram", "4G", "--users", "0", "--max-ttft-p95", "2s"), "1-64, got 0"),
+        (("--cores", "2", "--ram", "4G", "--users", "-1", "--max-ttft-p95", "2s"), "got -1"),
+        (("--cores", "2", "--ram", "4G", "--users", "3", "--max-ttft-p95", "fast"), "'fast'"),
+        (("--cores", "2", "--ram", "4G", "--users", "3"), "--users N needs a target"),
+        (("--cores", "2", "--ram", "4G", "--min-tps-per-user", "5"), "need --users N"),
+        (("--cores", "2", "--ram", "4G", "--min-tps", "1", "--runs", "soon"), "'soon'"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(
