@@ -175,6 +175,14 @@ KEYS: tuple[Key, ...] = (
     Key("probe", "warmup", int, 1, "warm-up runs (not counted)"),
     Key("probe", "num_predict", int, 128, "tokens to generate per run"),
     Key("probe", "prompt", str, "", "prompt text; empty = labctl's default prompt"),
+    Key(
+        "probe",
+        "concurrency",
+        str,
+        "",
+        "simultaneous users per level, e.g. 1,2,4; empty = one stream per run",
+    ),
+    Key("probe", "num_thread", str, "", "runner threads, e.g. auto,1,2,4; empty = Ollama's choice"),
 )
 
 _SECTIONS = {k.section for k in KEYS}

@@ -155,6 +155,11 @@ class ProbeError(LabctlError):
     exit_code = ExitCode.PROBE
 
 
+class InvalidShape(ProbeError):
+    """The guest does not see the VM's configured cores or RAM: the point is invalid, not
+    measured (provision/probe/shape_check.py)."""
+
+
 class ModelDoesNotFit(ProbeError):
     """The model runner was OOM-killed: the model does not fit in the VM's RAM."""
 

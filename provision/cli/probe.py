@@ -27,12 +27,21 @@ from provision.probe.stats import Stat
 @runs_options("measured runs (default: probe.runs)")
 @click.option("--warmup", type=click.IntRange(0, 100), help="warm-up runs, not counted")
 @click.option("--num-predict", type=click.IntRange(1, 1_000_000), help="tokens to generate")
-@click.option("--num-thread", type=click.IntRange(1, 4096), help="Ollama num_thread (reloads)")
+@click.option(
+    "--num-thread",
+    metavar="N[,N...]",
+    help="Ollama num_thread, or a list to measure (auto,1,2,4); each value reloads the model",
+)
 @click.option("--num-ctx", type=click.IntRange(16, 1 << 21), help="Ollama num_ctx (reloads)")
 @click.option(
     "--prompt-file", type=click.Path(dir_okay=False, path_type=Path), help="file holding the prompt"
 )
 @click.option("--cold", is_flag=True, help="unload the model before each measured run")
+@click.option(
+    "--concurrency",
+    metavar="N[,N...]",
+    help="simultaneous users per level (1,2,4): each level runs --runs times",
+)
 @click.option("--json", "json_flag", is_flag=True, help="print one JSON document on stdout")
 @wait_option
 @pass_app
@@ -44,16 +53,17 @@ def probe(
     max_runs: int | None,
     warmup: int | None,
     num_predict: int | None,
-    num_thread: int | None,
+    num_thread: str | None,
     num_ctx: int | None,
     prompt_file: Path | None,
     cold: bool,
+    concurrency: str | None,
     json_flag: bool,
     wait: str | None,
 ) -> None:
     """Measure tokens/s, time to first token, load and memory inside VM NAME."""
     from provision import store
-    from provision.probe.options import options_from_config
+    from provision.probe.options import check_level_bounds, options_from_config
     from provision.probe.record import record_probe
 
     app.json_output = app.json_output or json_flag
@@ -68,10 +78,12 @@ def probe(
         num_ctx=num_ctx,
         prompt_file=prompt_file,
         cold=cold,
+        concurrency=concurrency,
     )
     lab = app.lab()
     with app.hold(lab, name, f"probe {name}", wait):
         info = lab.find(name)
+        check_level_bounds(options, info.shape.cores, info.shape.memory_mib)
         address = lab.guest(name)
         vm = store.VmRecord(
             name=info.name,
@@ -94,32 +106,49 @@ def probe(
 @click.option("--all", "include_warmup", is_flag=True, help="include warm-up runs")
 @click.option("--json", "json_flag", is_flag=True, help="one JSON document on stdout")
 @click.option("--csv", "csv_flag", is_flag=True, help="CSV on stdout")
+@click.option(
+    "--levels", "levels_flag", is_flag=True, help="concurrency levels instead of runs (table, CSV)"
+)
 @pass_app
 def results(
-    app: AppContext, vm_name: str | None, include_warmup: bool, json_flag: bool, csv_flag: bool
+    app: AppContext,
+    vm_name: str | None,
+    include_warmup: bool,
+    json_flag: bool,
+    csv_flag: bool,
+    levels_flag: bool,
 ) -> None:
-    """Show the probe runs kept in labctl's results database."""
+    """Show the probe runs (or, with --levels, the concurrency levels) kept in labctl's results
+    database; --json carries both."""
     from provision import store
 
     if json_flag and csv_flag:
         raise UsageError("choose one of --json and --csv")
     rows = store.kept_runs(app.state_dir, vm_name, include_warmup=include_warmup)
+    levels = store.kept_levels(app.state_dir, vm_name)
     if csv_flag:
-        click.echo(rows_to_csv(rows), nl=False)
+        if levels_flag:
+            click.echo(rows_to_csv(levels, store.LEVEL_COLUMNS), nl=False)
+        else:
+            click.echo(rows_to_csv(rows), nl=False)
         return
     app.json_output = app.json_output or json_flag
-    if not rows and not app.json_output:
+    shown = levels if levels_flag else rows
+    if not shown and not app.json_output:
         where = f" for VM {vm_name}" if vm_name else ""
-        app.say(f"no probe runs kept{where} yet: run `labctl probe NAME`")
+        what = "concurrency levels" if levels_flag else "probe runs"
+        app.say(f"no {what} kept{where} yet: run `labctl probe NAME`")
         return
-    app.emit({"runs": rows}, human=render_results(rows))
+    human = render_level_rows(levels) if levels_flag else render_results(rows)
+    app.emit({"runs": rows, "levels": levels}, human=human)
 
 
-def rows_to_csv(rows: list[dict[str, Any]]) -> str:
+def rows_to_csv(rows: list[dict[str, Any]], columns: tuple[str, ...] | None = None) -> str:
     from provision.store import RESULT_COLUMNS
 
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(RESULT_COLUMNS), lineterminator="\n")
+    fields = list(columns or RESULT_COLUMNS)
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: "" if v is None else v for k, v in row.items()})
@@ -179,8 +208,11 @@ def render_probe(result: ProbeResult, *, shape: str = "") -> str:
                 f"{(facts.model.digest or '')[:12]} ({_size(facts.model.size_bytes)}), {processor}"
             )
         )
-    console.print(_runs_table(result))
-    console.print(_summary_table(result))
+    if result.options.measures_levels:
+        _print_levels(console, result)
+    else:
+        console.print(_runs_table(result))
+        console.print(_summary_table(result))
     cache = CACHE_BUST_TEXT.get(result.cache_bust, result.cache_bust)
     overhead = result.sampler_overhead()
     console.print(
@@ -190,6 +222,33 @@ def render_probe(result: ProbeResult, *, shape: str = "") -> str:
             style="dim",
         )
     )
+    return _text(console)
+
+
+def _print_levels(console: Console, result: ProbeResult) -> None:
+    from provision.cli.render_levels import levels_table, thread_loads_line
+
+    facts = result.facts
+    if facts is not None and facts.topology is not None:
+        console.print(
+            Text(
+                f"CPU topology seen by the guest: {facts.topology.label}; nproc {facts.vcpus}; "
+                f"OLLAMA_NUM_PARALLEL {result.num_parallel or '?'}"
+            )
+        )
+    console.print(Text(thread_loads_line(result.thread_loads)))
+    title = (
+        f"{result.options.model} on {result.vm}: concurrency levels "
+        f"({result.options.runs} repeat(s) each, {result.options.num_predict} tokens per request)"
+    )
+    console.print(levels_table(title, result.levels))
+
+
+def render_level_rows(rows: list[dict[str, Any]]) -> str:
+    from provision.cli.render_levels import level_rows_table
+
+    console = _console(200)
+    console.print(level_rows_table(rows))
     return _text(console)
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import itertools
 import json
 import os
 import re
@@ -385,11 +386,43 @@ def _util(old: tuple[int, int], new: tuple[int, int]) -> float | None:
 # --------------------------------------------------------------------------- facts
 
 
+def cpu_topology(cpuinfo: str) -> dict[str, Any]:
+    """Sockets, cores and threads per core as /proc/cpuinfo shows them to this guest.
+
+    A core is a distinct (physical id, core id) pair; a guest kernel without those fields
+    (some hypervisors, containers) counts each processor as one core of one socket.
+    """
+    processors, sockets, cores = 0, set(), set()
+    physical, core = "0", None
+    for line in cpuinfo.splitlines() + [""]:
+        key, _, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if key == "processor":
+            processors += 1
+            physical, core = "0", None
+        elif key == "physical id":
+            physical = value
+        elif key == "core id":
+            core = value
+        elif not key and processors:
+            sockets.add(physical)
+            cores.add((physical, core if core is not None else f"cpu{processors}"))
+    return {
+        "processors": processors,
+        "sockets": len(sockets) or None,
+        "cores": len(cores) or None,
+        "threads_per_core": (processors // len(cores)) if cores else None,
+    }
+
+
 def cpu_facts() -> dict[str, Any]:
     model: str | None = None
     flags: set[str] = set()
+    topology: dict[str, Any] = {}
     try:
-        for line in read_text("/proc/cpuinfo").splitlines():
+        cpuinfo = read_text("/proc/cpuinfo")
+        topology = cpu_topology(cpuinfo)
+        for line in cpuinfo.splitlines():
             key, _, value = line.partition(":")
             key = key.strip()
             if key == "model name" and model is None:
@@ -406,6 +439,8 @@ def cpu_facts() -> dict[str, Any]:
         "vcpus": vcpus,
         "cpu_model": model,
         "flags": {f: f in flags for f in FLAGS_OF_INTEREST} if flags else None,
+        "topology": topology,
+        "online_cpus": os.cpu_count(),
     }
 
 
@@ -591,13 +626,26 @@ class RunOutcome:
         self.first_token_at: float | None = None
         self.last_token_at: float | None = None
         self.chunks = 0
+        self.token_times: list[float] = []  # perf_counter of each token chunk, in the guest
+        self.sent_at: float | None = None
 
 
-def stream_generate(api: Ollama, request: dict[str, Any], timeout_s: float) -> RunOutcome:
-    """POST a streamed /api/generate and time the first token ourselves."""
+def stream_generate(
+    api: Ollama,
+    request: dict[str, Any],
+    timeout_s: float,
+    gate: threading.Barrier | None = None,
+) -> RunOutcome:
+    """POST a streamed /api/generate and time the first token ourselves.
+
+    With a gate, the request is sent when every stream of a concurrency level is ready.
+    """
     outcome = RunOutcome()
     conn = api.connection(timeout_s)
+    if gate is not None:
+        gate.wait()
     started = time.perf_counter()
+    outcome.sent_at = started
     try:
         conn.request(
             "POST",
@@ -644,6 +692,7 @@ def _read_stream(response: http.client.HTTPResponse, outcome: RunOutcome, starte
             return
         if chunk.get("response"):
             outcome.chunks += 1
+            outcome.token_times.append(now)
             if outcome.ttft_s is None:
                 outcome.ttft_s = now - started
                 outcome.first_token_at = now
@@ -871,6 +920,202 @@ def _round(value: float | None) -> float | None:
     return round(value, 6) if value is not None else None
 
 
+# --------------------------------------------------------------------------- concurrency levels
+
+
+def runner_threads(processes: OllamaProcesses) -> list[dict[str, Any]]:
+    """Each runner's thread count: its argv's -t/--threads (None: llama.cpp picks) and its
+    task count in /proc/PID/task (which also counts llama-server's HTTP and helper threads)."""
+    found = []
+    for pid in sorted(processes.current() - processes.roots):
+        try:
+            argv = read_text(f"/proc/{pid}/cmdline").split("\0")
+            tasks = len(os.listdir(f"/proc/{pid}/task"))
+        except OSError:
+            continue
+        threads = None
+        for flag in ("-t", "--threads"):
+            if flag in argv[:-1]:
+                threads = int(argv[argv.index(flag) + 1])
+        parallel = None
+        for flag in ("-np", "--parallel"):
+            if flag in argv[:-1]:
+                parallel = int(argv[argv.index(flag) + 1])
+        found.append(
+            {
+                "pid": pid,
+                "name": os.path.basename(argv[0]) if argv else "",
+                "argv_threads": threads,
+                "argv_parallel": parallel,
+                "tasks": tasks,
+            }
+        )
+    return found
+
+
+def server_num_parallel(roots: set[int]) -> int | None:
+    """OLLAMA_NUM_PARALLEL of the running server (1 when unset, as envconfig.NumParallel's
+    default); None when its environment is not ours to read (another user's process)."""
+    for pid in sorted(roots):
+        try:
+            environ = read_bytes(f"/proc/{pid}/environ").split(b"\0")
+        except OSError:
+            continue
+        for entry in environ:
+            if entry.startswith(b"OLLAMA_NUM_PARALLEL="):
+                try:
+                    return max(1, int(entry.split(b"=", 1)[1].strip(b"\"' ") or b"1"))
+                except ValueError:
+                    return 1
+        return 1
+    return None
+
+
+def load_runner(
+    api: Ollama, options: dict[str, Any], processes: OllamaProcesses, index: int
+) -> bool:
+    """Load the model with this thread count before measuring, and report the load apart.
+
+    An empty prompt only schedules the model (server/routes.go: load, done_reason "load");
+    num_thread is a runner option, so a new value restarts the runner. Then `warmup` single
+    requests, not measured. False when the load failed (the level cannot run).
+    """
+    model = options["model"]
+    wall0 = time.monotonic()
+    try:
+        status, body = api.post(
+            "/api/generate",
+            {
+                "model": model,
+                "prompt": "",
+                "keep_alive": options.get("keep_alive", "10m"),
+                "options": runner_options(options),
+            },
+            timeout=float(options.get("run_timeout_s", 900)),
+        )
+    except OSError as error:
+        status, body = 0, {"error": f"connection to Ollama failed: {error}"}
+    ok = status == 200 and isinstance(body, dict) and not body.get("error")
+    warmups = []
+    if ok:
+        for _ in range(int(options.get("warmup", 0))):
+            request = level_request(options, uuid.uuid4().hex[:12])
+            done = stream_generate(api, request, float(options.get("run_timeout_s", 900)))
+            warmups.append(done.error is None)
+    emit(
+        "thread_load",
+        index=index,
+        num_thread=options.get("num_thread"),
+        ok=ok,
+        error=None if ok else str((body or {}).get("error") or f"HTTP {status}"),
+        load_duration=(body or {}).get("load_duration") if ok else None,
+        wall_s=round(time.monotonic() - wall0, 4),
+        warmups_ok=warmups,
+        runners=runner_threads(processes),
+    )
+    return ok
+
+
+def level_request(options: dict[str, Any], nonce: str) -> dict[str, Any]:
+    return {
+        "model": options["model"],
+        **nonce_prompt(options, nonce),
+        "stream": True,
+        "keep_alive": options.get("keep_alive", "10m"),
+        "options": runner_options(options),
+    }
+
+
+def measure_level(
+    api: Ollama,
+    options: dict[str, Any],
+    processes: OllamaProcesses,
+    index: int,
+    users: int,
+    repeat: int,
+) -> None:
+    """N simultaneous streams, each with its own nonce (no shared cached prefix); emit them.
+
+    Every timestamp is taken here, in the guest, by the stream's own thread as each chunk
+    arrives: no SSH latency enters TTFT or the inter-token gaps.
+    """
+    timeout = float(options.get("run_timeout_s", 900))
+    gate = threading.Barrier(users)
+    outcomes = [RunOutcome() for _ in range(users)]
+    nonces = [uuid.uuid4().hex[:12] for _ in range(users)]
+
+    def stream(slot: int) -> None:
+        try:
+            outcomes[slot] = stream_generate(
+                api, level_request(options, nonces[slot]), timeout, gate
+            )
+        except Exception as error:  # noqa: BLE001 - one stream failing fails only itself
+            outcomes[slot].error = f"{type(error).__name__}: {error}"
+
+    sampler = Sampler(index, options.get("sample_interval_s", 0.1), processes)
+    usage0 = resource.getrusage(resource.RUSAGE_SELF)
+    wall0 = time.perf_counter()
+    sampler.start()
+    streams = [threading.Thread(target=stream, args=(i,), daemon=True) for i in range(users)]
+    for thread in streams:
+        thread.start()
+    for thread in streams:
+        thread.join()
+    sampler.stopping.set()
+    sampler.join()
+    wall_s = time.perf_counter() - wall0
+    usage1 = resource.getrusage(resource.RUSAGE_SELF)
+    emit(
+        "level",
+        index=index,
+        users=users,
+        repeat=repeat,
+        num_thread=options.get("num_thread"),
+        wall_s=round(wall_s, 4),
+        agent_cpu_s=round(
+            (usage1.ru_utime + usage1.ru_stime) - (usage0.ru_utime + usage0.ru_stime), 6
+        ),
+        sampler={
+            "samples": sampler.samples,
+            "interval_s": round(sampler.interval_s, 4),
+            "cpu_s": round(sampler.cpu_s, 6),
+            "wall_s": round(sampler.wall_s, 4),
+            "error": sampler.error,
+        },
+        requests=[_request_event(o, n, wall0) for o, n in zip(outcomes, nonces, strict=True)],
+    )
+
+
+def _request_event(outcome: RunOutcome, nonce: str, level_start: float) -> dict[str, Any]:
+    times = outcome.token_times
+    return {
+        "ok": outcome.error is None,
+        "error": outcome.error,
+        "nonce": nonce,
+        "sent_s": _round(outcome.sent_at - level_start) if outcome.sent_at else None,
+        "ttft_s": _round(outcome.ttft_s),
+        "tokens": outcome.chunks,
+        "gaps_s": [round(b - a, 6) for a, b in itertools.pairwise(times)],
+        "ollama": outcome.final or {},
+    }
+
+
+def probe_levels(api: Ollama, options: dict[str, Any], processes: OllamaProcesses) -> int:
+    """For each thread count: load apart, then each concurrency level `runs` times."""
+    index = 0
+    threads_list = options.get("thread_counts") or [options.get("num_thread")]
+    for load_index, threads in enumerate(threads_list):
+        with_threads = dict(options, num_thread=threads)
+        if not load_runner(api, with_threads, processes, load_index):
+            continue
+        for users in options.get("concurrency") or [1]:
+            for repeat in range(int(options["runs"])):
+                measure_level(api, with_threads, processes, index, int(users), repeat)
+                index += 1
+    emit("end", runs=0, levels=index, stopped=None)
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -887,7 +1132,10 @@ def probe(options: dict[str, Any]) -> int:
     facts["prompt_cache_bust"] = cache_bust(options)
     processes = OllamaProcesses(api.port)
     facts["ollama_pids"] = sorted(processes.current())
+    facts["ollama_num_parallel"] = server_num_parallel(processes.roots)
     emit("facts", **facts)
+    if options.get("concurrency") or len(options.get("thread_counts") or []) > 1:
+        return probe_levels(api, options, processes)
     if options.get("cold"):
         unload(api, options["model"])
     total = int(options.get("warmup", 0)) + int(options["runs"])

@@ -1,5 +1,7 @@
 """The probe agent's event stream, one event at a time, into a ProbeResult; and the outcome that
-the stream means (a model that did not fit, every measured run failed, a connection lost)."""
+the stream means (a model that did not fit, every measured run failed, a connection lost, a
+guest that does not see its shape). Concurrency levels and thread-count loads are kept as they
+arrive (LevelListener), like runs."""
 
 from __future__ import annotations
 
@@ -7,11 +9,19 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
-from provision.errors import GuestError, GuestUnreachable, ModelDoesNotFit, ProbeError
+from provision.errors import (
+    GuestError,
+    GuestUnreachable,
+    InvalidShape,
+    ModelDoesNotFit,
+    ProbeError,
+)
 from provision.probe import parse
+from provision.probe.concurrency import LevelRound, ThreadLoad, thread_warning
 from provision.probe.facts import GuestFacts, PsFacts, avx_warning
 from provision.probe.parse import RunResult, Sample
-from provision.probe.result import ProbeListener, ProbeOptions, ProbeResult
+from provision.probe.result import LevelListener, ProbeListener, ProbeOptions, ProbeResult
+from provision.probe.shape_check import ExpectedShape, shape_problem
 from provision.progress import Reporter
 
 
@@ -19,9 +29,15 @@ class Collector:
     """Turns the agent's event stream into a ProbeResult, one event at a time."""
 
     def __init__(
-        self, options: ProbeOptions, reporter: Reporter, listener: ProbeListener | None, vm: str
+        self,
+        options: ProbeOptions,
+        reporter: Reporter,
+        listener: ProbeListener | None,
+        vm: str,
+        expected: ExpectedShape | None = None,
     ) -> None:
         self.result = ProbeResult(vm=vm, options=options)
+        self.expected = expected
         self.reporter = reporter
         self.listener = listener
         self.vm = vm
@@ -35,6 +51,8 @@ class Collector:
             "sample": self.on_sample,
             "run": self.on_run,
             "ps": self.on_ps,
+            "thread_load": self.on_thread_load,
+            "level": self.on_level,
             "error": self.on_error,
             "end": self.on_end,
         }
@@ -56,6 +74,15 @@ class Collector:
             return  # a further batch of `--runs auto`: same guest, said once
         facts = GuestFacts.from_event(event)
         self.result.facts = facts
+        if self.listener:
+            self.listener.on_facts(facts)
+        problem = shape_problem(facts, self.expected) if self.expected else None
+        if problem is not None:
+            raise InvalidShape(
+                f"invalid point: {self.vm} does not see its shape ({problem}); nothing measured",
+                hint="check the VM's pending changes (`labctl resize --reboot`) and its CPU and "
+                "memory limits",
+            )
         warning = avx_warning(facts)
         if warning:
             self._warn(warning)
@@ -63,8 +90,6 @@ class Collector:
             f"{facts.vcpus} vCPU, {_gib(facts.mem_total_bytes)} RAM, Ollama "
             f"{facts.ollama_version}, {facts.model.name} ({_gib(facts.model.size_bytes)})"
         )
-        if self.listener:
-            self.listener.on_facts(facts)
 
     def on_run_start(self, event: dict[str, Any]) -> None:
         self.in_flight = event
@@ -96,6 +121,41 @@ class Collector:
                 )
         elif not run.oom_likely:
             self._warn(f"run {run.index + 1} failed: {run.error}")
+
+    def on_thread_load(self, event: dict[str, Any]) -> None:
+        load = ThreadLoad.from_event(event)
+        self.result.thread_loads.append(load)
+        if isinstance(self.listener, LevelListener):
+            self.listener.on_thread_load(load)
+        threads = "auto" if load.num_thread is None else load.num_thread
+        if not load.ok:
+            self._warn(f"loading with num_thread {threads} failed: {load.error}")
+            return
+        running = ", ".join(
+            f"{r.name} -t {r.argv_threads or 'default'} ({r.tasks} tasks)" for r in load.runners
+        )
+        self.reporter.step(
+            f"num_thread {threads}: loaded apart in {_fmt(load.load_s, ' s')}: {running}"
+        )
+        warning = thread_warning(load, self.result.facts.vcpus if self.result.facts else None)
+        if warning:
+            self._warn(warning)
+
+    def on_level(self, event: dict[str, Any]) -> None:
+        peaks = parse.RunPeaks.from_samples(self.samples)
+        self.samples = []
+        level = LevelRound.from_event(event, peak_rss=peaks.peak_rss)
+        self.result.rounds.append(level)
+        if isinstance(self.listener, LevelListener):
+            self.listener.on_level(level)
+        done = [r for r in level.requests if r.ok]
+        for failed in (r for r in level.requests if not r.ok):
+            self._warn(f"{level.users} user(s): a request failed: {failed.error}")
+        tokens = sum(r.eval_count or 0 for r in done)
+        self.reporter.step(
+            f"{level.users} user(s), repeat {level.repeat + 1}: {len(done)}/{len(level.requests)} "
+            f"done, {_fmt(tokens / level.wall_s if level.wall_s else None)} tok/s in all"
+        )
 
     def on_ps(self, event: dict[str, Any]) -> None:
         if self.result.facts is not None:
@@ -154,9 +214,10 @@ def collect(
     listener: ProbeListener | None = None,
     *,
     vm: str = "",
+    expected: ExpectedShape | None = None,
 ) -> ProbeResult:
     """Consume the agent's output lines; raises the right LabctlError for a bad outcome."""
-    collector = Collector(options, reporter, listener, vm)
+    collector = Collector(options, reporter, listener, vm, expected)
     consume(collector, lines)
     return collector.result
 
@@ -192,6 +253,11 @@ def _raise_for_outcome(result: ProbeResult, vm: str) -> None:
     measured = result.measured
     if result.complete and measured and not any(r.ok for r in measured):
         raise ProbeError(f"all {len(measured)} measured runs failed on {vm}: {measured[0].error}")
+    requests = [r for level in result.rounds for r in level.requests]
+    if result.complete and result.options.measures_levels and not any(r.ok for r in requests):
+        loads = [load.error for load in result.thread_loads if load.error]
+        why = (requests[0].error if requests else None) or (loads[0] if loads else "no level ran")
+        raise ProbeError(f"no request of any concurrency level completed on {vm}: {why}")
 
 
 def oom_figure(run: RunResult, mem_total: int | None) -> str:

@@ -87,6 +87,32 @@ class PsFacts:
 
 
 @dataclass(frozen=True)
+class CpuTopology:
+    """Sockets, cores and threads per core as the guest's /proc/cpuinfo shows them."""
+
+    processors: int | None
+    sockets: int | None
+    cores: int | None
+    threads_per_core: int | None
+
+    @classmethod
+    def from_event(cls, data: Mapping[str, Any]) -> CpuTopology:
+        return cls(
+            processors=count_of(data, "processors"),
+            sockets=count_of(data, "sockets"),
+            cores=count_of(data, "cores"),
+            threads_per_core=count_of(data, "threads_per_core"),
+        )
+
+    @property
+    def label(self) -> str:
+        return (
+            f"{self.sockets or '?'} socket(s) x {self.cores or '?'} core(s) x "
+            f"{self.threads_per_core or '?'} thread(s)"
+        )
+
+
+@dataclass(frozen=True)
 class GuestFacts:
     """What the guest is: reported once per probe by the agent."""
 
@@ -102,6 +128,10 @@ class GuestFacts:
     ps: PsFacts | None = None
     # how cached prompt tokens were kept out of prompt tok/s (agent.py cache_bust)
     prompt_cache_bust: str | None = None
+    topology: CpuTopology | None = None
+    online_cpus: int | None = None  # CPUs the guest kernel has online (sysconf)
+    # the running server's OLLAMA_NUM_PARALLEL; None when its environment is not readable
+    ollama_num_parallel: int | None = None
 
     @classmethod
     def from_event(cls, event: Mapping[str, Any]) -> GuestFacts:
@@ -117,6 +147,11 @@ class GuestFacts:
             ollama_version=event.get("ollama_version") or None,
             model=ModelFacts.from_tags_entry(event.get("tags_entry") or {}),
             prompt_cache_bust=event.get("prompt_cache_bust") or None,
+            topology=CpuTopology.from_event(event["topology"])
+            if isinstance(event.get("topology"), dict) and event["topology"]
+            else None,
+            online_cpus=count_of(event, "online_cpus"),
+            ollama_num_parallel=count_of(event, "ollama_num_parallel"),
         )
 
     def has_flag(self, flag: str) -> bool | None:

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from provision import store
-from provision.errors import LabctlError, ModelDoesNotFit
+from provision.errors import InvalidShape, LabctlError, ModelDoesNotFit
 from provision.probe import run as probe_run
 from provision.probe.result import ProbeOptions, ProbeResult
+from provision.probe.shape_check import ExpectedShape
 from provision.progress import Reporter
 
 
@@ -38,6 +39,11 @@ def kept_options(options: ProbeOptions) -> dict[str, Any]:
     }
     if options.runs_auto:
         kept |= {"runs": "auto", "max_runs": options.max_runs}
+    if options.measures_levels:  # likewise only when asked for
+        kept |= {
+            "concurrency": list(options.concurrency),
+            "thread_counts": list(options.thread_counts),
+        }
     return kept
 
 
@@ -75,9 +81,11 @@ def record_probe(
 ) -> RecordedProbe:
     """Probe the guest at `address` and keep the probe and its runs in the results database.
 
-    A model that does not fit is an outcome (kept as 'oom'); any other failure, Ctrl-C included,
-    is kept as 'failed' and raised. `stored_options` default to kept_options(options).
+    A model that does not fit is an outcome (kept as 'oom'); a guest that does not see the VM's
+    shape is kept as 'invalid' (nothing measured) and raised; any other failure, Ctrl-C
+    included, is kept as 'failed' and raised. `stored_options` default to kept_options(options).
     """
+    expected = ExpectedShape(vm.cores, vm.memory_mib) if vm.cores and vm.memory_mib else None
     connection = store.connect(state_dir)
     try:
         recorder = store.ProbeRecorder(
@@ -88,14 +96,19 @@ def record_probe(
             "unload+nonce" if options.cold else "nonce",
         )
         try:
-            result = probe_run.probe(address, options, reporter, listener=recorder)
+            result = probe_run.probe(
+                address, options, reporter, listener=recorder, expected=expected
+            )
+        except InvalidShape as error:
+            recorder.finish("invalid", str(error))
+            raise
         except ModelDoesNotFit as error:
             recorder.finish("oom", str(error))
             return RecordedProbe(recorder.probe_id, None, did_not_fit=error)
         except (LabctlError, KeyboardInterrupt) as error:
             recorder.finish("failed", str(error) or type(error).__name__)
             raise
-        recorder.finish("ok", None, result.summary)
+        recorder.finish("ok", None, result.summary, num_parallel=result.num_parallel)
         return RecordedProbe(recorder.probe_id, result)
     finally:
         connection.close()

@@ -4,10 +4,11 @@ the driver (run.py), the event collector (collect.py), the recorder and the swee
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from provision.errors import UsageError
 from provision.probe import parse
+from provision.probe.concurrency import LevelRound, LevelStats, ThreadLoad, group_levels
 from provision.probe.facts import GuestFacts
 from provision.probe.parse import RunResult
 from provision.probe.stats import AUTO_MAX_RUNS, AUTO_MIN_RUNS, AUTO_TARGET, Stat
@@ -37,6 +38,19 @@ class ProbeOptions:
     ollama_url: str = "http://127.0.0.1:11434"
     sample_interval_s: float = 0.1
     run_timeout_s: float = 900.0
+    # simultaneous users per level (empty: one stream per run, the classic probe)
+    concurrency: tuple[int, ...] = ()
+    # runner thread counts to measure, None = Ollama's choice ("auto"); more than one, or any
+    # concurrency, makes the probe measure levels (provision/probe/concurrency.py)
+    thread_counts: tuple[int | None, ...] = ()
+
+    @property
+    def measures_levels(self) -> bool:
+        return bool(self.concurrency) or len(self.thread_counts) > 1
+
+    @property
+    def max_users(self) -> int:
+        return max(self.concurrency, default=1)
 
     def validated(self) -> ProbeOptions:
         if self.runs < 1:
@@ -54,6 +68,12 @@ class ProbeOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if any(users < 1 for users in self.concurrency):
+            raise UsageError(f"--concurrency values must be at least 1, got {self.concurrency}")
+        if any(t is not None and t < 1 for t in self.thread_counts):
+            raise UsageError(f"--num-thread values must be at least 1, got {self.thread_counts}")
+        if self.runs_auto and self.measures_levels:
+            raise UsageError("--runs auto is for single-stream runs; give --concurrency a --runs N")
         if not self.prompt.strip():
             raise UsageError("the prompt is empty")
         if len(self.prompt.encode()) > MAX_PROMPT_BYTES:
@@ -81,6 +101,15 @@ class ProbeListener(Protocol):
     def on_run(self, run: RunResult) -> None: ...
 
 
+@runtime_checkable
+class LevelListener(Protocol):
+    """Also told about each concurrency level and thread-count load as they arrive."""
+
+    def on_level(self, level: LevelRound) -> None: ...
+
+    def on_thread_load(self, load: ThreadLoad) -> None: ...
+
+
 @dataclass
 class ProbeResult:
     """Everything one probe measured."""
@@ -91,6 +120,13 @@ class ProbeResult:
     runs: list[RunResult] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     complete: bool = False
+    rounds: list[LevelRound] = field(default_factory=list)  # concurrency levels, each repeat
+    thread_loads: list[ThreadLoad] = field(default_factory=list)
+    num_parallel: int | None = None  # OLLAMA_NUM_PARALLEL in force; None: unknown
+
+    @property
+    def levels(self) -> list[LevelStats]:
+        return group_levels(self.rounds)
 
     @property
     def measured(self) -> list[RunResult]:
@@ -125,7 +161,9 @@ class ProbeResult:
 
     def sampler_overhead(self) -> dict[str, float | None]:
         pcts = [r.sampler_cpu_pct for r in self.runs if r.sampler_cpu_pct is not None]
+        pcts += [level.sampler_cpu_pct for level in self.levels if level.sampler_cpu_pct]
         rates = [r.sample_hz for r in self.runs if r.sample_hz is not None]
+        rates += [r.samples / r.sampler_wall_s for r in self.rounds if r.sampler_wall_s]
         return {
             "max_cpu_pct_of_one_core": max(pcts) if pcts else None,
             "min_sample_hz": min(rates) if rates else None,
@@ -146,4 +184,7 @@ class ProbeResult:
             "precision": self.precision_note() if self.options.runs_auto else None,
             "sampler": self.sampler_overhead(),
             "runs": [r.to_json() for r in self.runs],
+            "num_parallel": self.num_parallel,
+            "thread_loads": [load.to_json() for load in self.thread_loads],
+            "levels": [level.to_json() for level in self.levels],
         }

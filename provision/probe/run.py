@@ -18,7 +18,9 @@ from typing import Any
 
 from provision.errors import ProbeError
 from provision.probe.collect import Collector, consume
+from provision.probe.parallel import num_parallel_at_least
 from provision.probe.result import ProbeListener, ProbeOptions, ProbeResult
+from provision.probe.shape_check import ExpectedShape
 from provision.probe.stats import AUTO_MIN_RUNS, auto_runs_done
 from provision.progress import Reporter
 
@@ -60,9 +62,17 @@ def agent_command(options: ProbeOptions) -> str:
 
 
 def probe(
-    address: Any, options: ProbeOptions, reporter: Reporter, listener: ProbeListener | None = None
+    address: Any,
+    options: ProbeOptions,
+    reporter: Reporter,
+    listener: ProbeListener | None = None,
+    expected: ExpectedShape | None = None,
 ) -> ProbeResult:
     """Run the probe on the guest at `address` (a provision.guest.GuestAddress).
+
+    With `expected`, the guest must see that shape before anything is measured (InvalidShape
+    otherwise). Concurrency levels run with OLLAMA_NUM_PARALLEL >= their largest level
+    (parallel.py), put back afterwards.
 
     With `--runs auto` the agent runs in batches on one SSH connection: AUTO_MIN_RUNS measured
     runs first, then one more at a time until the median eval tok/s is known to +-5 % or
@@ -75,8 +85,13 @@ def probe(
     vm = getattr(address, "name", "") or getattr(address, "host", "")
     reporter.stage("probe")
     reporter.step(f"connecting to {vm} ...")
-    collector = Collector(options, reporter, listener, vm)
-    with guest.connect(address) as session:
+    collector = Collector(options, reporter, listener, vm, expected)
+    with (
+        guest.connect(address) as session,
+        num_parallel_at_least(
+            session, options.max_users, options.ollama_url, reporter
+        ) as num_parallel,
+    ):
         for batch in _batches(options, collector.result):
             collector.start_batch()
             lines = session.stream_lines(
@@ -86,6 +101,8 @@ def probe(
             if not collector.result.complete:
                 raise _stopped_early(session, vm)
     result = collector.result
+    facts_value = result.facts.ollama_num_parallel if result.facts else None
+    result.num_parallel = num_parallel if num_parallel is not None else facts_value
     if options.runs_auto:
         reporter.step(result.precision_note())
     return result
@@ -111,4 +128,7 @@ def _stopped_early(session: Any, vm: str) -> ProbeError:
 
 
 def _overall_timeout(options: ProbeOptions) -> float:
+    if options.measures_levels:
+        levels = len(options.concurrency or (1,)) * max(1, len(options.thread_counts))
+        return options.run_timeout_s * (levels * options.runs + options.warmup + 2)
     return options.run_timeout_s * (options.runs + options.warmup + 1)

@@ -8,7 +8,14 @@ runs it finished.
 
 from __future__ import annotations
 
-from provision.store.queries import RESULT_COLUMNS, kept_runs, list_runs
+from provision.store.queries import (
+    LEVEL_COLUMNS,
+    RESULT_COLUMNS,
+    kept_levels,
+    kept_runs,
+    list_levels,
+    list_runs,
+)
 from provision.store.recording import (
     ProbeRecorder,
     VmRecord,
@@ -21,6 +28,7 @@ from provision.store.schema import DB_NAME, MIGRATIONS, connect, db_path, migrat
 
 __all__ = [
     "DB_NAME",
+    "LEVEL_COLUMNS",
     "MIGRATIONS",
     "RESULT_COLUMNS",
     "ProbeRecorder",
@@ -28,7 +36,9 @@ __all__ = [
     "connect",
     "db_path",
     "finish_probe",
+    "kept_levels",
     "kept_runs",
+    "list_levels",
     "list_runs",
     "migrate",
     "record_facts",

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
 
+from provision.probe.concurrency import LevelRound, RequestResult, group_levels
 from provision.store.schema import connect
 
 RESULT_COLUMNS = (
@@ -84,3 +86,136 @@ def _plain(key: str, value: Any) -> Any:
     if key in ("ok", "oom", "avx2") and value is not None:
         return bool(value)
     return value
+
+
+# -- concurrency levels -------------------------------------------------------------------
+
+_LEVEL_PROBE_FIELDS = (
+    "vm_name",
+    "cores",
+    "memory_mib",
+    "cpu_type",
+    "model",
+    "started_at",
+    "status",
+    "num_parallel",
+    "cpu_sockets",
+    "cpu_cores",
+    "cpu_threads_per_core",
+)
+_LEVEL_STAT_FIELDS = (
+    "users",
+    "repeats",
+    "completed",
+    "failed",
+    "aggregate_tps",
+    "tps_per_user_p50",
+    "ttft_p50_s",
+    "ttft_p95_s",
+    "ttft_max_s",
+    "itl_p50_s",
+    "itl_p95_s",
+    "queue_wait_p50_s",
+    "queue_wait_max_s",
+    "agent_cpu_pct",
+    "sampler_cpu_pct",
+)
+LEVEL_COLUMNS = (
+    "probe_id",
+    *_LEVEL_PROBE_FIELDS,
+    "num_thread",
+    "runner_threads",
+    "load_s",
+    *_LEVEL_STAT_FIELDS,
+    "peak_rss_bytes",
+)
+
+
+def list_levels(conn: sqlite3.Connection, vm: str | None = None) -> list[dict[str, Any]]:
+    """One row per concurrency level (users x thread count) of each probe, oldest first: the
+    statistics of provision/probe/concurrency.level_stats over the level's stored repeats.
+
+    This is the per-level data a capacity question starts from (LEVEL_COLUMNS)."""
+    where, params = "", []
+    if vm:
+        where, params = " WHERE p.vm_name = ?", [vm]
+    probes = conn.execute(
+        "SELECT p.id, p.vm_name, p.cores, p.memory_mib, p.cpu_type, p.model, p.started_at,"
+        " p.status, p.num_parallel, p.cpu_sockets, p.cpu_cores, p.cpu_threads_per_core"
+        " FROM probes p WHERE EXISTS (SELECT 1 FROM probe_levels l WHERE l.probe_id = p.id)"
+        + where.replace(" WHERE", " AND")
+        + " ORDER BY p.id",
+        params,
+    ).fetchall()
+    rows: list[dict[str, Any]] = []
+    for probe in probes:
+        loads = {
+            load["num_thread"]: load
+            for load in conn.execute(
+                "SELECT num_thread, load_s, runner_argv_threads FROM probe_thread_loads"
+                " WHERE probe_id = ? ORDER BY id",
+                (probe["id"],),
+            )
+        }
+        for stats in group_levels(_stored_rounds(conn, int(probe["id"]))):
+            load = loads.get(stats.num_thread)
+            row = {
+                "probe_id": probe["id"],
+                **{k: probe[k] for k in _LEVEL_PROBE_FIELDS},
+                "num_thread": stats.num_thread,
+                "runner_threads": load["runner_argv_threads"] if load else None,
+                "load_s": load["load_s"] if load else None,
+            }
+            data = stats.to_json()
+            row.update({k: data[k] for k in _LEVEL_STAT_FIELDS})
+            row["peak_rss_bytes"] = stats.peak_rss
+            rows.append(row)
+    return rows
+
+
+def _stored_rounds(conn: sqlite3.Connection, probe_id: int) -> list[LevelRound]:
+    rounds = []
+    for level in conn.execute(
+        "SELECT * FROM probe_levels WHERE probe_id = ? ORDER BY level_index", (probe_id,)
+    ).fetchall():
+        requests = tuple(
+            RequestResult(
+                ok=bool(r["ok"]),
+                error=r["error"],
+                ttft_s=r["ttft_s"],
+                queue_wait_s=r["queue_wait_s"],
+                eval_count=r["eval_count"],
+                eval_tps=r["eval_tps"],
+                tokens=int(r["tokens"]),
+                gaps_s=tuple(float(g) for g in json.loads(r["gaps_json"] or "[]")),
+            )
+            for r in conn.execute(
+                "SELECT * FROM probe_level_requests WHERE level_id = ? ORDER BY slot",
+                (level["id"],),
+            )
+        )
+        rounds.append(
+            LevelRound(
+                index=int(level["level_index"]),
+                users=int(level["users"]),
+                repeat=int(level["repeat"]),
+                num_thread=level["num_thread"],
+                wall_s=float(level["wall_s"]),
+                agent_cpu_s=level["agent_cpu_s"],
+                sampler_cpu_s=level["sampler_cpu_s"],
+                sampler_wall_s=level["sampler_wall_s"],
+                samples=int(level["samples"] or 0),
+                requests=requests,
+                peak_rss=level["peak_rss_bytes"],
+            )
+        )
+    return rounds
+
+
+def kept_levels(state_dir: Path, vm: str | None = None) -> list[dict[str, Any]]:
+    """list_levels on a connection of its own, closed before returning."""
+    conn = connect(state_dir)
+    try:
+        return list_levels(conn, vm)
+    finally:
+        conn.close()

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from provision import __version__
+from provision.probe.concurrency import LevelRound, ThreadLoad
 from provision.probe.facts import GuestFacts
 from provision.probe.parse import RunResult
 from provision.probe.stats import Stat
@@ -77,6 +78,80 @@ def record_facts(conn: sqlite3.Connection, probe_id: int, facts: GuestFacts) -> 
             probe_id,
         ),
     )
+
+
+def record_topology(conn: sqlite3.Connection, probe_id: int, facts: GuestFacts) -> None:
+    topology = facts.topology
+    if topology is None:
+        return
+    conn.execute(
+        "UPDATE probes SET cpu_sockets=?, cpu_cores=?, cpu_threads_per_core=? WHERE id=?",
+        (topology.sockets, topology.cores, topology.threads_per_core, probe_id),
+    )
+
+
+def record_thread_load(conn: sqlite3.Connection, probe_id: int, load: ThreadLoad) -> None:
+    """One thread count's load, counted apart from the levels measured after it."""
+    runner = load.runners[0] if load.runners else None
+    conn.execute(
+        "INSERT INTO probe_thread_loads (probe_id, num_thread, ok, error, load_s, wall_s,"
+        " runner_argv_threads, runner_tasks, runner_parallel) VALUES (?,?,?,?,?,?,?,?,?)",
+        (
+            probe_id,
+            load.num_thread,
+            load.ok,
+            load.error,
+            load.load_s,
+            load.wall_s,
+            runner.argv_threads if runner else None,
+            runner.tasks if runner else None,
+            runner.argv_parallel if runner else None,
+        ),
+    )
+
+
+def record_level(conn: sqlite3.Connection, probe_id: int, level: LevelRound) -> int:
+    """Commit one repeat of a concurrency level with its requests; returns its row id."""
+    with _transaction(conn):
+        cursor = conn.execute(
+            "INSERT INTO probe_levels (probe_id, level_index, users, repeat, num_thread, wall_s,"
+            " agent_cpu_s, sampler_cpu_s, sampler_wall_s, samples, peak_rss_bytes)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                probe_id,
+                level.index,
+                level.users,
+                level.repeat,
+                level.num_thread,
+                level.wall_s,
+                level.agent_cpu_s,
+                level.sampler_cpu_s,
+                level.sampler_wall_s,
+                level.samples,
+                level.peak_rss,
+            ),
+        )
+        level_id = int(cursor.lastrowid or 0)
+        conn.executemany(
+            "INSERT INTO probe_level_requests (level_id, slot, ok, error, ttft_s, queue_wait_s,"
+            " eval_count, eval_tps, tokens, gaps_json) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [
+                (
+                    level_id,
+                    slot,
+                    r.ok,
+                    r.error,
+                    r.ttft_s,
+                    r.queue_wait_s,
+                    r.eval_count,
+                    r.eval_tps,
+                    r.tokens,
+                    json.dumps(list(r.gaps_s)),
+                )
+                for slot, r in enumerate(level.requests)
+            ],
+        )
+    return level_id
 
 
 def record_run(conn: sqlite3.Connection, probe_id: int, run: RunResult) -> int:
@@ -159,6 +234,8 @@ def finish_probe(
     status: str,
     error: str | None,
     summary: Mapping[str, Stat | None] | None = None,
+    *,
+    num_parallel: int | None = None,
 ) -> None:
     summary_json = (
         json.dumps({k: asdict(v) if v else None for k, v in summary.items()})
@@ -168,7 +245,7 @@ def finish_probe(
     eval_tps = summary.get("eval_tps") if summary is not None else None
     conn.execute(
         "UPDATE probes SET finished_at=?, status=?, error=?, summary_json=?, eval_tps_n=?, "
-        "eval_tps_ci_low=?, eval_tps_ci_high=? WHERE id=?",
+        "eval_tps_ci_low=?, eval_tps_ci_high=?, num_parallel=?, shape_problem=? WHERE id=?",
         (
             _now(),
             status,
@@ -177,6 +254,8 @@ def finish_probe(
             eval_tps.n if eval_tps else None,
             eval_tps.ci_low if eval_tps else None,
             eval_tps.ci_high if eval_tps else None,
+            num_parallel,
+            error if status == "invalid" else None,
             probe_id,
         ),
     )
@@ -198,14 +277,24 @@ class ProbeRecorder:
 
     def on_facts(self, facts: GuestFacts) -> None:
         record_facts(self.conn, self.probe_id, facts)
+        record_topology(self.conn, self.probe_id, facts)
 
     def on_run(self, run: RunResult) -> None:
         record_run(self.conn, self.probe_id, run)
+
+    def on_level(self, level: LevelRound) -> None:
+        record_level(self.conn, self.probe_id, level)
+
+    def on_thread_load(self, load: ThreadLoad) -> None:
+        record_thread_load(self.conn, self.probe_id, load)
 
     def finish(
         self,
         status: str,
         error: str | None = None,
         summary: Mapping[str, Stat | None] | None = None,
+        *,
+        num_parallel: int | None = None,
     ) -> None:
-        finish_probe(self.conn, self.probe_id, status, error, summary)
+        """status: ok | failed | oom | invalid (the guest did not see the VM's shape)."""
+        finish_probe(self.conn, self.probe_id, status, error, summary, num_parallel=num_parallel)

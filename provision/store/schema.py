@@ -157,6 +157,56 @@ MIGRATIONS: list[str] = [
             REFERENCES sweep_points (sweep_id, cores, memory_mib, cpu_type) ON DELETE CASCADE
     );
     """,
+    # v6: concurrency levels and thread counts (provision/probe/concurrency.py): each level's
+    # repeats and their requests, each thread count's load (counted apart), the CPU topology
+    # the guest saw, OLLAMA_NUM_PARALLEL in force, and why a point was invalid
+    """
+    ALTER TABLE probes ADD COLUMN num_parallel INTEGER;
+    ALTER TABLE probes ADD COLUMN cpu_sockets INTEGER;
+    ALTER TABLE probes ADD COLUMN cpu_cores INTEGER;
+    ALTER TABLE probes ADD COLUMN cpu_threads_per_core INTEGER;
+    ALTER TABLE probes ADD COLUMN shape_problem TEXT;  -- set when status = 'invalid'
+    CREATE TABLE probe_thread_loads (
+        id INTEGER PRIMARY KEY,
+        probe_id INTEGER NOT NULL REFERENCES probes (id) ON DELETE CASCADE,
+        num_thread INTEGER,                  -- NULL: auto (Ollama's choice)
+        ok INTEGER NOT NULL,
+        error TEXT,
+        load_s REAL,                         -- Ollama's load_duration of the loading request
+        wall_s REAL,                         -- the load and the warm-up requests, in the guest
+        runner_argv_threads INTEGER,         -- -t N on the runner's command line (NULL: none)
+        runner_tasks INTEGER,                -- /proc/PID/task entries of the runner
+        runner_parallel INTEGER              -- -np N: the runner's parallel slots
+    );
+    CREATE TABLE probe_levels (
+        id INTEGER PRIMARY KEY,
+        probe_id INTEGER NOT NULL REFERENCES probes (id) ON DELETE CASCADE,
+        level_index INTEGER NOT NULL,        -- measurement order within the probe
+        users INTEGER NOT NULL,
+        repeat INTEGER NOT NULL,
+        num_thread INTEGER,
+        wall_s REAL NOT NULL,
+        agent_cpu_s REAL,
+        sampler_cpu_s REAL,
+        sampler_wall_s REAL,
+        samples INTEGER,
+        peak_rss_bytes INTEGER,
+        UNIQUE (probe_id, level_index)
+    );
+    CREATE TABLE probe_level_requests (
+        level_id INTEGER NOT NULL REFERENCES probe_levels (id) ON DELETE CASCADE,
+        slot INTEGER NOT NULL,
+        ok INTEGER NOT NULL,
+        error TEXT,
+        ttft_s REAL,
+        queue_wait_s REAL,
+        eval_count INTEGER,
+        eval_tps REAL,
+        tokens INTEGER NOT NULL,
+        gaps_json TEXT NOT NULL DEFAULT '[]',  -- inter-token gaps (s), timed in the guest
+        PRIMARY KEY (level_id, slot)
+    );
+    """,
 ]
 
 

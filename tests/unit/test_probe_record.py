@@ -48,7 +48,11 @@ def _probe_status(state_dir: Path, probe_id: int) -> tuple[str, str | None]:
 
 def _probe_returns(monkeypatch: pytest.MonkeyPatch, outcome: Any) -> None:
     def fake_probe(
-        address: Any, options: ProbeOptions, reporter: Any, listener: Any = None
+        address: Any,
+        options: ProbeOptions,
+        reporter: Any,
+        listener: Any = None,
+        expected: Any = None,
     ) -> ProbeResult:
         if isinstance(outcome, BaseException):
             raise outcome

@@ -29,8 +29,9 @@ Deviations from real Ollama (on purpose):
     without it a pull fails exactly like real Ollama without network.
   * The prompt is rendered with the model's template by string substitution, not Go's
     text/template (only {{ .Prompt }} and an optional {{ if .System }} block are supported).
-  * Requests to one model are served one at a time whatever OLLAMA_NUM_PARALLEL says (it sizes
-    llama-server's slots and context, as Ollama passes it).
+  * OLLAMA_NUM_PARALLEL as in v0.32.15: the real llama-server gets `-np N` slots and N x num_ctx
+    context, and up to N requests to one model run at once (the runner's semaphore); more wait
+    for a slot (Runner.serving). The hashing runner (one stdio pipe) serves one at a time.
   * The hashing runner (unit tests only) talks over stdio pipes and writes filler text.
 """
 
@@ -468,9 +469,36 @@ class RunnerDied(Exception):
 
 
 class RunnerProcess:
-    """A runner child process: alive while it runs, stopped with SIGTERM, then SIGKILL."""
+    """A runner child process: alive while it runs, stopped with SIGTERM, then SIGKILL.
+
+    Requests hold a reference from the moment the scheduler hands them the runner until they
+    end (server/sched.go:478 refCount++, :384 refCount--); a runner with references is neither
+    expired nor reloaded. Inside it, a request waits for one of `parallel` slots: v0.32.15's
+    llamaServerRunner.Completion acquires a semaphore of numParallel (llm/llama_server.go:960,
+    1536-1542), so requests beyond the slots queue in Ollama, not in llama-server.
+    """
 
     proc: subprocess.Popen[Any]
+    slots: threading.BoundedSemaphore
+    refs: int
+    refs_lock: threading.Lock
+
+    def _init_slots(self, parallel: int) -> None:
+        self.slots = threading.BoundedSemaphore(max(1, parallel))
+        self.refs = 0
+        self.refs_lock = threading.Lock()
+
+    def hold(self) -> None:
+        with self.refs_lock:
+            self.refs += 1
+
+    def release(self) -> None:
+        with self.refs_lock:
+            self.refs -= 1
+
+    def busy(self) -> bool:
+        with self.refs_lock:
+            return self.refs > 0
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -497,7 +525,7 @@ class Loaded(RunnerProcess):
         parallel: int,
     ) -> None:
         self.model, self.options, self.runner_key, self.ctx = model, options, runner_key, ctx
-        self.lock = threading.Lock()
+        self._init_slots(1)  # one stdio pipe: one request at a time whatever --parallel says
         self.expires_at = time.time() + KEEP_ALIVE_DEFAULT_S
         threads = int(options.get("num_thread") or 0)
         command = [
@@ -695,7 +723,7 @@ class LlamaServerLoaded(RunnerProcess):
         if binary is None or model.model_blob is None:
             raise RunnerDied("llama-server binary not found")
         self.model, self.options, self.runner_key, self.ctx = model, options, runner_key, ctx
-        self.lock = threading.Lock()
+        self._init_slots(parallel)  # llm/llama_server.go:960 semaphore.NewWeighted(numParallel)
         self.expires_at = time.time() + KEEP_ALIVE_DEFAULT_S
         self.port = _free_port()
         self.last_error = ""
@@ -897,21 +925,32 @@ class Scheduler:
         threading.Thread(target=self._expire_loop, daemon=True).start()
 
     def get(self, model: LocalModel, options: dict[str, Any]) -> tuple[Runner, int]:
-        """The runner for model with these runner options, loading it if needed; load ns."""
+        """The runner for model with these runner options, loading it if needed; load ns.
+
+        The caller holds a reference on the runner it gets and must release() it. A request
+        needing other runner options (num_thread, num_ctx...) waits until the loaded runner's
+        requests are done, then reloads it (server/sched.go:256-259 needsReload, :345-357:
+        expire once refCount is 0, wait for the unload).
+        """
         key = tuple(options.get(k) for k in RUNNER_OPTIONS)
-        with self.lock:
-            current = self.loaded.get(model.name.display)
-            if current and current.alive() and current.runner_key == key:
-                return current, 0
-            if current:
-                current.stop()
-                del self.loaded[model.name.display]
-            t0 = time.perf_counter_ns()
-            ctx = int(options.get("num_ctx") or self.default_ctx)
-            runner: type[Runner] = LlamaServerLoaded if _real_llama_server() else Loaded
-            loaded = runner(model, options, key, ctx, self.parallel)
-            self.loaded[model.name.display] = loaded
-            return loaded, time.perf_counter_ns() - t0
+        t0 = time.perf_counter_ns()
+        while True:
+            with self.lock:
+                current = self.loaded.get(model.name.display)
+                if current and current.alive() and current.runner_key == key:
+                    current.hold()
+                    return current, 0
+                if current is None or not current.alive() or not current.busy():
+                    if current:
+                        current.stop()
+                        del self.loaded[model.name.display]
+                    ctx = int(options.get("num_ctx") or self.default_ctx)
+                    runner: type[Runner] = LlamaServerLoaded if _real_llama_server() else Loaded
+                    loaded = runner(model, options, key, ctx, self.parallel)
+                    loaded.hold()
+                    self.loaded[model.name.display] = loaded
+                    return loaded, time.perf_counter_ns() - t0
+            time.sleep(0.05)  # the loaded runner still serves requests with other options
 
     def unload(self, name: str) -> None:
         with self.lock:
@@ -932,7 +971,7 @@ class Scheduler:
                 expired = [
                     n
                     for n, m in self.loaded.items()
-                    if (m.expires_at <= now and not m.lock.locked()) or not m.alive()
+                    if (m.expires_at <= now and not m.busy()) or not m.alive()
                 ]
                 victims = [self.loaded.pop(n) for n in expired]
             for victim in victims:
@@ -1190,8 +1229,25 @@ class Handler(http.server.BaseHTTPRequestHandler):
             )
             return
         loaded, load_ns = self._load(model, options)
-        with loaded.lock:
+        try:
             loaded.expires_at = time.time() + keep_alive
+            self._serve(loaded, body, prompt, options, chat, stream, t_start, load_ns, keep_alive)
+        finally:
+            loaded.release()
+
+    def _serve(
+        self,
+        loaded: Runner,
+        body: dict[str, Any],
+        prompt: str,
+        options: dict[str, Any],
+        chat: bool,
+        stream: bool,
+        t_start: int,
+        load_ns: int,
+        keep_alive: float,
+    ) -> None:
+        base = {"model": loaded.model.name.display}
         if not prompt:
             self._reply_final(
                 stream,
@@ -1263,7 +1319,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         prompt_stats: dict[str, Any] = {}
         final_stats: dict[str, Any] = {}
         started = False
-        with loaded.lock:
+        with loaded.slots:  # wait for one of the runner's parallel slots
             try:
                 for event in loaded.generate(request):
                     if "text" in event:
@@ -1294,7 +1350,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 raise ApiError(500, str(err)) from err
             loaded.expires_at = time.time() + keep_alive
         if keep_alive == 0:
-            self.scheduler.unload(name)
+            # sched.go:384-392: a zero session expires once the last request is done
+            loaded.expires_at = 0.0
+            if loaded.refs <= 1:  # only this request's own reference
+                self.scheduler.unload(name)
         final: dict[str, Any] = {
             "model": name,
             "created_at": now_rfc3339(),
