@@ -107,8 +107,8 @@ class CpuTopology:
     @property
     def label(self) -> str:
         return (
-            f"{self.sockets or '?'} socket(s) x {self.cores or '?'} core(s) x "
-            f"{self.threads_per_core or '?'} thread(s)"
+            f"{self.sockets or '?'} socket(s), {self.cores or '?'} core(s), "
+            f"{self.threads_per_core or '?'} thread(s) per core"
         )
 
 
