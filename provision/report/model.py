@@ -43,8 +43,8 @@ class Row:
             return "unreached" if self.skip is Skip.NOT_REACHED else "inferred"
         if self.measurement.status is Status.OOM:
             return "oom"
-        if self.measurement.status is Status.FAILED:
-            return "failed"
+        if self.measurement.status.unmeasured:
+            return self.measurement.status.value
         return "meets" if self.feasible else "misses"
 
     @property

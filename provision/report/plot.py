@@ -101,7 +101,7 @@ def _draw_marks(axes: plt.Axes, measured: list[Row], report: SweepReport) -> Non
     for row in measured:
         m = row.measurement
         assert m is not None
-        if row.state in ("oom", "failed") or m.eval_tps is None:
+        if row.state in ("oom", "failed", "invalid") or m.eval_tps is None:
             axes.scatter(
                 [row.shape.cores], [0], marker="x", color=_MISS_COLOR, s=60, zorder=4, clip_on=False
             )

@@ -18,6 +18,7 @@ _STATE_STYLE = {
     "misses": "yellow",
     "oom": "red",
     "failed": "red",
+    "invalid": "red",
     "inferred": "dim",
     "skipped": "dim italic",
     "unreached": "dim italic",
@@ -63,7 +64,15 @@ def summary_line(report: SweepReport) -> str:
             "or a probe failed)"
         )
     if result.failed:
-        parts.append(f"{len(result.failed)} probes failed")
+        invalid = sum(1 for m in result.failed if m.status.value == "invalid")
+        parts.append(
+            f"{len(result.failed) - invalid} probes failed"
+            if not invalid
+            else (
+                f"{len(result.failed)} probes failed or invalid ({invalid} invalid: the guest did "
+                "not see its shape)"
+            )
+        )
     parts.append(f"targets: {report.targets.describe()}")
     return "; ".join(parts)
 

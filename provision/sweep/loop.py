@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from provision.errors import GuestError, Interrupted, ProbeError, SweepError
+from provision.errors import GuestError, Interrupted, InvalidShape, ProbeError, SweepError
 from provision.progress import Reporter
 from provision.shape import NodeCapacity, Shape, check_fits, format_mib
 from provision.sweep.db import SweepRecord, SweepStore
@@ -122,8 +122,8 @@ class SweepLoop:
         if record.original_shape is not None:  # after a kill: what the killed run found
             originals[self.workers[0].controller.name] = record.original_shape
         cached = {
-            m.shape: m for m in self.store.measurements(record.id) if m.status is not Status.FAILED
-        }  # failed probes are tried again
+            m.shape: m for m in self.store.measurements(record.id) if not m.status.unmeasured
+        }  # failed and invalid probes are tried again
         outcome = SweepOutcome(record, _empty_result(plan))
         self.reporter.stage("sweep")
         self.reporter.step(
@@ -237,6 +237,8 @@ def _probe_one(
     try:
         rebooted = worker.controller.apply(shape)
         measurement = worker.prober.measure(shape)
+    except InvalidShape as error:
+        measurement = Measurement(shape, Status.INVALID, error=str(error))
     except (ProbeError, GuestError) as error:
         measurement = Measurement(shape, Status.FAILED, error=str(error))
     return measurement, rebooted, name, round(time.monotonic() - started, 1)
@@ -285,8 +287,8 @@ def _probe_parallel(
 def _summary(m: Measurement) -> str:
     if m.status is Status.OOM:
         return f"does not fit ({m.details.get('oom_figure') or 'OOM'})"
-    if m.status is Status.FAILED:
-        return f"failed ({m.error})"
+    if m.status.unmeasured:
+        return f"{m.status.value} ({m.error})"
     parts = [f"{m.eval_tps:.1f} tok/s" if m.eval_tps is not None else "tok/s not reported"]
     if m.ttft_s is not None:
         parts.append(f"TTFT {m.ttft_s:.2f} s")

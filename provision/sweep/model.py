@@ -26,6 +26,14 @@ class Status(StrEnum):
     OK = "ok"  # the model ran; numbers are in the measurement
     OOM = "oom"  # the runner was OOM-killed: the model does not fit in this RAM
     FAILED = "failed"  # the probe could not measure (SSH lost, Ollama down, ...)
+    # the guest did not see the shape (cores, RAM) it was given: nothing measured, never a
+    # measurement of that shape (provision/probe/shape_check.py)
+    INVALID = "invalid"
+
+    @property
+    def unmeasured(self) -> bool:
+        """No figures: tried again by a resumed sweep, never counted as that shape's."""
+        return self in (Status.FAILED, Status.INVALID)
 
 
 @dataclass(frozen=True)
@@ -252,6 +260,8 @@ def evaluate(measurement: Measurement, targets: Targets) -> Verdict:
         return Verdict(False, (reason,), memory_bound=True)
     if measurement.status is Status.FAILED:
         return Verdict(False, (f"probe failed: {measurement.error or 'unknown reason'}",))
+    if measurement.status is Status.INVALID:
+        return Verdict(False, (measurement.error or "invalid point: the guest saw another shape",))
     reasons: list[str] = []
     memory_bound = False
     tps, ttft = measurement.eval_tps, measurement.ttft_s

@@ -182,7 +182,7 @@ class SearchResult:
 
     @property
     def failed(self) -> tuple[Measurement, ...]:
-        return tuple(m for m in self.measurements if m.status is Status.FAILED)
+        return tuple(m for m in self.measurements if m.status.unmeasured)
 
 
 def search(
@@ -270,13 +270,14 @@ def _ruled_out(shape: Shape, misses: list[Measurement], targets: Targets) -> Unp
         and m.shape.cores >= shape.cores
         and m.shape.memory_mib >= shape.memory_mib
     ]
-    measured = [m for m in covering if m.status is not Status.FAILED]
+    measured = [m for m in covering if not m.status.unmeasured]
     if not covering:
         return None
     nearest = min(measured or covering, key=lambda m: (m.shape.cores, m.shape.memory_mib))
-    if nearest.status is Status.FAILED:
+    if nearest.status.unmeasured:
         return Unprobed(
-            f"not probed: the probe of {nearest.shape.label} failed and counted as "
+            f"not probed: the probe of {nearest.shape.label} "
+            f"{'failed' if nearest.status is Status.FAILED else 'was invalid'} and counted as "
             "a miss; run the sweep again to retry it",
             Skip.NOT_REACHED,
         )
