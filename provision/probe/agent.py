@@ -976,9 +976,10 @@ def load_runner(
 ) -> bool:
     """Load the model with this thread count before measuring, and report the load apart.
 
-    An empty prompt only schedules the model (server/routes.go: load, done_reason "load");
-    num_thread is a runner option, so a new value restarts the runner. Then `warmup` single
-    requests, not measured. False when the load failed (the level cannot run).
+    An empty prompt only schedules the model and is answered once it is loaded, with
+    done_reason "load" and no durations (server/routes.go:475-483 in v0.32.15), so the load is
+    timed here, in the guest. num_thread is a runner option: a new value restarts the runner.
+    Then `warmup` single requests, not measured. False when the load failed.
     """
     model = options["model"]
     wall0 = time.monotonic()
@@ -995,6 +996,7 @@ def load_runner(
         )
     except OSError as error:
         status, body = 0, {"error": f"connection to Ollama failed: {error}"}
+    load_wall_s = time.monotonic() - wall0
     ok = status == 200 and isinstance(body, dict) and not body.get("error")
     warmups = []
     if ok:
@@ -1009,6 +1011,7 @@ def load_runner(
         ok=ok,
         error=None if ok else str((body or {}).get("error") or f"HTTP {status}"),
         load_duration=(body or {}).get("load_duration") if ok else None,
+        load_wall_s=round(load_wall_s, 4),
         wall_s=round(time.monotonic() - wall0, 4),
         warmups_ok=warmups,
         runners=runner_threads(processes),

@@ -217,18 +217,20 @@ class ThreadLoad:
     num_thread: int | None
     ok: bool
     error: str | None
-    load_s: float | None
-    wall_s: float
+    load_s: float | None  # the loading request's time: Ollama answers it once loaded
+    wall_s: float  # the load and the warm-up requests
     runners: tuple[RunnerThreads, ...]
 
     @classmethod
     def from_event(cls, event: Mapping[str, Any]) -> ThreadLoad:
+        # Ollama sends no load_duration for a prompt-less request (server/routes.go:478-483);
+        # then the guest's own timing of that request is the load.
         load_ns = count_of(event, "load_duration")
         return cls(
             num_thread=count_of(event, "num_thread"),
             ok=bool(event.get("ok")),
             error=event.get("error") or None,
-            load_s=load_ns / 1e9 if load_ns is not None else None,
+            load_s=load_ns / 1e9 if load_ns is not None else number(event, "load_wall_s"),
             wall_s=float(event.get("wall_s") or 0.0),
             runners=tuple(
                 RunnerThreads(

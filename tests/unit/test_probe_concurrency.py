@@ -168,3 +168,9 @@ def test_more_runner_threads_than_vcpus_is_warned_about() -> None:
 @pytest.mark.parametrize("threads", [None, 1, 2])
 def test_runner_threads_within_the_vcpus_are_not_warned_about(threads: int | None) -> None:
     assert thread_warning(load_with(threads), vcpus=2) is None
+
+
+def test_a_load_without_ollamas_duration_is_timed_by_the_guest() -> None:
+    # Ollama answers a prompt-less load request without durations (server/routes.go:478-483)
+    load = ThreadLoad.from_event({"num_thread": 1, "ok": True, "load_wall_s": 4.2, "wall_s": 6.0})
+    assert load.load_s == pytest.approx(4.2)
