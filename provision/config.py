@@ -183,6 +183,13 @@ KEYS: tuple[Key, ...] = (
         "simultaneous users per level, e.g. 1,2,4; empty = one stream per run",
     ),
     Key("probe", "num_thread", str, "", "runner threads, e.g. auto,1,2,4; empty = Ollama's choice"),
+    Key(
+        "probe",
+        "check_shape",
+        bool,
+        True,
+        "refuse to measure a guest not seeing the VM's cores and RAM (false: a stand-in host)",
+    ),
 )
 
 _SECTIONS = {k.section for k in KEYS}

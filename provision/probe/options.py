@@ -66,6 +66,7 @@ def options_from_config(
         cold=cold,
         concurrency=tuple(u for u in users if u is not None),
         thread_counts=threads if len(threads) > 1 or users else (),
+        check_shape=bool(config.get("probe.check_shape")),
     ).validated()
     check_level_bounds(options, None, None)
     return options

@@ -85,7 +85,11 @@ def record_probe(
     shape is kept as 'invalid' (nothing measured) and raised; any other failure, Ctrl-C
     included, is kept as 'failed' and raised. `stored_options` default to kept_options(options).
     """
-    expected = ExpectedShape(vm.cores, vm.memory_mib) if vm.cores and vm.memory_mib else None
+    expected = (
+        ExpectedShape(vm.cores, vm.memory_mib)
+        if options.check_shape and vm.cores and vm.memory_mib
+        else None
+    )
     connection = store.connect(state_dir)
     try:
         recorder = store.ProbeRecorder(

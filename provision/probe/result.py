@@ -43,6 +43,10 @@ class ProbeOptions:
     # runner thread counts to measure, None = Ollama's choice ("auto"); more than one, or any
     # concurrency, makes the probe measure levels (provision/probe/concurrency.py)
     thread_counts: tuple[int | None, ...] = ()
+    # the guest must see the VM's shape before anything is measured (shape_check.py); off only
+    # for a stand-in that is not the VM (a host reached over loopback, a container without
+    # lxcfs), where the figures are then not the shape's
+    check_shape: bool = True
 
     @property
     def measures_levels(self) -> bool:

@@ -56,7 +56,10 @@ def test_a_sweep_with_the_real_probe_records_points_linked_to_their_probe_runs(
     local_sshd: LocalSshd, ollama_double: DoubleOllama, tmp_path: Path
 ) -> None:
     vm = FakeVm(shape=Shape(2, 4 * G))
-    options = ProbeOptions(runs=2, warmup=0, num_predict=16, ollama_url=ollama_double.url)
+    # this host stands in for the VM and is not reshaped: its guest-side shape check is off
+    options = ProbeOptions(
+        runs=2, warmup=0, num_predict=16, ollama_url=ollama_double.url, check_shape=False
+    )
     lab = LoopbackLab(vm, local_sshd.address)
     prober = LabProber(
         lab,  # type: ignore[arg-type]

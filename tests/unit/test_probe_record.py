@@ -118,3 +118,40 @@ def test_the_options_kept_name_the_prompt_by_length_and_the_sweep_identity_by_ha
     assert kept_options(short)["prompt_chars"] == 3 and "prompt" not in kept_options(short)
     assert kept_options(short) == kept_options(other)
     assert identity_options(short) != identity_options(other)
+
+
+@pytest.mark.parametrize("check", [True, False])
+def test_the_vms_shape_is_what_the_guest_must_see_unless_the_check_is_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, check: bool
+) -> None:
+    from provision.probe.shape_check import ExpectedShape
+
+    asked: list[Any] = []
+
+    def fake_probe(
+        address: Any,
+        options: ProbeOptions,
+        reporter: Any,
+        listener: Any = None,
+        expected: Any = None,
+    ) -> ProbeResult:
+        asked.append(expected)
+        return ProbeResult(vm="gemma", options=options, complete=True)
+
+    monkeypatch.setattr(probe_run, "probe", fake_probe)
+    record_probe(tmp_path, VM, object(), ProbeOptions(check_shape=check), NullReporter())
+
+    assert asked == [ExpectedShape(cores=2, memory_mib=4096) if check else None]
+
+
+def test_an_invalid_shape_is_kept_as_invalid_and_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from provision.errors import InvalidShape
+
+    _probe_returns(monkeypatch, InvalidShape("invalid point: gemma does not see its shape"))
+    with pytest.raises(InvalidShape):
+        record_probe(tmp_path, VM, object(), ProbeOptions(), NullReporter())
+    with sqlite3.connect(store.db_path(tmp_path)) as db:
+        row = db.execute("SELECT status, shape_problem FROM probes").fetchone()
+    assert tuple(row) == ("invalid", "invalid point: gemma does not see its shape")
