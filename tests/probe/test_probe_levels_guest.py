@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import csv
 import io
+import signal
 import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
 
+from provision.errors import ExitCode
 from provision.store import LEVEL_COLUMNS
 from tests.support.e2e_lab import E2eLab, guest_lab
 from tests.support.guests import system_ssh
@@ -79,6 +82,42 @@ def test_concurrency_levels_run_with_enough_slots_and_put_the_service_back(
     table = ok(lab, "results", "--levels", "--csv").stdout
     rows = list(csv.DictReader(io.StringIO(table)))
     assert list(rows[0]) == list(LEVEL_COLUMNS) and [r["users"] for r in rows] == ["1", "2"]
+
+
+def levels_kept(lab: Lab) -> int:
+    try:
+        with sqlite3.connect(lab.state / "labctl.sqlite") as db:
+            return int(db.execute("SELECT COUNT(*) FROM probe_levels").fetchone()[0])
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+
+
+def test_ctrl_c_during_the_levels_keeps_those_measured_and_puts_the_service_back(
+    levels_lab: E2eLab,
+) -> None:
+    lab = levels_lab.cli
+    before_env = in_guest(lab, "systemctl show -p Environment --value ollama")
+    before = levels_kept(lab)
+    child = lab.start("probe", VM, "--concurrency", "1,2", "--runs", "3", "--num-predict", "48")
+    try:
+        deadline = time.monotonic() + 300
+        while levels_kept(lab) == before and time.monotonic() < deadline:
+            assert child.poll() is None, child.communicate()
+            time.sleep(0.1)
+        child.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        _, stderr = child.communicate(timeout=300)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+
+    assert child.returncode == ExitCode.INTERRUPTED, stderr
+    assert "putting OLLAMA_NUM_PARALLEL back" in stderr and "Traceback" not in stderr
+    assert in_guest(lab, f"test -e {DROPIN} && echo left || echo gone") == "gone"
+    assert in_guest(lab, "systemctl show -p Environment --value ollama") == before_env
+    with sqlite3.connect(lab.state / "labctl.sqlite") as db:
+        status = db.execute("SELECT status FROM probes ORDER BY id DESC LIMIT 1").fetchone()[0]
+    assert status == "failed" and levels_kept(lab) > before  # what was measured is kept
 
 
 def test_thread_counts_are_loaded_apart_and_the_runner_runs_with_them(
