@@ -133,7 +133,7 @@ def sweep(
     from provision.pve.lease import parse_wait
     from provision.sweep.loop import SweepPlan, check_space_fits
     from provision.sweep.model import parse_space, parse_targets
-    from provision.sweep.service import parse_service
+    from provision.sweep.service import parse_service, with_service_levels
     from provision.sweep.session import SweepSession, running_vm
 
     app.json_output = app.json_output or json_flag
@@ -155,6 +155,7 @@ def sweep(
         num_predict=num_predict,
         prompt_file=prompt_file,
     )
+    options = with_service_levels(options, service)
     lab = app.lab()
     info = running_vm(lab, name)
     if cpu_types is None:

@@ -144,7 +144,9 @@ class Collector:
     def on_level(self, event: dict[str, Any]) -> None:
         peaks = parse.RunPeaks.from_samples(self.samples)
         self.samples = []
-        level = LevelRound.from_event(event, peak_rss=peaks.peak_rss)
+        level = LevelRound.from_event(
+            event, peak_rss=peaks.peak_rss, peak_mem_used=peaks.peak_mem_used
+        )
         self.result.rounds.append(level)
         if isinstance(self.listener, LevelListener):
             self.listener.on_level(level)

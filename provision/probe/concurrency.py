@@ -101,9 +101,15 @@ class LevelRound:
     samples: int
     requests: tuple[RequestResult, ...]
     peak_rss: int | None = None
+    peak_mem_used: int | None = None  # the VM's MemTotal - lowest MemAvailable in this round
 
     @classmethod
-    def from_event(cls, event: Mapping[str, Any], peak_rss: int | None = None) -> LevelRound:
+    def from_event(
+        cls,
+        event: Mapping[str, Any],
+        peak_rss: int | None = None,
+        peak_mem_used: int | None = None,
+    ) -> LevelRound:
         sampler = event.get("sampler") or {}
         return cls(
             index=int(event.get("index") or 0),
@@ -117,6 +123,7 @@ class LevelRound:
             samples=int(sampler.get("samples") or 0),
             requests=tuple(RequestResult.from_event(r) for r in event.get("requests") or ()),
             peak_rss=peak_rss,
+            peak_mem_used=peak_mem_used,
         )
 
 
@@ -146,6 +153,7 @@ class LevelStats:
     sampler_cpu_pct: float | None
     peak_rss: int | None
     errors: tuple[str, ...] = field(default=())
+    peak_mem_used: int | None = None  # in memory only: what the sweep's peak-used figure takes
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -169,6 +177,7 @@ def level_stats(rounds: Sequence[LevelRound]) -> LevelStats:
         if one.sampler_cpu_s is not None and one.sampler_wall_s
     ]
     rss = [one.peak_rss for one in rounds if one.peak_rss is not None]
+    used = [one.peak_mem_used for one in rounds if one.peak_mem_used is not None]
     return LevelStats(
         users=rounds[0].users,
         num_thread=rounds[0].num_thread,
@@ -188,6 +197,7 @@ def level_stats(rounds: Sequence[LevelRound]) -> LevelStats:
         sampler_cpu_pct=max(sampler_cpu) if sampler_cpu else None,
         peak_rss=max(rss) if rss else None,
         errors=tuple(dict.fromkeys(r.error for r in requests if r.error)),
+        peak_mem_used=max(used) if used else None,
     )
 
 

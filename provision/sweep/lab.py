@@ -17,6 +17,7 @@ from provision.errors import ModelDoesNotFit, ProbeError
 from provision.progress import Reporter
 from provision.shape import Shape
 from provision.sweep.model import Measurement, Status
+from provision.sweep.service import LevelPoint
 
 if TYPE_CHECKING:
     from provision.probe.result import ProbeOptions, ProbeResult
@@ -117,6 +118,8 @@ def measurement_from_probe(
                 "fma": facts.has_flag("fma"),
             }
         )
+    if result.levels:
+        return measurement_from_levels(shape, result, extra)
     if eval_tps is None:
         reasons = "; ".join(r.error for r in result.runs if r.error) or "no run succeeded"
         return Measurement(shape, Status.FAILED, error=reasons, details=extra)
@@ -135,3 +138,42 @@ def measurement_from_probe(
             else None
         ),
     )
+
+
+def measurement_from_levels(
+    shape: Shape, result: ProbeResult, details: dict[str, Any]
+) -> Measurement:
+    """A service sweep's probe measured concurrency levels instead of single runs: the shape's
+    tok/s and TTFT are those of one user alone, its peak the worst level's, and every level is
+    kept for the service targets."""
+    levels = tuple(
+        LevelPoint(
+            users=lv.users,
+            ttft_p95_s=lv.ttft_p95_s,
+            tps_per_user=lv.tps_per_user_p50,
+            aggregate_tps=lv.aggregate_tps,
+            completed=lv.completed,
+            failed=lv.failed,
+        )
+        for lv in result.levels
+    )
+    if not any(lv.completed for lv in result.levels):
+        errors = "; ".join(e for lv in result.levels for e in lv.errors) or "no request succeeded"
+        return Measurement(shape, Status.FAILED, error=errors, details=details, levels=levels)
+    alone = next((lv for lv in result.levels if lv.users == 1), None)
+    peaks = [lv.peak_mem_used for lv in result.levels if lv.peak_mem_used is not None]
+    total_bytes = result.facts.mem_total_bytes if result.facts is not None else None
+    return Measurement(
+        shape,
+        Status.OK,
+        eval_tps=_rounded(alone.tps_per_user_p50 if alone else None, 2),
+        ttft_s=_rounded(alone.ttft_p50_s if alone else None, 3),
+        mem_total_mib=int(total_bytes // MIB) if total_bytes else None,
+        peak_used_mib=int(max(peaks) // MIB) if peaks else None,
+        details=details,
+        levels=levels,
+    )
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)

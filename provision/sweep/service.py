@@ -7,10 +7,11 @@ slowest-typical (median) per-user eval rate both meet their targets and no reque
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from provision.errors import UsageError
+from provision.probe.result import ProbeOptions
 
 MAX_USERS = 64  # a homelab service; each user is one more parallel slot's KV cache in RAM
 
@@ -176,3 +177,14 @@ def _s(value: float | None) -> str:
 
 def _tps(value: float | None) -> str:
     return "not reported" if value is None else f"{value:.1f}"
+
+
+def with_service_levels(options: ProbeOptions, service: ServiceTargets | None) -> ProbeOptions:
+    """The probe options of a service sweep: each shape is probed at service.levels users."""
+    if service is None:
+        return options
+    if options.runs_auto:
+        raise UsageError(
+            "--users measures levels of --runs N repeats each; --runs auto is not for it"
+        )
+    return replace(options, concurrency=service.levels).validated()

@@ -212,6 +212,21 @@ def test_no_shape_meets_the_target_exit_8_and_the_report_shows_the_best_seen(lab
         (("--cores", "2", "--ram", "4G", "--users", "3"), "--users N needs a target"),
         (("--cores", "2", "--ram", "4G", "--min-tps-per-user", "5"), "need --users N"),
         (("--cores", "2", "--ram", "4G", "--min-tps", "1", "--runs", "soon"), "'soon'"),
+        (
+            (
+                "--cores",
+                "2",
+                "--ram",
+                "4G",
+                "--users",
+                "2",
+                "--max-ttft-p95",
+                "2s",
+                "--runs",
+                "auto",
+            ),
+            "--runs auto is not for it",
+        ),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(

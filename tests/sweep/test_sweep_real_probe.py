@@ -22,6 +22,7 @@ from provision.sweep.db import SweepStore
 from provision.sweep.lab import LabProber
 from provision.sweep.loop import SweepLoop, SweepPlan, Worker
 from provision.sweep.model import Space, Status, Targets, evaluate
+from provision.sweep.service import ServiceTargets, with_service_levels
 from tests.support.installed_double import DoubleOllama
 from tests.support.reporting import RecordingReporter
 from tests.support.sshd import LocalSshd
@@ -128,3 +129,48 @@ def test_the_runner_killed_for_memory_becomes_an_oom_point(
         .fetchone()
     )
     assert status[0] == "oom"
+
+
+def test_a_service_sweep_probes_each_shape_at_its_user_levels_and_keeps_them(
+    local_sshd: LocalSshd, ollama_double: DoubleOllama, tmp_path: Path
+) -> None:
+    vm = FakeVm(shape=Shape(2, 4 * G))
+    service = ServiceTargets(users=2, max_ttft_p95_s=120.0, min_tps_per_user=0.01)
+    options = with_service_levels(
+        ProbeOptions(
+            runs=1, warmup=0, num_predict=8, ollama_url=ollama_double.url, check_shape=False
+        ),
+        service,
+    )
+    assert options.concurrency == (1, 2)
+    lab = LoopbackLab(vm, local_sshd.address)
+    prober = LabProber(
+        lab,  # type: ignore[arg-type]
+        "gemma",
+        options,
+        tmp_path,
+        RecordingReporter(),
+        {"model": options.model, "concurrency": [1, 2]},
+    )
+    sweeps = SweepStore(store.connect(tmp_path))
+    plan = SweepPlan(
+        vm="gemma",
+        space=Space((1, 2), (4 * G,), ("host",)),
+        targets=Targets(service=service),
+        strategy="grid",
+    )
+
+    outcome = SweepLoop(sweeps, [Worker(vm, prober)], RecordingReporter()).run(plan)
+
+    points = sweeps.measurements(outcome.record.id)  # as a resumed sweep or a report reads them
+    for point in points:
+        assert point.status is Status.OK, point
+        assert [(lv.users, lv.completed, lv.failed) for lv in point.levels] == [
+            (1, 1, 0),
+            (2, 2, 0),
+        ]
+        assert all(lv.ttft_p95_s and lv.tps_per_user for lv in point.levels)
+        assert point.eval_tps == pytest.approx(point.levels[0].tps_per_user, abs=0.01)  # alone
+        assert evaluate(point, plan.targets).feasible
+    minimum = outcome.result.minimum
+    assert minimum is not None and minimum.shape.cores == 1
