@@ -10,8 +10,10 @@ folders use are registered here once, as plugins, so a folder's conftest only ho
 
 from __future__ import annotations
 
+import getpass
 import os
 import signal
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,26 @@ def pytest_configure(config: pytest.Config) -> None:
     # inherits the ignore too, so the Ctrl-C tests would test nothing. Ctrl-C as a user has it.
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    # SIGTERM (a stopped job, `timeout`) stops the run as Ctrl-C does, so the session fixtures
+    # are torn down: Python's default would end pytest at once and leave the guest backend's
+    # guests and lxcfs running, and its FUSE mount dead once they are killed in turn.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # A run killed whole (every process at once) cannot unmount its guest backend's lxcfs: the
+    # mount stays, dead, under pytest's temp root, and pytest's removal of old temp dirs then
+    # fails on it with "Transport endpoint is not connected". Unmount such mounts first.
+    if os.geteuid() == 0:
+        from provision.sim.guests.lxcfs import unmount_dead
+
+        unmount_dead(_pytest_temp_root())
+
+
+def _pytest_temp_root() -> Path:
+    """Where pytest keeps its numbered temp dirs (_pytest/tmpdir.py getbasetemp)."""
+    temproot = Path(os.environ.get("PYTEST_DEBUG_TEMPROOT") or tempfile.gettempdir())
+    return temproot.resolve() / f"pytest-of-{getpass.getuser()}"
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

@@ -11,6 +11,13 @@ blocks holds a worker: every guest-agent endpoint is protected (qemu-server
 other protected call (status/current, task status, config, start, ...) waits for one. Each node
 has its own pvedaemon.
 
+A call that starts a task (start, shutdown, stop, destroy, clone, ...) holds its worker only
+until the task is forked: `fork_worker` forks the task's process and, for an API call, returns the
+UPID as soon as the child reports it started (pve-common `src/PVE/RESTEnvironment.pm:520,
+686-745`: the parent waits for the child only when `$sync`, i.e. on the CLI). Here the task runs
+in its own thread (models/tasks.py `_spawn`) and the handler returns its UPID at once, so a
+running task holds no worker.
+
 Not simulated: pveproxy gives up on a proxied request after 30 s (`AnyEvent.pm:835`); here a
 call waits for a worker as long as it takes.
 """

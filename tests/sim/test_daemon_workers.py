@@ -27,14 +27,19 @@ def pool_sim(tmp_path: Path) -> Iterator[SimServer]:
         yield server
 
 
-def start_vms(server: SimServer, count: int) -> list[int]:
-    prox = token_api(server)
+def running_vms(prox: Any, count: int) -> list[int]:
     vmids = []
     for _ in range(count):
         vmid = int(prox.cluster.nextid.get())
         wait(prox, prox.nodes("pve").qemu(9000).clone.post(newid=vmid))
         wait(prox, prox.nodes("pve").qemu(vmid).status.start.post())
         vmids.append(vmid)
+    return vmids
+
+
+def start_vms(server: SimServer, count: int) -> list[int]:
+    """`count` running VMs whose agents never answer."""
+    vmids = running_vms(token_api(server), count)
     raw = Raw(server)
     for vmid in vmids:  # their agents never answer: each call holds a worker SILENT_AGENT_S
         assert raw("POST", "/_sim/faults", json={"kind": "agent", "vmid": vmid}).ok
@@ -104,3 +109,18 @@ def test_ciupgrade_reaches_the_guest_as_package_upgrade(tmp_path: Path) -> None:
     # PVE's default is 1: `package_upgrade: true` unless ciupgrade=0 (Cloudinit.pm:186)
     assert seen == [True, True, False]
     assert (spec.ssh_keys_delay, spec.upgrade_seconds) == (1.5, 4.0)
+
+
+def test_a_running_task_holds_no_worker(tmp_path: Path) -> None:
+    # pvedaemon forks the task and returns its UPID (RESTEnvironment.pm fork_worker): a long
+    # shutdown or destroy must not keep one of the 3 workers from the other calls
+    settings = FAST | {"daemon_workers": 1, "task_durations": {"qmshutdown": 30.0}}
+    with SimServer(tmp_path / "state", **settings) as server:
+        prox = token_api(server)
+        (vmid,) = running_vms(prox, 1)
+        upid = prox.nodes("pve").qemu(vmid).status.shutdown.post()
+        task = prox.nodes("pve").tasks(upid).status.get()
+        assert task["status"] == "running"
+        assert server.app is not None and server.app.daemon.busy("pve") == 0
+        assert prox.nodes("pve").qemu(vmid).status.current.get()["vmid"] == vmid
+        assert prox.nodes("pve").tasks(upid).status.get()["status"] == "running"

@@ -7,12 +7,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
 from provision.sim.guests.container import ContainerBackend
 from provision.sim.guests.errors import GuestsUnavailable
+from provision.sim.guests.lxcfs import is_dead, lxcfs_mounts, unmount_dead
 
 pytestmark = pytest.mark.guests
 
@@ -120,6 +122,55 @@ def test_a_new_backend_cleans_up_after_a_crashed_one(  # type: ignore[no-untyped
     finally:
         backend.close()
     assert host_leftovers(PREFIX2, BRIDGE2, tmp_path) == []
+
+
+def test_a_dead_lxcfs_left_by_a_run_killed_whole_is_unmounted(  # type: ignore[no-untyped-def]
+    tmp_path: Path, backend, root_only: None
+) -> None:
+    # Every process of the run dies at once (a stopped job): the simulator by SIGKILL, then its
+    # lxcfs. Nobody unmounted, and the FUSE mount answers "Transport endpoint is not connected".
+    script = textwrap.dedent(f"""
+        import os, signal
+        from provision.sim.guests.container import ContainerBackend
+        b = ContainerBackend({str(tmp_path)!r}, bridge={BRIDGE2!r}, subnet={SUBNET2!r},
+                             prefix={PREFIX2!r})
+        print(b._lxcfs.pid if b._lxcfs else "", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    if proc.returncode != -signal.SIGKILL:
+        pytest.fail(f"crash script failed: {proc.stderr[-2000:]}")
+    if not proc.stdout.strip():
+        pytest.skip("lxcfs is not installed")
+    os.kill(int(proc.stdout), signal.SIGKILL)
+    wait_gone(int(proc.stdout))
+    mount = tmp_path / "lxcfs"
+    assert lxcfs_mounts(tmp_path) == [mount] and is_dead(mount)
+    with pytest.raises(OSError, match="not connected|connection abort"):
+        os.listdir(mount)
+
+    assert unmount_dead(tmp_path) == [mount]
+    assert lxcfs_mounts(tmp_path) == []
+    # a live lxcfs (the session backend's) is left alone
+    assert len(lxcfs_mounts(backend.state_dir)) == 1
+    assert unmount_dead(backend.state_dir) == []
+    ContainerBackend(tmp_path, bridge=BRIDGE2, subnet=SUBNET2, prefix=PREFIX2).close()
+    assert host_leftovers(PREFIX2, BRIDGE2, tmp_path) == []
+
+
+def wait_gone(pid: int) -> None:
+    for _ in range(200):
+        if not alive([pid]):
+            return
+        time.sleep(0.02)
+    pytest.fail(f"process {pid} survived SIGKILL")
 
 
 def test_a_prefix_in_use_is_refused(tmp_path: Path, root_only: None) -> None:

@@ -9,7 +9,7 @@ from proxmoxer.core import ResourceException
 
 from provision.errors import ConfigError
 from provision.pve.api_errors import api_error
-from provision.pve.client import encode_params
+from provision.pve.client import encode_params, is_transient
 from provision.pve.fingerprint import format_fingerprint, normalize_fingerprint
 from provision.pve.redaction import RedactingFilter, redact, register_secrets
 
@@ -49,6 +49,14 @@ def test_resource_exception_becomes_our_error_with_pve_message_and_errors() -> N
     assert "POST /nodes/pve/qemu/9000/clone" in error.message
     auth = api_error("GET", "nodes", ResourceException(401, "Unauthorized", "No ticket"))
     assert "authentication failed (No ticket)" in auth.message and auth.hint
+
+
+def test_only_server_errors_that_may_pass_are_transient() -> None:
+    missing = "Configuration file 'nodes/pve/qemu-server/101.conf' does not exist"
+    assert not is_transient(ResourceException(500, missing, missing))
+    assert not is_transient(ResourceException(400, "Bad Request", "Parameter verification"))
+    assert is_transient(ResourceException(500, "proxy loop detected", "proxy loop detected"))
+    assert is_transient(ResourceException(596, "Broken pipe", ""))
 
 
 def test_secrets_are_redacted_from_log_records() -> None:

@@ -3,11 +3,18 @@
 One lxcfs per backend, mounted under the backend's state dir. The whole mount is bound read-only
 into each guest at /run/lxcfs (nspawn cannot bind single files from a FUSE mount), and after
 boot the files are bound over /proc from inside the guest's mount namespace (guests.md 2b/3b).
+
+A FUSE mount outlives its daemon: when every process of a run is killed at once (a stopped
+job, SIGKILL), nobody unmounts, and the mount answers "Transport endpoint is not connected"
+to whoever walks the directory next (pytest removing old temp dirs, `rm -r`). The next backend
+of the same prefix unmounts it (`kill_recorded`); `unmount_dead` clears such mounts of any
+prefix below a directory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import signal
@@ -19,6 +26,7 @@ from provision.sim.guests.errors import GuestBackendError
 from provision.sim.guests.hostcmd import quiet, run
 
 GUEST_MOUNT = "/run/lxcfs"
+FSTYPE = "fuse.lxcfs"
 PROC_FILES = ("meminfo", "cpuinfo", "stat", "loadavg", "uptime", "swaps", "diskstats")
 
 
@@ -96,6 +104,56 @@ class Lxcfs:
                     time.sleep(0.02)
         with contextlib.suppress(OSError):
             os.unlink(f"{mountpoint}.pid")
+
+
+def lxcfs_mounts(under: Path) -> list[Path]:
+    """The lxcfs mount points below `under`, from this mount namespace's table."""
+    prefix = str(under).rstrip("/") + "/"
+    found = []
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            fields = line.split()
+            fstype = fields[fields.index("-") + 1]  # after the optional fields' separator
+            point = fields[4].replace("\\040", " ")
+            if fstype == FSTYPE and point.startswith(prefix):
+                found.append(Path(point))
+    return found
+
+
+def is_dead(mountpoint: Path) -> bool:
+    """Its lxcfs is gone: reading the mount fails with ENOTCONN, or ECONNABORTED once the kernel
+    aborted the connection (a stat may still be answered from the attribute cache). An lxcfs
+    that its pid file names and that still runs is alive without asking the mount (a stuck one
+    would not answer)."""
+    with contextlib.suppress(OSError, ValueError):
+        if _runs_lxcfs(int(Path(f"{mountpoint}.pid").read_text().strip())):
+            return False
+    try:
+        os.listdir(mountpoint)
+    except OSError as exc:
+        return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+    return False
+
+
+def _runs_lxcfs(pid: int) -> bool:
+    """pid is a running lxcfs (a killed one stays a zombie until its parent reaps it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    comm, state = stat.split(" (", 1)[1].rsplit(") ", 1)
+    return comm == "lxcfs" and state.split()[0] != "Z"
+
+
+def unmount_dead(under: Path) -> list[Path]:
+    """Unmount every lxcfs mount below `under` whose lxcfs is dead; returns those unmounted."""
+    removed = []
+    for point in lxcfs_mounts(under):
+        if is_dead(point) and (
+            quiet(["umount", str(point)]) or quiet(["umount", "-l", str(point)])
+        ):
+            removed.append(point)
+    return removed
 
 
 def bind_into_guest(init_pid: int) -> None:

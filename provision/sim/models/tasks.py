@@ -37,7 +37,10 @@ class TaskMixin(ClusterState):
     ) -> Task:
         """Create a task and run `work` in a thread; `finish` runs once the duration is over.
 
-        A fault registered for this task type replaces the work with its error.
+        Returns at once, as PVE's fork_worker returns the UPID once the forked task runs
+        (pve-common `src/PVE/RESTEnvironment.pm:686-745`): the caller's pvedaemon worker is
+        free again while the task runs (daemon.py). A fault registered for this task type
+        replaces the work with its error.
         """
         now = time.time()
         with self.lock:
