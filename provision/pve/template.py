@@ -37,6 +37,8 @@ PLAYBOOK = "template.yml"
 DOWNLOAD_TIMEOUT_S = 3600.0  # a ~600 MB image on a slow line; the task fails earlier on errors
 MEMORY_MIB = {"server": 2048, "kubuntu": 4096}  # kubuntu-desktop's install needs the room
 STOP_POLL_S = 1.0
+# What `template_problems` finds true of a usable labctl template (after a build, and on a re-run)
+CHECKED = ("template", "agent=1", "cloud-init drive", "made by labctl")
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,7 @@ class TemplateBuilder:
             node=node,
             created=True,
             image_url=request.image_url,
-            checks=("template", "agent=1", "cloud-init drive", "qemu-guest-agent installed"),
+            checks=(*CHECKED, "qemu-guest-agent installed"),
             host_key_fingerprint=fingerprint,
         )
 
@@ -122,8 +124,7 @@ class TemplateBuilder:
 
     def _check_existing(self, res: Resource, request: TemplateRequest) -> TemplateResult:
         """The same name again: check the template instead of rebuilding it."""
-        config = self.cluster.client.get(f"{res.path}/config") or {}
-        problems = template_problems(config, parse_tags(config.get("tags")))
+        problems = self._problems(res)
         if "labctl did not make it" in problems:
             raise NotLabctlVm(
                 f"VM {res.name} (vmid {res.vmid} on {res.node}) exists and is not a template "
@@ -144,8 +145,12 @@ class TemplateBuilder:
             node=res.node,
             created=False,
             image_url=request.image_url,
-            checks=("template", "agent=1", "cloud-init drive", "made by labctl"),
+            checks=CHECKED,
         )
+
+    def _problems(self, res: Resource) -> list[str]:
+        config = self.cluster.client.get(f"{res.path}/config") or {}
+        return template_problems(config, parse_tags(config.get("tags")))
 
     # -- the image and the VM ----------------------------------------------------------------
 
@@ -260,6 +265,9 @@ class TemplateBuilder:
         self._wait_stopped(res)
         self.reporter.stage("template")
         self.cluster.wait(self.cluster.client.post(f"{res.path}/template"), "template conversion")
+        problems = self._problems(res)
+        if problems:  # what a re-run would refuse: say so now
+            raise ProxmoxError(f"{request.name} (vmid {res.vmid}): " + "; ".join(problems))
         self.reporter.step(f"{request.name} (vmid {res.vmid}) is a template")
         return fingerprint
 

@@ -84,3 +84,21 @@ def test_template_create_builds_a_template_whose_clones_have_the_agent(
     finally:
         guest_lab.empty()
         guest_lab.api("DELETE", f"/nodes/pve/qemu/{vmid}")
+
+
+def test_a_role_that_fails_destroys_the_half_made_vm(
+    guest_lab: Lab, mirror: ImageMirror, agent_debs: list[str]
+) -> None:
+    """kubuntu-desktop comes from the package mirror, which the simulator's guests do not have:
+    the role fails after the VM has booted, and the VM is destroyed."""
+    guest_lab.write(
+        template={"image_base_url": mirror.url, "local_debs": agent_debs},
+        timeouts={"agent": 60, "ssh": 90, "shutdown": 60, "task": 60},
+    )
+    result = guest_lab.run("template", "create", "kubuntu-tmpl", "--flavor", "kubuntu",
+                           "--ip", f"{ADDRESS}/24")  # fmt: skip
+    assert result.code == 6, result
+    assert 'task "Install kubuntu-desktop from the package mirror." failed' in result.stderr
+    assert "destroying vmid" in result.stderr
+    every = guest_lab.api("GET", "/cluster/resources", params={"type": "vm"})
+    assert "kubuntu-tmpl" not in [v.get("name") for v in every]
