@@ -44,8 +44,9 @@ def create(
 
     Run again with the same NAME, it checks the template instead of rebuilding it.
     """
-    from provision.pve.cloud_image import parse_request
+    from provision.pve.cloud_image import check_arguments, parse_request
 
+    check_arguments(name, image, flavor=flavor, ip=ip, gateway=gateway)  # before the lab file
     request = parse_request(
         name,
         image,

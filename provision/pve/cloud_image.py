@@ -98,6 +98,17 @@ def check_address(ip: str | None, gateway: str | None) -> tuple[str, str]:
     return str(interface), gateway or ""
 
 
+def check_arguments(
+    name: str, image: str, *, flavor: str, ip: str | None, gateway: str | None
+) -> None:
+    """The command line alone checked (before any lab file is read): UsageError, exit 2."""
+    if flavor not in FLAVORS:
+        raise UsageError(f"--flavor must be one of {', '.join(FLAVORS)}, not {flavor!r}")
+    validate_vm_name(name)
+    check_address(ip, gateway)
+    image_url(image)
+
+
 def parse_request(
     name: str,
     image: str,
@@ -109,9 +120,7 @@ def parse_request(
     image_base_url: str = "",
 ) -> TemplateRequest:
     """Every argument checked; a bad one is a UsageError (one line, exit 2)."""
-    if flavor not in FLAVORS:
-        raise UsageError(f"--flavor must be one of {', '.join(FLAVORS)}, not {flavor!r}")
-    validate_vm_name(name)
+    check_arguments(name, image, flavor=flavor, ip=ip, gateway=gateway)
     cidr, gw = check_address(ip, gateway)
     return TemplateRequest(
         name=name,

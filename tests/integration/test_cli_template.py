@@ -158,3 +158,12 @@ def test_the_same_image_is_not_downloaded_twice_and_a_rebuilt_one_gets_its_own_f
     assert result.code == 5, result
     assert mirror.requests.count(image) == 2
     assert f"noble-server-cloudimg-amd64-{rebuilt[:12]}.qcow2" in result.stderr
+
+
+def test_bad_input_is_refused_before_the_lab_file_is_read(tmp_path: Path) -> None:
+    from tests.support.cli import labctl
+
+    result = labctl("template", "create", "noble", "--flavor", "desktop", "--ip", "192.0.2.5/24",
+                    config=tmp_path / "absent.toml", state=tmp_path / "state")  # fmt: skip
+    assert result.code == 2, result
+    assert "--flavor must be one of server, kubuntu" in one_error_line(result.stderr)

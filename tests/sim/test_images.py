@@ -134,6 +134,13 @@ def test_create_with_import_from_makes_the_disk_and_the_cloud_init_drive(
     assert config["agent"] == "1"
 
 
+def test_create_over_an_existing_vmid_is_refused_at_once(api: Any) -> None:
+    with pytest.raises(ResourceException) as raised:
+        api.nodes(NODE).qemu.post(vmid=9000, name="again")
+    assert raised.value.status_code == 500
+    assert "VM 9000 already exists on node 'pve'" in str(raised.value)
+
+
 def test_import_from_a_missing_volume_fails_the_task(api: Any) -> None:
     upid = api.nodes(NODE).qemu.post(
         vmid=121, scsi0="local-lvm:0,import-from=local:import/absent.qcow2"

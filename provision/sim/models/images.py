@@ -185,9 +185,9 @@ class ImageMixin(TaskMixin):
         self.node(node)
         vmid = int(params["vmid"])
         with self.lock:
-            if vmid in self.vms:
-                raise PveError.internal(f"unable to create VM {vmid} - VM {vmid} already exists "
-                                        f"on node '{self.vms[vmid].node}'")  # fmt: skip
+            if vmid in self.vms:  # pve-cluster PVE/Cluster.pm check_vmid_unused
+                owner = self.vms[vmid].node
+                raise PveError.internal(f"VM {vmid} already exists on node '{owner}'")
         config = {k: str(v) for k, v in params.items() if k not in ("node", "vmid")}
         config.setdefault("smbios1", f"uuid={uuid.uuid4()}")
         config.setdefault("vmgenid", str(uuid.uuid4()))
