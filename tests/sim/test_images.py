@@ -138,14 +138,15 @@ def test_create_over_an_existing_vmid_is_refused_at_once(api: Any) -> None:
     with pytest.raises(ResourceException) as raised:
         api.nodes(NODE).qemu.post(vmid=9000, name="again")
     assert raised.value.status_code == 500
-    assert "VM 9000 already exists on node 'pve'" in str(raised.value)
+    assert "unable to create VM 9000 - VM 9000 already exists on node 'pve'" in str(raised.value)
 
 
 def test_import_from_a_missing_volume_fails_the_task(api: Any) -> None:
     upid = api.nodes(NODE).qemu.post(
         vmid=121, scsi0="local-lvm:0,import-from=local:import/absent.qcow2"
     )
-    assert wait(api, upid)["exitstatus"] == "volume 'local:import/absent.qcow2' does not exist"
+    status = wait(api, upid)["exitstatus"]
+    assert status == "unable to create VM 121 - volume 'local:import/absent.qcow2' does not exist"
     assert 121 not in [vm["vmid"] for vm in api.nodes(NODE).qemu.get()]
 
 

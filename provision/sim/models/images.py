@@ -178,34 +178,40 @@ class ImageMixin(TaskMixin):
         return path
 
     def create_vm(self, node: str, user: str, params: dict[str, Any]) -> str:
-        """POST /nodes/{node}/qemu: a new VM; disks with `import-from` are copied from the image.
+        """POST /nodes/{node}/qemu (qemu-server Qemu.pm `create_vm`): the config is created at
+        once with `lock: create` (`create_and_lock_config`, synchronous: an existing VMID is a
+        500); the `qmcreate` task allocates the disks (`import-from` copies the image) and writes
+        the config; on an error it frees them, removes the config and dies
+        `unable to create VM <vmid> - <error>`.
 
         Not simulated: restore (`archive`), `start`, pools, disks allocated by size alone.
         """
         self.node(node)
         vmid = int(params["vmid"])
+        prefix = f"unable to create VM {vmid} -"
         with self.lock:
             if vmid in self.vms:  # pve-cluster PVE/Cluster.pm check_vmid_unused
                 owner = self.vms[vmid].node
-                raise PveError.internal(f"VM {vmid} already exists on node '{owner}'")
+                raise PveError.internal(f"{prefix} VM {vmid} already exists on node '{owner}'")
+            self.vms[vmid] = Vm(vmid, node, {"lock": "create"})
+        self.save()
         config = {k: str(v) for k, v in params.items() if k not in ("node", "vmid")}
         config.setdefault("smbios1", f"uuid={uuid.uuid4()}")
         config.setdefault("vmgenid", str(uuid.uuid4()))
         config["meta"] = f"creation-qemu=9.2.0,ctime={int(time.time())}"
 
         def work(task: Task) -> None:
-            imported = self._allocate_drives(task, vmid, config)
-            with self.lock:
-                if vmid in self.vms:
-                    raise TaskError(f"unable to create VM {vmid}: config file already exists")
-                self.vms[vmid] = Vm(vmid, node, config, agent_binary_required=imported)
             try:
+                imported = self._allocate_drives(task, vmid, config)
                 if imported:
                     self.backend.clone_disk(None, vmid, False)
             except Exception as exc:
                 with self.lock:
                     self.vms.pop(vmid, None)
-                raise TaskError(f"unable to create VM {vmid} - {exc}") from exc
+                self.backend.delete_disk(vmid)
+                raise TaskError(f"{prefix} {exc}") from exc
+            with self.lock:
+                self.vms[vmid] = Vm(vmid, node, config, agent_binary_required=imported)
             self.save()
 
         return self._spawn(node, "qmcreate", str(vmid), user, work).upid
