@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 from provision.deploy.inventory import DeployHost, SshSettings
 from provision.deploy.runner import run_playbook
-from provision.errors import GuestError, LabctlError, NotLabctlVm, ProxmoxError
+from provision.errors import GuestError, LabctlError, NotLabctlVm, ProxmoxError, TaskFailed
 from provision.guest.cloudinit import wait_for_cloud_init
 from provision.guest.known_hosts import forget_host_key
 from provision.guest.ssh import first_contact
@@ -97,11 +97,17 @@ class TemplateBuilder:
         self.reporter.step(f"{request.image_file}: sha256 {checksum} (from {request.sums_url})")
         node = self._node()
         volid = self._download(node, request, checksum)
-        res = self._create_vm(node, request, volid, checksum)
+        res, upid = self._create_vm(node, request, volid, checksum)
         try:
+            self.cluster.wait(upid, f"create of {res.name} (vmid {res.vmid})")
+            self.reporter.step(f"vmid {res.vmid} on {res.node}: disk imported from {volid}")
             fingerprint = self._build(res, request)
+        except TaskFailed as error:
+            if self._exists(res):  # a failed qmcreate removes its VM itself (Qemu.pm create_vm)
+                self._clean_up(res, error.message)
+            raise
         except (LabctlError, KeyboardInterrupt) as error:
-            self._clean_up(res, error)
+            self._clean_up(res, error.message if isinstance(error, LabctlError) else "interrupted")
             raise
         return TemplateResult(
             name=request.name,
@@ -190,15 +196,19 @@ class TemplateBuilder:
 
     def _create_vm(
         self, node: str, request: TemplateRequest, volid: str, checksum: str
-    ) -> Resource:
+    ) -> tuple[Resource, str]:
+        """POST the VM: from here on it exists (PVE writes its config, locked, before the
+        task), so a failure from here on is cleaned up."""
         self.reporter.stage("create")
         vmid = int(self.cluster.client.get("cluster/nextid"))
         upid = self.cluster.client.post(
             f"nodes/{node}/qemu", **self._vm_params(vmid, request, volid, checksum)
         )
-        self.cluster.wait(upid, f"create of {request.name} (vmid {vmid})")
-        self.reporter.step(f"vmid {vmid} on {node}: disk imported from {volid}")
-        return Resource(vmid, node, request.name, "stopped", (LABCTL_TAG,), False, None, 0, 0)
+        res = Resource(vmid, node, request.name, "stopped", (LABCTL_TAG,), False, None, 0, 0)
+        return res, str(upid)
+
+    def _exists(self, res: Resource) -> bool:
+        return any(r.vmid == res.vmid for r in self.cluster.resources())
 
     def _vm_params(
         self, vmid: int, request: TemplateRequest, volid: str, checksum: str
@@ -294,9 +304,8 @@ class TemplateBuilder:
             hint="see the VM's console; timeouts.shutdown sets the wait",
         )
 
-    def _clean_up(self, res: Resource, error: BaseException) -> None:
+    def _clean_up(self, res: Resource, why: str) -> None:
         """Destroy the half-made VM, or say it could not and how to remove it."""
-        why = error.message if isinstance(error, LabctlError) else "interrupted"
         self.reporter.warn(f"template create failed ({why}); destroying vmid {res.vmid}")
         try:
             self.teardown.destroy(res)

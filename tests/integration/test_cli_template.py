@@ -5,6 +5,7 @@ tests/integration/test_template_guests.py.)"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ def lab(api_lab: Lab, mirror: ImageMirror) -> Iterator[Lab]:
     """The API-only lab pointed at the mirror; every VM but the template 9000 removed after."""
     api_lab.write(template={"image_base_url": mirror.url}, timeouts={"ssh": 2, "shutdown": 2})
     yield api_lab
+    time.sleep(0.2)  # a create task labctl gave up on ends (its VM is then removable)
+    api_lab.empty()
     for vm in api_lab.api("GET", "/cluster/resources", params={"type": "vm"}):
         if vm["vmid"] != 9000 and vm.get("template"):
             api_lab.api("DELETE", f"/nodes/{vm['node']}/qemu/{vm['vmid']}")
@@ -167,3 +170,31 @@ def test_bad_input_is_refused_before_the_lab_file_is_read(tmp_path: Path) -> Non
                     config=tmp_path / "absent.toml", state=tmp_path / "state")  # fmt: skip
     assert result.code == 2, result
     assert "--flavor must be one of server, kubuntu" in one_error_line(result.stderr)
+
+
+def test_a_create_task_that_fails_leaves_nothing_to_clean_up(lab: Lab) -> None:
+    """PVE's qmcreate removes its own VM on an error (here: a storage without `images`)."""
+    before = vm_ids(lab)
+    result = lab.run("template", "create", "noble", "--storage", "local", *ADDRESS)
+    assert result.code == 4, result
+    line = one_error_line(result.stderr)
+    assert "unable to create VM" in line and "storage 'local' does not support vm images" in line
+    assert "destroying" not in result.stderr
+    assert vm_ids(lab) == before
+
+
+def test_a_create_that_labctl_stops_waiting_for_is_destroyed(lab: Lab, mirror: ImageMirror) -> None:
+    """The VM exists from the create request on: a create task that outlives timeouts.task
+    is not left behind."""
+    lab.api("POST", "/_sim/settings", json={"task_durations": {"qmcreate": 4.0}})
+    lab.write(template={"image_base_url": mirror.url}, timeouts={"task": 1, "ssh": 2})
+    before = vm_ids(lab)
+    try:
+        result = lab.run("template", "create", "noble", *ADDRESS)
+    finally:
+        lab.api("POST", "/_sim/settings", json={"task_durations": {"qmcreate": 0.05}})
+    assert result.code == 4, result
+    assert "did not finish within 1s" in one_error_line(result.stderr)
+    assert "destroying vmid" in result.stderr and "destroyed" in result.stderr
+    time.sleep(4.0)  # the create task's end must not bring the VM back
+    assert vm_ids(lab) == before
