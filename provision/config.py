@@ -126,6 +126,22 @@ KEYS: tuple[Key, ...] = (
         "PVE's ciupgrade for new VMs: true has cloud-init upgrade all packages at first boot "
         "(PVE's default); labctl waits for cloud-init before deploying either way",
     ),
+    Key(
+        "template",
+        "image_base_url",
+        str,
+        "",
+        "mirror of https://cloud-images.ubuntu.com for `template create --image ubuntu-24.04`; "
+        "empty = the official site",
+    ),
+    Key(
+        "template",
+        "local_debs",
+        list,
+        [],
+        "`template create`: .deb files to install in the VM instead of qemu-guest-agent from its "
+        "package mirror (offline sites, the simulator), dependencies first",
+    ),
     Key("ssh", "user", str, "ubuntu", "cloud-init user labctl creates and logs in as"),
     Key("ssh", "key", str, "~/.ssh/id_ed25519", "private key; its .pub is given to cloud-init"),
     Key("network", "ip", str, "dhcp", "ipconfig0 address: dhcp or CIDR like 192.168.1.50/24"),

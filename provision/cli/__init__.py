@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("sweep", "Find the smallest shape of a VM that meets every target."),
     "report": ("sweep", "Show or write the report of a past sweep."),
     "sim": ("sim", "The built-in Proxmox VE simulator."),
+    "template": ("template", "Build the cloud-init template from a cloud image (Ubuntu 24.04)."),
 }
 
 

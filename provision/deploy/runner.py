@@ -17,12 +17,13 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import ansible_runner
 
 from provision import paths
 from provision.deploy.cancel import run_cancellable
+from provision.deploy.events import _EventTracker, _failure_line, _result, _summary
 from provision.deploy.inventory import (
     DeployHost,
     KnownDeploy,
@@ -32,12 +33,11 @@ from provision.deploy.inventory import (
     update_registry,
     write_private,
 )
-from provision.deploy.results import DeployResult, HostStats, TaskOutcome
+from provision.deploy.results import DeployResult
 from provision.errors import DeployError, Interrupted
 from provision.progress import NullReporter, Reporter
 
 PLAYBOOK = "site.yml"
-MESSAGE_LIMIT = 400  # characters of Ansible's message kept in the one-line error
 
 
 @dataclass(frozen=True)
@@ -136,37 +136,118 @@ def deploy(
     if not options.check:
         known = update_registry(state_dir, hosts, role_vars)
         _write_shared_inventory(templates, known, ssh, inventory_out, playbooks)
+    result = _run_playbook(
+        private,
+        PLAYBOOK,
+        private_inventory,
+        ssh,
+        run_id=run_id,
+        check=options.check,
+        forks=options.forks,
+        timeout_s=options.timeout_s,
+        reporter=reporter,
+        inventory_out=inventory_out,
+    )
+    reporter.step(_summary(result))
+    return result
+
+
+def run_playbook(
+    playbook: str,
+    host: DeployHost,
+    ssh: SshSettings,
+    *,
+    state_dir: Path,
+    variables: Mapping[str, Any],
+    reporter: Reporter | None = None,
+    stage: str = "playbook",
+    timeout_s: int | None = None,
+) -> DeployResult:
+    """Run another playbook of playbooks/ (e.g. template.yml) on one host, with variables.
+
+    Unlike `deploy`, the host is not recorded in the shared inventory: it is no Ollama VM.
+    """
+    reporter = reporter or NullReporter()
+    run_id = new_run_id()
+    data = paths.data_dir()
+    private = state_dir / "runs" / run_id / stage
+    private_inventory = private / "inventory" / "hosts.yml"
+    write_private(
+        private_inventory,
+        render_inventory(
+            data / "templates",
+            [host],
+            ssh,
+            {host.name: variables},
+            inventory_path=private_inventory,
+            playbook_path=data / "playbooks" / playbook,
+        ),
+    )
+    result = _run_playbook(
+        private,
+        playbook,
+        private_inventory,
+        ssh,
+        run_id=run_id,
+        check=False,
+        forks=1,
+        timeout_s=timeout_s,
+        reporter=reporter,
+        inventory_out=private_inventory,
+        stage=stage,
+    )
+    reporter.step(f"{playbook} finished in {result.duration_s:.1f}s")
+    return result
+
+
+def _run_playbook(
+    private: Path,
+    playbook: str,
+    private_inventory: Path,
+    ssh: SshSettings,
+    *,
+    run_id: str,
+    check: bool,
+    forks: int,
+    timeout_s: int | None,
+    reporter: Reporter,
+    inventory_out: Path,
+    stage: str = "",
+) -> DeployResult:
+    """ansible-playbook through ansible-runner in `private`; DeployError on any failure."""
+    data = paths.data_dir()
+    playbooks, templates = data / "playbooks", data / "templates"
     cfg = private / "ansible.cfg"
     write_private(
         cfg,
         render_ansible_cfg(
             templates,
             roles_path=playbooks / "roles",
-            forks=options.forks,
+            forks=forks,
             connect_timeout_s=ssh.connect_timeout_s,
         ),
     )
 
     _prune_control_dirs()
-    reporter.stage("check" if options.check else "deploy")
-    tracker = _EventTracker(reporter, check=options.check)
+    reporter.stage(stage or ("check" if check else "deploy"))
+    tracker = _EventTracker(reporter, check=check)
     started = time.monotonic()
     try:
         runner = run_cancellable(
             lambda cancelled: ansible_runner.run(
                 private_data_dir=str(private),
                 project_dir=str(playbooks),
-                playbook=PLAYBOOK,
+                playbook=playbook,
                 inventory=str(private_inventory),
                 envvars={
                     "ANSIBLE_CONFIG": str(cfg),
                     "ANSIBLE_NOCOLOR": "1",
                     "PATH": _path_with_ansible(),
                 },
-                cmdline="--check" if options.check else None,
+                cmdline="--check" if check else None,
                 ident=run_id,
                 quiet=True,
-                timeout=options.timeout_s,
+                timeout=timeout_s,
                 # ansible-runner asks cancel_callback and checks the time limit once per pexpect
                 # wait: every second instead of every 5 (output and the end are read as they come).
                 settings={"pexpect_timeout": 1},
@@ -179,12 +260,11 @@ def deploy(
         raise DeployError(
             f"could not start ansible-playbook: {exc}", hint=f"run dir: {private}"
         ) from exc
-    result = _result(runner, tracker, options.check, time.monotonic() - started, inventory_out)
+    result = _result(runner, tracker, check, time.monotonic() - started, inventory_out)
     if result.status == "canceled":  # Ctrl-C (or SIGTERM): ansible-runner stopped the playbook
         raise Interrupted(f"deploy interrupted; artifacts: {result.artifact_dir}")
     if not result.ok:
         raise DeployError(_failure_line(result, runner), hint=f"artifacts: {result.artifact_dir}")
-    reporter.step(_summary(result))
     return result
 
 
@@ -219,127 +299,6 @@ def _write_shared_inventory(
             playbook_path=playbooks / PLAYBOOK,
         ),
     )
-
-
-class _EventTracker:
-    """ansible-runner event_handler: one progress line per finished task and host."""
-
-    _STATUS: ClassVar[dict[str, str]] = {
-        "runner_on_ok": "ok",
-        "runner_on_failed": "failed",
-        "runner_on_unreachable": "unreachable",
-        "runner_on_skipped": "skipped",
-    }
-
-    def __init__(self, reporter: Reporter, *, check: bool) -> None:
-        self.reporter = reporter
-        self.check = check
-        self.outcomes: list[TaskOutcome] = []
-
-    def __call__(self, event: dict[str, Any]) -> bool:
-        status = self._STATUS.get(str(event.get("event", "")))
-        if status is None:
-            return True  # keep every event in artifacts/<id>/job_events/
-        data = event.get("event_data") or {}
-        res = data.get("res") or {}
-        if status == "ok" and res.get("changed"):
-            status = "changed"
-        if status == "failed" and data.get("ignore_errors"):
-            status = "ignored"
-        outcome = TaskOutcome(
-            host=str(data.get("host", "?")),
-            task=str(data.get("task", "?")).strip(),
-            status=status,
-            duration_s=float(data.get("duration") or 0.0),
-            message=_message(res) if status in ("failed", "unreachable", "ignored") else "",
-        )
-        self.outcomes.append(outcome)
-        if status != "skipped":
-            label = "would change" if (status == "changed" and self.check) else status
-            self.reporter.step(
-                f"{outcome.host}: {label:<8} {outcome.task} [{outcome.duration_s:.1f}s]"
-            )
-        return True
-
-
-def _message(res: Mapping[str, Any]) -> str:
-    """Ansible's reason for a failure, plus Ollama's {"error": ...} when the API gave one."""
-    parts = [str(res.get("msg") or "").strip()]
-    body = res.get("json")
-    if isinstance(body, Mapping) and body.get("error"):
-        parts.append(f"ollama: {body['error']}")
-    stderr = str(res.get("stderr") or "").strip()
-    if stderr:
-        parts.append(stderr.splitlines()[-1])
-    for item in res.get("results") or []:  # a loop: the first failed item says why
-        if isinstance(item, Mapping) and item.get("failed"):
-            parts.append(f"item {item.get('item')!r}: {_message(item)}")
-            break
-    text = "; ".join(p for p in parts if p) or "no message"
-    return " ".join(text.split())[:MESSAGE_LIMIT]
-
-
-def _result(
-    runner: Any, tracker: _EventTracker, check: bool, duration_s: float, inventory_path: Path
-) -> DeployResult:
-    raw = runner.stats or {}
-    hosts = sorted({h for counts in raw.values() if isinstance(counts, dict) for h in counts})
-
-    def count(key: str, host: str) -> int:
-        return int((raw.get(key) or {}).get(host, 0))
-
-    stats = {
-        h: HostStats(
-            ok=count("ok", h),
-            changed=count("changed", h),
-            failed=count("failures", h),
-            unreachable=count("dark", h),
-            skipped=count("skipped", h),
-            rescued=count("rescued", h),
-            ignored=count("ignored", h),
-        )
-        for h in hosts
-    }
-    return DeployResult(
-        status=str(runner.status),
-        rc=int(runner.rc if runner.rc is not None else -1),
-        stats=stats,
-        changed=sum(s.changed for s in stats.values()),
-        artifact_dir=Path(runner.config.artifact_dir),
-        duration_s=duration_s,
-        check=check,
-        inventory_path=inventory_path,
-        changes=tuple(o for o in tracker.outcomes if o.status == "changed"),
-        failures=tuple(o for o in tracker.outcomes if o.status in ("failed", "unreachable")),
-    )
-
-
-def _failure_line(result: DeployResult, runner: Any) -> str:
-    if result.failures:
-        first = result.failures[0]
-        what = "unreachable" if first.status == "unreachable" else "failed"
-        return f'task "{first.task}" {what} on {first.host}: {first.message}'
-    if result.status == "timeout":
-        return f"the playbook did not finish within its time limit ({result.duration_s:.0f} s)"
-    tail = _stdout_tail(runner)
-    return f"ansible-playbook {result.status} (rc {result.rc})" + (f": {tail}" if tail else "")
-
-
-def _stdout_tail(runner: Any) -> str:
-    try:
-        lines = [ln.strip() for ln in runner.stdout.read().splitlines() if ln.strip()]
-    except (OSError, AttributeError, ValueError):
-        return ""
-    interesting = [ln for ln in lines if "ERROR" in ln] or lines
-    return " ".join(interesting[-1].split())[:MESSAGE_LIMIT] if interesting else ""
-
-
-def _summary(result: DeployResult) -> str:
-    hosts = ", ".join(f"{h} ok={s.ok} changed={s.changed}" for h, s in result.stats.items())
-    if result.check:
-        would = ", ".join(sorted({f"{o.host}: {o.task}" for o in result.changes})) or "nothing"
-        return f"check finished in {result.duration_s:.1f}s; would change: {would}"
-    return f"deploy finished in {result.duration_s:.1f}s ({hosts})"
 
 
 def _prune_control_dirs(max_age_s: float = 3600.0) -> None:

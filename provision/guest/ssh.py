@@ -1,11 +1,16 @@
 """SSH to guests: the only module that imports paramiko.
 
 Host keys are checked against labctl's own known_hosts (pinned from the guest agent before the
-first connection) with RejectPolicy: an unknown or different key is refused, never learnt.
+first connection) with RejectPolicy: an unknown or different key is refused, never learnt. The
+one exception is `first_contact`: `labctl template create` boots a cloud image that has no guest
+agent yet, so the key of that VM (which labctl has just created) is trusted on first use.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import logging
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -21,11 +26,16 @@ from provision.errors import (
     GuestUnreachable,
     HostKeyMismatch,
 )
-from provision.guest.known_hosts import host_entry
+from provision.guest.known_hosts import host_entry, pin_host_key
 from provision.guest.types import CommandResult, GuestAddress, short_command
 from provision.progress import NullReporter, Reporter
 
 _READ_CHUNK = 65536
+
+# paramiko logs a failed connection (e.g. "Error reading SSH protocol banner" while a guest's
+# sshd starts) with its traceback at ERROR; without a handler Python would print it on stderr.
+# labctl reports such failures itself, as one line; -vv shows paramiko's log (log_setup.py).
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 class SshSession:
@@ -301,3 +311,56 @@ def wait_for_ssh(
             next_note = now + note_every_s
         time.sleep(min(delay, max(0.0, deadline - now)))
         delay = min(1.0, delay * 1.5)
+
+
+class _RecordFirstKey(paramiko.MissingHostKeyPolicy):
+    """Accepts the server's key and keeps it: trust on first use, for `first_contact` only."""
+
+    def __init__(self) -> None:
+        self.key: paramiko.PKey | None = None
+
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
+        self.key = key
+
+
+def fingerprint_sha256(key_b64: str) -> str:
+    """OpenSSH's `SHA256:...` fingerprint of a base64 public key blob."""
+    digest = hashlib.sha256(base64.b64decode(key_b64)).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def first_contact(address: GuestAddress, timeout_s: float) -> tuple[str, str]:
+    """Trust-on-first-use: retry until SSH with key auth works, accept the host key it shows
+    and pin it in address.known_hosts. Returns (the key line, its SHA256 fingerprint).
+
+    Only for a VM labctl has just created from a cloud image (no guest agent to read the key
+    from); every other connection goes through `connect`, which refuses unknown keys.
+    """
+    key = _load_key(address.key_path)
+    deadline = time.monotonic() + timeout_s
+    last_error = "no attempt yet"
+    while time.monotonic() < deadline:
+        client = paramiko.SSHClient()
+        policy = _RecordFirstKey()
+        client.set_missing_host_key_policy(policy)
+        wait = max(1.0, min(10.0, deadline - time.monotonic()))
+        try:
+            client.connect(address.host, port=address.port, username=address.user, pkey=key,
+                           look_for_keys=False, allow_agent=False, timeout=wait,
+                           banner_timeout=wait, auth_timeout=wait)  # fmt: skip
+            seen = policy.key or client.get_transport().get_remote_server_key()  # type: ignore[union-attr]
+        except (paramiko.SSHException, OSError, EOFError) as error:
+            last_error = _reason(error)
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+            continue
+        finally:
+            client.close()
+        line = f"{seen.get_name()} {seen.get_base64()}"
+        pin_host_key(address.known_hosts, address.host, line, port=address.port)
+        return line, fingerprint_sha256(seen.get_base64())
+    raise GuestUnreachable(
+        f"SSH to {address.label} did not answer within {timeout_s:g}s: {last_error}",
+        hint="the first boot uses the static --ip given: is it free and reachable from here?",
+    )

@@ -35,6 +35,25 @@ def is_race(error: LabctlError) -> bool:
     return "already exists" in str(error).lower()
 
 
+def read_public_key(key_path: Path) -> str:
+    """The `.pub` beside the private key ssh.key names (what cloud-init gets as sshkeys)."""
+    key = key_path.expanduser()
+    pub = key.with_name(key.name + ".pub")
+    if pub.is_file():
+        text = pub.read_text(encoding="utf-8").strip()
+        parse_public_key(text)
+        return text
+    if not key.is_file():
+        raise ConfigError(
+            f"SSH key {key} does not exist",
+            hint=f"create one: ssh-keygen -t ed25519 -f {key} -N ''",
+        )
+    raise ConfigError(
+        f"{pub} is missing (labctl gives it to cloud-init)",
+        hint=f"ssh-keygen -y -f {key} > {pub}",
+    )
+
+
 class Cloner:
     def __init__(self, cluster: Cluster, locks: LocalLocks) -> None:
         self.cluster = cluster
@@ -42,21 +61,7 @@ class Cloner:
 
     def public_key(self) -> str:
         """The public half of ssh.key, which cloud-init installs for ssh.user."""
-        key = Path(str(self.cluster.config.get("ssh.key"))).expanduser()
-        pub = key.with_name(key.name + ".pub")
-        if pub.is_file():
-            text = pub.read_text(encoding="utf-8").strip()
-            parse_public_key(text)
-            return text
-        if not key.is_file():
-            raise ConfigError(
-                f"SSH key {key} does not exist",
-                hint=f"create one: ssh-keygen -t ed25519 -f {key} -N ''",
-            )
-        raise ConfigError(
-            f"{pub} is missing (labctl gives it to cloud-init)",
-            hint=f"ssh-keygen -y -f {key} > {pub}",
-        )
+        return read_public_key(Path(str(self.cluster.config.get("ssh.key"))))
 
     # -- clone -----------------------------------------------------------------------------
 

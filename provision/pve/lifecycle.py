@@ -17,6 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from provision.config import LabConfig, validate_vm_name
 from provision.errors import Interrupted, LabctlError, ProxmoxAPIError
@@ -26,6 +27,7 @@ from provision.pve.agent import GuestAgent
 from provision.pve.boot import Boot
 from provision.pve.client import PveClient
 from provision.pve.clone import Cloner, Rollback
+from provision.pve.cloud_image import TemplateRequest
 from provision.pve.cluster import Cluster, LocalLocks, Resource, UpContext
 from provision.pve.lease import VmLease, lease_holder
 from provision.pve.placement import Placement
@@ -33,6 +35,9 @@ from provision.pve.resize import Reshaper, resize_request
 from provision.pve.shapes import ResizeResult, ShapeRequest, VmInfo, ipconfig
 from provision.pve.teardown import Teardown
 from provision.shape import NodeCapacity, Shape, check_fits
+
+if TYPE_CHECKING:
+    from provision.pve.template import TemplateResult
 
 # The value types are part of Lab's API: callers import them from here.
 __all__ = ["Lab", "ResizeResult", "ShapeRequest", "VmInfo"]
@@ -249,6 +254,13 @@ class Lab:
         """Shut down (graceful, then hard), destroy with purge, forget the pinned key."""
         with self._locks.hold(f"vm-{name}"):
             return self._teardown.down(name)
+
+    def create_template(self, request: TemplateRequest) -> TemplateResult:
+        """A cloud image made a template (or the existing one of that name checked)."""
+        from provision.pve.template import TemplateBuilder
+
+        with self._locks.hold(f"vm-{request.name}"):
+            return TemplateBuilder(self._cluster, self._teardown, self.state_dir).create(request)
 
     # last in the class: a method named `list` would shadow the builtin in annotations
     def list(self, *, include_unmanaged: bool = False) -> list[VmInfo]:

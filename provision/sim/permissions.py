@@ -104,6 +104,25 @@ ENDPOINT_CHECKS: dict[tuple[str, str], Check] = {
             ),
         )
     ),
+    # Qemu.pm create_vm: VM.Allocate on the new VMID (pools and per-storage checks: see images.py)
+    ("POST", "/nodes/{node}/qemu"): Perm("/vms/{vmid}", ("VM.Allocate",)),
+    ("POST", f"{VM}/template"): Perm("/vms/{vmid}", ("VM.Allocate",)),  # Qemu.pm `template`
+    # pve-storage Status.pm `download_url`: allocation on the storage and Sys.Modify on / (or
+    # the newer Sys.AccessNetwork on the node), since it probes the host's network
+    ("POST", "/nodes/{node}/storage/{storage}/download-url"): AllOf(
+        (
+            Perm("/storage/{storage}", ("Datastore.AllocateTemplate",)),
+            OneOf(
+                (
+                    Perm("/", ("Sys.Audit", "Sys.Modify")),
+                    Perm("/nodes/{node}", ("Sys.AccessNetwork",)),
+                )
+            ),
+        )
+    ),
+    ("GET", "/nodes/{node}/storage/{storage}/content"): Perm(  # pve-storage Content.pm `index`
+        "/storage/{storage}", ("Datastore.Audit", "Datastore.AllocateSpace"), any_of=True
+    ),
     ("GET", f"{VM}/config"): AUDIT,  # Qemu.pm:1793-1795
     ("POST", f"{VM}/config"): VM_CONFIG_ANY,  # Qemu.pm:2652-2654; per key: config_key_access
     ("PUT", f"{VM}/config"): VM_CONFIG_ANY,  # Qemu.pm:2725-2727

@@ -116,6 +116,22 @@ def vm_index(cluster: Cluster, call: Call) -> Any:
     return [{"subdir": s} for s in ("config", "pending", "status", "agent", "resize", "clone")]
 
 
+def create_vm(cluster: Cluster, call: Call) -> Any:
+    return cluster.create_vm(call.node, call.user, call.params)
+
+
+def make_template(cluster: Cluster, call: Call) -> Any:
+    return cluster.make_template(call.node, call.vmid, call.user)
+
+
+def download_url(cluster: Cluster, call: Call) -> Any:
+    return cluster.download_url(call.node, call.user, call.params)
+
+
+def storage_content(cluster: Cluster, call: Call) -> Any:
+    return cluster.storage_content(call.node, str(call.get("storage")), call.get("content"))
+
+
 def clone(cluster: Cluster, call: Call) -> Any:
     return cluster.clone(call.node, call.vmid, call.user, call.params)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from provision.deploy.runner import _EventTracker, _message
+from provision.deploy.events import _EventTracker, _message
 from tests.support.reporting import RecordingReporter
 
 

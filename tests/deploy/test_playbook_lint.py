@@ -1,4 +1,4 @@
-"""The playbook passes ansible-playbook --syntax-check and ansible-lint's production profile."""
+"""The playbooks pass ansible-playbook --syntax-check and ansible-lint's production profile."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_site_yml_passes_syntax_check() -> None:
+@pytest.mark.parametrize("playbook", ["site.yml", "template.yml"])
+def test_playbook_passes_syntax_check(playbook: str) -> None:
     result = subprocess.run(
-        ["ansible-playbook", "--syntax-check", "-i", "localhost,", "playbooks/site.yml"],
+        ["ansible-playbook", "--syntax-check", "-i", "localhost,", f"playbooks/{playbook}"],
         cwd=ROOT,
         capture_output=True,
         text=True,

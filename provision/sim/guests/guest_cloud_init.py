@@ -22,6 +22,10 @@ the parts labctl can observe, following canonical/cloud-init:
   376-392`): "not started" / "running" / "done" from /run/cloud-init/status.json and
   result.json, "error" when a stage recorded errors or one of the two units failed;
   `--wait` prints a dot every 0.25 s until done; exit 0 done, 1 error, 2 degraded.
+* `cloud-init clean [--logs] [--seed] [--machine-id]` (`cloudinit/cmd/clean.py`
+  `remove_artifacts` and `handle_clean_args`): empties /var/lib/cloud (its seed kept unless
+  --seed), --logs removes the logs, --machine-id leaves /etc/machine-id as "uninitialized" on a
+  systemd guest, so the next boot is a first boot with a new machine id.
 
 The timings come from /var/lib/cloud/seed/nocloud/labctl-sim.json (not a cloud-init file).
 """
@@ -35,6 +39,7 @@ import glob
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -311,6 +316,27 @@ def status(wait: bool, long: bool, fmt: str) -> int:
     return 0
 
 
+def clean(logs: bool, seed: bool, machine_id: bool) -> int:
+    """What a template's last boot runs so that its clones boot as new instances."""
+    base = "/var/lib/cloud"
+    for entry in glob.glob(base + "/*"):
+        if entry == base + "/seed" and not seed:
+            continue
+        if os.path.isdir(entry) and not os.path.islink(entry):
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry)
+    if logs:
+        for path in ("/var/log/cloud-init.log", OUTPUT_LOG):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+    if machine_id:
+        with open("/etc/machine-id", "w", encoding="utf-8") as fh:
+            fh.write("uninitialized\n")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="cloud-init")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -321,7 +347,13 @@ def main(argv: list[str]) -> int:
     show.add_argument("-w", "--wait", action="store_true")
     show.add_argument("-l", "--long", action="store_true")
     show.add_argument("--format", choices=["tabular", "json"], default="tabular")
+    wipe = commands.add_parser("clean")
+    wipe.add_argument("-l", "--logs", action="store_true")
+    wipe.add_argument("-s", "--seed", action="store_true")
+    wipe.add_argument("--machine-id", action="store_true")
     args = parser.parse_args(argv)
+    if args.command == "clean":
+        return clean(args.logs, args.seed, args.machine_id)
     if args.command == "status":
         return status(args.wait, args.long, args.format)
     if args.command == "init":

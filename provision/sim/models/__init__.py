@@ -15,6 +15,7 @@ in its own module on top of the shared state:
 | `vms.py` | `VmMixin`: nextid, VM list, status, config and pending changes |
 | `nodes.py` | `NodeMixin`: cluster resources, nodes, node status, storages |
 | `clone.py` | `CloneMixin`: full and linked clones |
+| `images.py` | `ImageMixin`: download-url, storage content, VM create (import-from), template |
 | `config.py` | `ConfigMixin`: config updates (hotplug or pending), cloud-init, resize |
 | `power.py` | `PowerMixin`: start, stop, shutdown, reboot, destroy |
 | `exits.py` | `GuestExitMixin`: a guest that stops on its own stops its VM (and its start) |
@@ -48,6 +49,7 @@ from provision.sim.models.base import (
 )
 from provision.sim.models.clone import CloneMixin
 from provision.sim.models.config import ConfigMixin
+from provision.sim.models.images import ImageMixin
 from provision.sim.models.nodes import NodeMixin
 from provision.sim.models.power import PowerMixin
 from provision.sim.models.state import ClusterState
@@ -71,6 +73,7 @@ class Cluster(
     NodeMixin,
     VmMixin,
     CloneMixin,
+    ImageMixin,
     ConfigMixin,
     PowerMixin,
     AgentMixin,

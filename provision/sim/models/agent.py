@@ -9,6 +9,8 @@ from typing import Any
 from provision.sim.errors import PveError
 from provision.sim.models.state import ClusterState
 
+AGENT_BINARY = "/usr/sbin/qemu-ga"
+
 
 class AgentMixin(ClusterState):
     """QGA commands: PVE's three errors first, then the backend's answer."""
@@ -27,11 +29,13 @@ class AgentMixin(ClusterState):
             started_at = vm.started_at or time.time()
             name = vm.config.get("name", f"VM {vmid}")
             enabled = vm.agent_enabled
+            needs_binary = vm.agent_binary_required
         up = (
             enabled
             and time.time() >= started_at + self.settings.agent_delay
             and not self.faults.agent_is_down(vmid)
             and self.backend.agent_ping(vmid)
+            and (not needs_binary or self._agent_installed(vmid))
         )
         if not up:
             time.sleep(self.settings.agent_timeout)
@@ -53,6 +57,15 @@ class AgentMixin(ClusterState):
             "info": lambda: {"version": "8.2.2", "supported_commands": []},
         }
         return {"result": results[command]()}
+
+    def _agent_installed(self, vmid: int) -> bool:
+        """A guest from a cloud image runs an agent only once qemu-guest-agent is installed:
+        the package's binary (Debian/Ubuntu `qemu-guest-agent`: /usr/sbin/qemu-ga)."""
+        try:
+            self.backend.file_read(vmid, AGENT_BINARY)
+        except (FileNotFoundError, OSError):
+            return False
+        return True
 
     def _file_read(self, vmid: int, params: dict[str, Any]) -> dict[str, Any]:
         """GET agent/file-read: `{content, bytes-read[, truncated]}` (no `result` wrapper)."""

@@ -58,6 +58,9 @@ class Vm:
     status: str = "stopped"
     started_at: float | None = None
     linked_base: int | None = None  # template VMID whose base disk this VM's disk is linked to
+    # A disk imported from a cloud image has no qemu-guest-agent: the agent answers only once
+    # the guest has the binary its package installs (see AgentMixin). Clones inherit this.
+    agent_binary_required: bool = False
 
     @property
     def running(self) -> bool:
@@ -96,7 +99,8 @@ class Vm:
 
 def default_storages() -> list[Storage]:
     return [
-        Storage("local", "dir", ("iso", "vztmpl", "snippets", "backup"), 100 * GIB),
+        # `import` (PVE 8.2+) is what download-url stores cloud images as, for import-from
+        Storage("local", "dir", ("iso", "vztmpl", "snippets", "backup", "import"), 100 * GIB),
         Storage("local-lvm", "lvmthin", ("images", "rootdir"), 400 * GIB),
     ]
 

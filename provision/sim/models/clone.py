@@ -55,7 +55,13 @@ class CloneMixin(TaskMixin):
             with self.lock:
                 if newid in self.vms:  # lost the race for newid (worker-side re-check)
                     raise TaskError(f"unable to create VM {newid}: config file already exists")
-                self.vms[newid] = Vm(newid, node, new_config, linked_base=vmid if linked else None)
+                self.vms[newid] = Vm(
+                    newid,
+                    node,
+                    new_config,
+                    linked_base=vmid if linked else None,
+                    agent_binary_required=source.agent_binary_required,
+                )
             self.save()
             task.begun.set()
             for key, volid in vmconfig.drives(source.config):
