@@ -68,6 +68,12 @@ if TYPE_CHECKING:
 @click.option("--allow-overcommit", is_flag=True, help="allow shapes larger than the node")
 @click.option("--model", help="model to run (default: probe.model of the lab file)")
 @runs_options("measured runs per shape")
+@click.option(
+    "--num-thread",
+    metavar="LIST",
+    help="runner thread counts to measure at each shape (auto,1,2,4; each reloads the "
+    "model): a shape counts with its best",
+)
 @click.option("--warmup", type=click.IntRange(0, 10), help="warm-up runs per shape")
 @click.option("--num-predict", type=click.IntRange(1, 1_000_000), help="tokens per run")
 @click.option(
@@ -110,6 +116,7 @@ def sweep(
     model: str | None,
     runs: int | str | None,
     max_runs: int | None,
+    num_thread: str | None,
     warmup: int | None,
     num_predict: int | None,
     prompt_file: Path | None,
@@ -128,7 +135,7 @@ def sweep(
     a killed sweep run again reuses them); --keep-clones keeps them, and `labctl down NAME-2`
     removes one later. A VM named NAME-2 that you made yourself is used but never removed.
     """
-    from provision.probe.options import options_from_config
+    from provision.probe.options import check_level_bounds, options_from_config
     from provision.probe.record import identity_options, kept_options
     from provision.pve.lease import parse_wait
     from provision.sweep.loop import SweepPlan, check_space_fits
@@ -154,8 +161,10 @@ def sweep(
         warmup=warmup,
         num_predict=num_predict,
         prompt_file=prompt_file,
+        num_thread=num_thread,
     )
     options = with_service_levels(options, service)
+    check_level_bounds(options, max(space.cores), max(space.ram_mib))
     lab = app.lab()
     info = running_vm(lab, name)
     if cpu_types is None:

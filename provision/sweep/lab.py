@@ -20,6 +20,7 @@ from provision.sweep.model import Measurement, Status
 from provision.sweep.service import LevelPoint
 
 if TYPE_CHECKING:
+    from provision.probe.concurrency import LevelStats
     from provision.probe.result import ProbeOptions, ProbeResult
     from provision.pve.lifecycle import Lab
 
@@ -143,9 +144,35 @@ def measurement_from_probe(
 def measurement_from_levels(
     shape: Shape, result: ProbeResult, details: dict[str, Any]
 ) -> Measurement:
-    """A service sweep's probe measured concurrency levels instead of single runs: the shape's
-    tok/s and TTFT are those of one user alone, its peak the worst level's, and every level is
-    kept for the service targets."""
+    """The probe measured levels (users at once, runner thread counts) instead of single runs.
+
+    Per thread count: the shape's tok/s and TTFT are one user's alone, its peak the worst
+    level's, and every level is kept for the service targets. With several thread counts the
+    shape counts with its best (the most tokens/s at its busiest level); details say which and
+    what each gave.
+    """
+    by_threads: dict[int | None, list[LevelStats]] = {}
+    for level in result.levels:
+        by_threads.setdefault(level.num_thread, []).append(level)
+    total_bytes = result.facts.mem_total_bytes if result.facts is not None else None
+    candidates = {
+        threads: _from_one_thread_count(shape, levels, total_bytes, details)
+        for threads, levels in by_threads.items()
+    }
+    if len(candidates) == 1:
+        return next(iter(candidates.values()))
+    best = max(candidates, key=lambda threads: _busiest_tps(candidates[threads]))
+    chosen = candidates[best]
+    chosen.details["num_thread"] = _threads_text(best)
+    chosen.details["by_num_thread"] = {
+        _threads_text(threads): m.eval_tps for threads, m in candidates.items()
+    }
+    return chosen
+
+
+def _from_one_thread_count(
+    shape: Shape, stats: list[LevelStats], total_bytes: int | None, details: dict[str, Any]
+) -> Measurement:
     levels = tuple(
         LevelPoint(
             users=lv.users,
@@ -155,14 +182,13 @@ def measurement_from_levels(
             completed=lv.completed,
             failed=lv.failed,
         )
-        for lv in result.levels
+        for lv in stats
     )
-    if not any(lv.completed for lv in result.levels):
-        errors = "; ".join(e for lv in result.levels for e in lv.errors) or "no request succeeded"
-        return Measurement(shape, Status.FAILED, error=errors, details=details, levels=levels)
-    alone = next((lv for lv in result.levels if lv.users == 1), None)
-    peaks = [lv.peak_mem_used for lv in result.levels if lv.peak_mem_used is not None]
-    total_bytes = result.facts.mem_total_bytes if result.facts is not None else None
+    if not any(lv.completed for lv in stats):
+        errors = "; ".join(e for lv in stats for e in lv.errors) or "no request succeeded"
+        return Measurement(shape, Status.FAILED, error=errors, details=dict(details), levels=levels)
+    alone = next((lv for lv in stats if lv.users == 1), None)
+    peaks = [lv.peak_mem_used for lv in stats if lv.peak_mem_used is not None]
     return Measurement(
         shape,
         Status.OK,
@@ -170,9 +196,20 @@ def measurement_from_levels(
         ttft_s=_rounded(alone.ttft_p50_s if alone else None, 3),
         mem_total_mib=int(total_bytes // MIB) if total_bytes else None,
         peak_used_mib=int(max(peaks) // MIB) if peaks else None,
-        details=details,
+        details=dict(details),
         levels=levels,
     )
+
+
+def _busiest_tps(measurement: Measurement) -> float:
+    """Tokens/s of all users together at the busiest level (one user's when there is one)."""
+    if measurement.status is not Status.OK or not measurement.levels:
+        return -1.0
+    return max(measurement.levels, key=lambda lv: lv.users).aggregate_tps or 0.0
+
+
+def _threads_text(threads: int | None) -> str:
+    return "auto" if threads is None else str(threads)
 
 
 def _rounded(value: float | None, digits: int) -> float | None:

@@ -212,6 +212,8 @@ def test_no_shape_meets_the_target_exit_8_and_the_report_shows_the_best_seen(lab
         (("--cores", "2", "--ram", "4G", "--users", "3"), "--users N needs a target"),
         (("--cores", "2", "--ram", "4G", "--min-tps-per-user", "5"), "need --users N"),
         (("--cores", "2", "--ram", "4G", "--min-tps", "1", "--runs", "soon"), "'soon'"),
+        (("--cores", "2", "--ram", "4G", "--min-tps", "1", "--num-thread", "0"), "at least 1"),
+        (("--cores", "1,2", "--ram", "4G", "--min-tps", "1", "--num-thread", "auto,9"), "(8)"),
         (
             (
                 "--cores",

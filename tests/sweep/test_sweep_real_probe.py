@@ -174,3 +174,40 @@ def test_a_service_sweep_probes_each_shape_at_its_user_levels_and_keeps_them(
         assert evaluate(point, plan.targets).feasible
     minimum = outcome.result.minimum
     assert minimum is not None and minimum.shape.cores == 1
+
+
+def test_a_sweep_over_thread_counts_loads_each_and_keeps_the_best(
+    local_sshd: LocalSshd, ollama_double: DoubleOllama, tmp_path: Path
+) -> None:
+    vm = FakeVm(shape=Shape(2, 4 * G))
+    options = ProbeOptions(
+        runs=1,
+        warmup=0,
+        num_predict=8,
+        ollama_url=ollama_double.url,
+        check_shape=False,
+        thread_counts=(None, 1),
+    )
+    prober = LabProber(
+        LoopbackLab(vm, local_sshd.address),  # type: ignore[arg-type]
+        "gemma",
+        options,
+        tmp_path,
+        RecordingReporter(),
+        {"model": options.model, "thread_counts": ["auto", 1]},
+    )
+    sweeps = SweepStore(store.connect(tmp_path))
+    plan = SweepPlan(
+        vm="gemma",
+        space=Space((2,), (4 * G,), ("host",)),
+        targets=Targets(min_tps=0.1),
+        strategy="grid",
+    )
+
+    outcome = SweepLoop(sweeps, [Worker(vm, prober)], RecordingReporter()).run(plan)
+
+    [point] = sweeps.measurements(outcome.record.id)
+    assert point.status is Status.OK
+    assert set(point.details["by_num_thread"]) == {"auto", "1"}
+    best = point.details["by_num_thread"][point.details["num_thread"]]
+    assert point.eval_tps == best == max(point.details["by_num_thread"].values())
