@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.harness import lacks_root
 from provision.deploy import DeployHost, DeployResult, deploy
 from tests.support.deploy_lab import Lab, lab
 
@@ -75,8 +76,7 @@ def main() -> int:
     parser.add_argument("--ram-mib", type=int, default=8192, help="VM RAM before mem_scale")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("python -m bench.deploy needs root (it boots simulator guests)", file=sys.stderr)
+    if lacks_root("deploy"):
         return 2
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ld30-bench-"))
     try:

@@ -22,10 +22,8 @@ Usage: python -m bench.down_all [--count 20] [--runs 1] [-- LABCTL DOWN OPTIONS]
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,8 +36,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from bench.harness import labctl_env, lacks_root, new_ssh_key
 from bench.parallel_up import (
-    REPO,
     VM_PATH_RE,
     Launcher,
     Request,
@@ -321,16 +319,13 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=1, help="up N + down --all, this many times")
     parser.add_argument("labctl", nargs="*", help="extra `labctl down` options, after --")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("bench/down_all.py needs root for the container guests", file=sys.stderr)
+    if lacks_root("down_all"):
         return 2
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LABCTL_")}
-    env["PYTHONPATH"] = str(REPO)
+    env = labctl_env()
     with tempfile.TemporaryDirectory(prefix="labctl-bench-") as tmp:
         base = Path(tmp)
-        key = base / "id_ed25519"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        key = new_ssh_key(base)
         with simulator(base) as (server, backend_log):
             log = RequestLog()
             log.install(server.app)

@@ -12,9 +12,7 @@ Usage: python -m bench.many_guests [--count 40] [--cores 1] [--memory 1024] [--m
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -27,6 +25,7 @@ import requests
 from proxmoxer import ResourceException
 from proxmoxer.tools import Tasks
 
+from bench.harness import lacks_root
 from provision.sim.guests.capacity import HostReader, HostUsage
 from provision.sim.guests.container import ssh_banner
 from provision.sim.server import SimServer
@@ -169,8 +168,7 @@ def main() -> int:
     parser.add_argument("--mem-scale", type=float, default=1.0)
     parser.add_argument("--timeout", type=float, default=300, help="seconds for all to come up")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("bench.many_guests needs root for the container guests", file=sys.stderr)
+    if lacks_root("many_guests"):
         return 2
     from provision.sim.guests.container import ContainerBackend
 

@@ -42,9 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.harness import labctl_env, lacks_root, new_ssh_key
 from provision.sim.server import SimServer
-
-REPO = Path(__file__).resolve().parents[1]
 
 BRIDGE, SUBNET, PREFIX = "lbbr97", "10.213.97.0/24", "lb97"
 STAGE_RE = re.compile(r"^\[\s*([0-9.]+)s\] ([a-z][a-z -]*) \.\.\.$")
@@ -418,18 +417,15 @@ def main() -> int:
     parser.add_argument("--ram", default="1G")
     parser.add_argument("--warmup", type=int, default=1, help="untimed ups before the single")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("bench/parallel_up.py needs root for the container guests", file=sys.stderr)
+    if lacks_root("parallel_up"):
         return 2
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     from provision.sim.guests.container import ContainerBackend
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LABCTL_")}
-    env["PYTHONPATH"] = str(REPO)
+    env = labctl_env()
     with tempfile.TemporaryDirectory(prefix="labctl-bench-") as tmp:
         base = Path(tmp)
-        key = base / "id_ed25519"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        key = new_ssh_key(base)
         backend = ContainerBackend(base / "guests", bridge=BRIDGE, subnet=SUBNET, prefix=PREFIX)
         print(backend.describe())
         with SimServer(base / "sim", backend=backend) as server:

@@ -41,9 +41,8 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.harness import labctl_env, lacks_root, new_ssh_key
 from provision.deploy.runner import default_inventory_path
-
-REPO = Path(__file__).resolve().parents[1]
 
 BRIDGE, SUBNET, PREFIX = "lbbr97", "10.213.97.0/24", "lb97"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -435,17 +434,14 @@ def main() -> int:
     parser.add_argument("--cycles", type=int, default=50)
     parser.add_argument("--parallel", type=int, default=4)
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("bench/soak.py needs root for the container guests", file=sys.stderr)
+    if lacks_root("soak"):
         return 2
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LABCTL_")}
-    env["PYTHONPATH"] = str(REPO)
+    env = labctl_env()
     procs = Processes()
     with tempfile.TemporaryDirectory(prefix="labctl-soak-") as tmp:
         base = Path(tmp)
-        key = base / "id_ed25519"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        key = new_ssh_key(base)
         sim = Simulator(base / "sim", base / "sim.log", env)
         lab = base / "labctl.toml"
         state = base / "state"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -25,9 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.harness import labctl_env, lacks_root, new_ssh_key
 from provision.sim.server import SimServer
-
-REPO = Path(__file__).resolve().parents[1]
 
 BRIDGE, SUBNET, PREFIX = "llbr41", "10.213.41.0/24", "ll41"
 
@@ -67,18 +65,15 @@ def main() -> int:
         "--boot", type=float, default=8.0, help="seconds from start until the guest agent answers"
     )
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("python -m bench.up_floor needs root for the container guests", file=sys.stderr)
+    if lacks_root("up_floor"):
         return 2
     from provision.sim.guests.container import ContainerBackend
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LABCTL_")}
-    env["PYTHONPATH"] = str(REPO)
+    env = labctl_env()
     floor = args.clone + max(args.start, args.boot)
     with tempfile.TemporaryDirectory(prefix="labctl-bench-") as tmp:
         base = Path(tmp)
-        key = base / "id_ed25519"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        key = new_ssh_key(base)
         backend = ContainerBackend(base / "guests", bridge=BRIDGE, subnet=SUBNET, prefix=PREFIX)
         settings = {
             "agent_delay": args.boot,
