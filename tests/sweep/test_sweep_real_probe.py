@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from provision import store
 from provision.errors import ModelDoesNotFit
 from provision.guest import GuestAddress
+from provision.probe.record import kept_options
 from provision.probe.result import ProbeOptions
 from provision.shape import Shape
 from provision.sweep.db import SweepStore
@@ -53,32 +55,39 @@ class LoopbackLab:
         return self.address
 
 
-def test_a_sweep_with_the_real_probe_records_points_linked_to_their_probe_runs(
-    local_sshd: LocalSshd, ollama_double: DoubleOllama, tmp_path: Path
-) -> None:
+def loopback_sweep(
+    address: GuestAddress,
+    tmp_path: Path,
+    options: ProbeOptions,
+    targets: Targets,
+    cores: tuple[int, ...] = (1, 2),
+) -> tuple[SweepStore, Any]:
+    """A grid sweep of `cores` x 4 GiB whose probes run over SSH on this host (the VM's
+    stand-in, 2 vCPU / 4 GiB and never reshaped); the store and the loop's outcome."""
     vm = FakeVm(shape=Shape(2, 4 * G))
-    # this host stands in for the VM and is not reshaped: its guest-side shape check is off
-    options = ProbeOptions(
-        runs=2, warmup=0, num_predict=16, ollama_url=ollama_double.url, check_shape=False
-    )
-    lab = LoopbackLab(vm, local_sshd.address)
     prober = LabProber(
-        lab,  # type: ignore[arg-type]
+        LoopbackLab(vm, address),  # type: ignore[arg-type]
         "gemma",
         options,
         tmp_path,
         RecordingReporter(),
-        {"model": options.model, "runs": 2},
+        kept_options(options),
     )
     sweeps = SweepStore(store.connect(tmp_path))
     plan = SweepPlan(
-        vm="gemma",
-        space=Space((1, 2), (4 * G,), ("host",)),
-        targets=Targets(min_tps=0.1),
-        strategy="grid",
+        vm="gemma", space=Space(cores, (4 * G,), ("host",)), targets=targets, strategy="grid"
     )
+    return sweeps, SweepLoop(sweeps, [Worker(vm, prober)], RecordingReporter()).run(plan)
 
-    outcome = SweepLoop(sweeps, [Worker(vm, prober)], RecordingReporter()).run(plan)
+
+def test_a_sweep_with_the_real_probe_records_points_linked_to_their_probe_runs(
+    local_sshd: LocalSshd, ollama_double: DoubleOllama, tmp_path: Path
+) -> None:
+    # this host stands in for the VM and is not reshaped: its guest-side shape check is off
+    options = ProbeOptions(
+        runs=2, warmup=0, num_predict=16, ollama_url=ollama_double.url, check_shape=False
+    )
+    sweeps, outcome = loopback_sweep(local_sshd.address, tmp_path, options, Targets(min_tps=0.1))
 
     points = sweeps.measurements(outcome.record.id)
     assert [p.shape.cores for p in points] == [2, 1]  # the VM's own shape first: no reboot
@@ -134,7 +143,6 @@ def test_the_runner_killed_for_memory_becomes_an_oom_point(
 def test_a_service_sweep_probes_each_shape_at_its_user_levels_and_keeps_them(
     local_sshd: LocalSshd, ollama_double: DoubleOllama, tmp_path: Path
 ) -> None:
-    vm = FakeVm(shape=Shape(2, 4 * G))
     service = ServiceTargets(users=2, max_ttft_p95_s=120.0, min_tps_per_user=0.01)
     options = with_service_levels(
         ProbeOptions(
@@ -143,24 +151,8 @@ def test_a_service_sweep_probes_each_shape_at_its_user_levels_and_keeps_them(
         service,
     )
     assert options.concurrency == (1, 2)
-    lab = LoopbackLab(vm, local_sshd.address)
-    prober = LabProber(
-        lab,  # type: ignore[arg-type]
-        "gemma",
-        options,
-        tmp_path,
-        RecordingReporter(),
-        {"model": options.model, "concurrency": [1, 2]},
-    )
-    sweeps = SweepStore(store.connect(tmp_path))
-    plan = SweepPlan(
-        vm="gemma",
-        space=Space((1, 2), (4 * G,), ("host",)),
-        targets=Targets(service=service),
-        strategy="grid",
-    )
-
-    outcome = SweepLoop(sweeps, [Worker(vm, prober)], RecordingReporter()).run(plan)
+    targets = Targets(service=service)
+    sweeps, outcome = loopback_sweep(local_sshd.address, tmp_path, options, targets)
 
     points = sweeps.measurements(outcome.record.id)  # as a resumed sweep or a report reads them
     for point in points:
@@ -171,7 +163,7 @@ def test_a_service_sweep_probes_each_shape_at_its_user_levels_and_keeps_them(
         ]
         assert all(lv.ttft_p95_s and lv.tps_per_user for lv in point.levels)
         assert point.eval_tps == pytest.approx(point.levels[0].tps_per_user, abs=0.01)  # alone
-        assert evaluate(point, plan.targets).feasible
+        assert evaluate(point, targets).feasible
     minimum = outcome.result.minimum
     assert minimum is not None and minimum.shape.cores == 1
 
@@ -179,7 +171,6 @@ def test_a_service_sweep_probes_each_shape_at_its_user_levels_and_keeps_them(
 def test_a_sweep_over_thread_counts_loads_each_and_keeps_the_best(
     local_sshd: LocalSshd, ollama_double: DoubleOllama, tmp_path: Path
 ) -> None:
-    vm = FakeVm(shape=Shape(2, 4 * G))
     options = ProbeOptions(
         runs=1,
         warmup=0,
@@ -188,23 +179,9 @@ def test_a_sweep_over_thread_counts_loads_each_and_keeps_the_best(
         check_shape=False,
         thread_counts=(None, 1),
     )
-    prober = LabProber(
-        LoopbackLab(vm, local_sshd.address),  # type: ignore[arg-type]
-        "gemma",
-        options,
-        tmp_path,
-        RecordingReporter(),
-        {"model": options.model, "thread_counts": ["auto", 1]},
+    sweeps, outcome = loopback_sweep(
+        local_sshd.address, tmp_path, options, Targets(min_tps=0.1), cores=(2,)
     )
-    sweeps = SweepStore(store.connect(tmp_path))
-    plan = SweepPlan(
-        vm="gemma",
-        space=Space((2,), (4 * G,), ("host",)),
-        targets=Targets(min_tps=0.1),
-        strategy="grid",
-    )
-
-    outcome = SweepLoop(sweeps, [Worker(vm, prober)], RecordingReporter()).run(plan)
 
     [point] = sweeps.measurements(outcome.record.id)
     assert point.status is Status.OK
