@@ -115,7 +115,9 @@ def tls_error(
     if match:
         expected, got = (format_fingerprint(x) for x in match.groups())
         return TLSVerifyError(
-            f"TLS pin mismatch for {where}: expected SHA-256 {expected}, server presented {got}"
+            f"TLS pin mismatch for {where}: expected SHA-256 {expected}, server presented {got}",
+            hint="the node's certificate changed or proxmox.fingerprint is wrong: compare with "
+            "`pvenode cert info` on the node before pinning the new one",
         )
     if pinned:
         return TLSVerifyError(f"TLS failure talking to {where}: {_short(text)}")

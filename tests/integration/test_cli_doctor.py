@@ -138,3 +138,35 @@ def test_unreachable_api_is_a_problem_and_the_local_checks_still_run(api_lab: La
     row = only_problem(result, "API")
     assert list(rows(result)) == ["TLS", "API", "SSH key"]
     assert row["detail"]
+
+
+def test_a_wrong_pin_is_the_api_rows_problem_and_no_traceback(api_lab: Lab) -> None:
+    api_lab.write(proxmox={"fingerprint": ":".join(["AB"] * 32)})
+    result = api_lab.run("doctor", "--json")
+    row = only_problem(result, "API")
+    assert "Traceback" not in result.stderr
+    assert "TLS pin mismatch" in row["detail"] and "pvenode cert info" in row["fix"], row
+
+
+def test_a_bad_token_is_the_api_rows_problem_and_the_local_checks_still_run(
+    api_lab: Lab,
+) -> None:
+    api_lab.write(proxmox={"token_secret": "00000000-0000-0000-0000-000000000000"})
+    result = api_lab.run("doctor", "--json")
+    row = only_problem(result, "API")
+    assert "Traceback" not in result.stderr
+    assert "401" in row["detail"] or "authentication" in row["detail"].lower(), row
+    assert "SSH key" in rows(result)
+
+
+def test_disks_beyond_a_thin_storages_free_space_are_a_warning(api_lab: Lab) -> None:
+    # local-lvm is LVM-thin: PVE lets its volumes overcommit, so this is a warning, not a problem
+    api_lab.write()
+    text = api_lab.config.read_text()
+    api_lab.config.write_text(text + '\n[vm.huge]\ndisk = "9000G"\n')
+    result = api_lab.run("doctor", "--json")
+    assert result.code == 0, result
+    row = rows(result)["storage space"]
+    assert row["status"] == "warning", row
+    assert "local-lvm on pve: 9000 GiB of disks" in row["detail"], row
+    assert "smaller disks" in row["fix"]
