@@ -51,6 +51,18 @@ def agent_for(server: SimServer, state: Path, **values: Any) -> GuestAgent:
     return GuestAgent(Cluster(config, NullReporter()), state / "known_hosts")
 
 
+def labctl_vm(client: Any, name: str) -> int:
+    """A started clone of the template, tagged as labctl's."""
+    vmid = int(client.get("cluster/nextid"))
+    clone = client.post("nodes/pve/qemu/9000/clone", newid=vmid, name=name)
+    wait_task(client, clone, timeout_s=30, what="clone")
+    client.post(f"nodes/pve/qemu/{vmid}/config", tags="labctl")
+    wait_task(
+        client, client.post(f"nodes/pve/qemu/{vmid}/status/start"), timeout_s=30, what="start"
+    )
+    return vmid
+
+
 def test_waiting_for_silent_agents_leaves_pvedaemon_a_worker(
     slow_agent_sim: SimServer, tmp_path: Path
 ) -> None:
@@ -58,16 +70,7 @@ def test_waiting_for_silent_agents_leaves_pvedaemon_a_worker(
     client = guest_agent.cluster.client
     resources = []
     for name in ("sweep-1", "sweep-2"):
-        vmid = int(client.get("cluster/nextid"))
-        wait_task(
-            client,
-            client.post("nodes/pve/qemu/9000/clone", newid=vmid, name=name),
-            timeout_s=30,
-            what="clone",
-        )
-        wait_task(
-            client, client.post(f"nodes/pve/qemu/{vmid}/status/start"), timeout_s=30, what="start"
-        )
+        vmid = labctl_vm(client, name)
         resources.append(
             Resource(
                 vmid=vmid,
@@ -109,18 +112,6 @@ def test_waiting_for_silent_agents_leaves_pvedaemon_a_worker(
     assert max(took) < SILENT_AGENT_S / 2, f"status/current waited {max(took):.2f}s for a worker"
 
 
-def _labctl_vm(client: Any, name: str) -> int:
-    """A started clone of the template, tagged as labctl's."""
-    vmid = int(client.get("cluster/nextid"))
-    clone = client.post("nodes/pve/qemu/9000/clone", newid=vmid, name=name)
-    wait_task(client, clone, timeout_s=30, what="clone")
-    client.post(f"nodes/pve/qemu/{vmid}/config", tags="labctl")
-    wait_task(
-        client, client.post(f"nodes/pve/qemu/{vmid}/status/start"), timeout_s=30, what="start"
-    )
-    return vmid
-
-
 def test_a_vm_started_a_moment_ago_gets_time_for_its_agent_to_report_an_address(
     tmp_path: Path,
 ) -> None:
@@ -129,7 +120,7 @@ def test_a_vm_started_a_moment_ago_gets_time_for_its_agent_to_report_an_address(
     settings = FAST | {"agent_delay": 1.5}
     with SimServer(tmp_path / "sim", **settings) as server:
         guest_agent = agent_for(server, tmp_path / "state", **{"timeouts.agent": 20})
-        vmid = _labctl_vm(guest_agent.cluster.client, "fresh")
+        vmid = labctl_vm(guest_agent.cluster.client, "fresh")
         ip = fake_address(vmid)
         pin_host_key(guest_agent.known_hosts, ip, KEY_LINE)  # no host key read needed
         started = time.monotonic()
@@ -143,7 +134,7 @@ def test_a_vm_running_longer_than_the_agent_timeout_without_an_address_fails_at_
 ) -> None:
     with SimServer(tmp_path / "sim", **FAST) as server:
         guest_agent = agent_for(server, tmp_path / "state", **{"timeouts.agent": 1})
-        vmid = _labctl_vm(guest_agent.cluster.client, "silent")
+        vmid = labctl_vm(guest_agent.cluster.client, "silent")
         assert server.cluster is not None
         server.cluster.faults.add({"kind": "agent", "vmid": vmid})
         while guest_agent.cluster.require_managed("silent").uptime_s < 2:  # whole seconds
