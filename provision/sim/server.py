@@ -14,12 +14,11 @@ import threading
 from pathlib import Path
 from typing import Any, Self, TextIO
 
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
-
 from provision.sim import auth, tls
 from provision.sim.app import SimApp
 from provision.sim.guests.base import GuestBackend
 from provision.sim.guests.null import NoGuestBackend
+from provision.sim.httpd import PveHTTPServer, make_https_server
 from provision.sim.models import GIB, Cluster, node_names
 from provision.sim.schema import load_schema
 from provision.sim.settings import Settings
@@ -47,24 +46,6 @@ def make_backend(kind: str, **opts: Any) -> GuestBackend:
         reason = str(exc) or type(exc).__name__
     log.warning("falling back to API-only guests: %s", reason)
     return NoGuestBackend(reason=reason)
-
-
-class _RequestHandler(WSGIRequestHandler):
-    """Quiet by default; `serve()` turns on one line per request."""
-
-    verbose = False
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        if self.verbose:
-            super().log_request(code, size)
-
-    def log(self, type: str, message: str, *args: Any) -> None:
-        if self.verbose or type == "error":
-            super().log(type, message, *args)
-
-
-class _VerboseRequestHandler(_RequestHandler):
-    verbose = True
 
 
 class SimServer:
@@ -96,7 +77,7 @@ class SimServer:
         self._node_memory = node_memory_gib * GIB
         self._settings = settings
         self._log_requests = log_requests
-        self._server: BaseWSGIServer | None = None
+        self._server: PveHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.cluster: Cluster | None = None
         self.app: SimApp | None = None
@@ -117,7 +98,7 @@ class SimServer:
     def port(self) -> int:
         if self._server is None:
             raise RuntimeError("SimServer is not started")
-        return int(self._server.server_port)
+        return int(self._server.server_address[1])
 
     @property
     def url(self) -> str:
@@ -136,14 +117,8 @@ class SimServer:
         self.app = app
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(str(self.cert_path), str(self.key_path))
-        handler = _VerboseRequestHandler if self._log_requests else _RequestHandler
-        self._server = make_server(
-            self.host,
-            self._requested_port,
-            app,
-            threaded=True,
-            ssl_context=context,
-            request_handler=handler,
+        self._server = make_https_server(
+            self.host, self._requested_port, app, context, verbose=self._log_requests
         )
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="pve-sim", daemon=True
