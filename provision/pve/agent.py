@@ -4,8 +4,9 @@ through the agent (never trusted on first SSH use) and pinned into labctl's know
 Every agent endpoint runs in pvedaemon (3 workers per node, pve-manager
 PVE/Service/pvedaemon.pm:18) and holds its worker up to 3 s while no agent answers
 (qemu-server src/PVE/QemuServer/Agent.pm:82-89). So: one agent call per VM at a time, at most
-AGENT_CALLS_IN_FLIGHT per Lab (a worker stays free for everything else), and a growing pause
-between the polls of one VM.
+AGENT_CALLS_IN_FLIGHT per node from all labctl processes of this machine (a worker stays free
+for task polls, config calls and the web UI; 20 `labctl up` at once are 20 processes), and a
+growing pause between the polls of one VM.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from typing import Any
 from provision.errors import AgentTimeout, GuestError, LabctlError, ProxmoxAPIError
 from provision.guest.known_hosts import parse_public_key, pin_host_key, pinned_hosts
 from provision.progress import Stopwatch
-from provision.pve.cluster import Cluster, Resource, UpContext
+from provision.pve.cluster import Cluster, LocalLocks, Resource, UpContext
 from provision.pve.shapes import pick_address
 
 HOST_KEY_PATH = "/etc/ssh/ssh_host_ed25519_key.pub"
@@ -38,24 +38,27 @@ _NOT_RUNNING_RE = re.compile(r"VM \d+ is not running")
 
 
 class GuestAgent:
-    """Agent calls for the VMs of one Lab, at most AGENT_CALLS_IN_FLIGHT at once."""
+    """Agent calls for the VMs of one Lab, at most AGENT_CALLS_IN_FLIGHT per node at once."""
 
-    def __init__(self, cluster: Cluster, known_hosts: Path) -> None:
+    def __init__(self, cluster: Cluster, known_hosts: Path, locks: LocalLocks) -> None:
         self.cluster = cluster
         self.known_hosts = known_hosts
-        self._calls = threading.BoundedSemaphore(AGENT_CALLS_IN_FLIGHT)
+        self._locks = locks
 
-    def call(self, path: str, *, poll: bool = False, **params: Any) -> Any:
-        """One agent call, never retried here, and at most AGENT_CALLS_IN_FLIGHT at once."""
-        with self._calls:
-            return self.cluster.client.get(path, poll=poll, retry=False, **params)
+    def call(self, res: Resource, command: str, *, poll: bool = False, **params: Any) -> Any:
+        """One agent call, never retried here, in one of the node's AGENT_CALLS_IN_FLIGHT
+        slots shared by every labctl process of this machine."""
+        client = self.cluster.client
+        slots = f"agent-{client.settings.host}-{client.settings.port}-{res.node}"
+        with self._locks.one_of(slots, AGENT_CALLS_IN_FLIGHT):
+            return client.get(f"{res.path}/agent/{command}", poll=poll, retry=False, **params)
 
     # -- the address -----------------------------------------------------------------------
 
     def address(self, res: Resource) -> str | None:
         """The address the agent reports now; None while it reports none (or cannot answer)."""
         try:
-            data = self.call(f"{res.path}/agent/network-get-interfaces")
+            data = self.call(res, "network-get-interfaces")
         except LabctlError as error:
             if isinstance(error, ProxmoxAPIError) and error.status == 403:
                 raise  # a missing privilege is not "no address yet"
@@ -76,9 +79,8 @@ class GuestAgent:
         if timeout is None:
             timeout = self.cluster.seconds("timeouts.agent")
         poll = _AddressPoll(ctx, timeout)
-        path = f"{res.path}/agent/network-get-interfaces"
         while True:
-            ip = self._poll_address(ctx, poll, path)
+            ip = self._poll_address(ctx, poll, res)
             if ip is not None:
                 self.cluster.reporter.step(f"address {ip} after {poll.watch.elapsed:.1f}s")
                 return ip
@@ -88,9 +90,9 @@ class GuestAgent:
                 self.cluster.reporter.step(note)
             poll.pause()
 
-    def _poll_address(self, ctx: UpContext, poll: _AddressPoll, path: str) -> str | None:
+    def _poll_address(self, ctx: UpContext, poll: _AddressPoll, res: Resource) -> str | None:
         try:
-            data = self.call(path, poll=True)
+            data = self.call(res, "network-get-interfaces", poll=True)
         except ProxmoxAPIError as error:
             poll.last = _agent_wait_error(ctx, error)
             return None
@@ -136,7 +138,7 @@ class GuestAgent:
         """(the key file's content, None) or (None, why not yet); raises what reads cannot
         fix."""
         try:
-            data = self.call(f"{res.path}/agent/file-read", file=HOST_KEY_PATH)
+            data = self.call(res, "file-read", file=HOST_KEY_PATH)
         except ProxmoxAPIError as error:
             if error.status == 403:
                 raise  # Proxmox refused (a privilege), not the guest

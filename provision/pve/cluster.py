@@ -5,6 +5,9 @@ VMs are found by name and the `labctl` tag, nothing is remembered locally."""
 from __future__ import annotations
 
 import fcntl
+import os
+import re
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -222,9 +225,13 @@ def _not_found(resources: list[Resource], name: str) -> ProxmoxError:
     return VmNotFound(f"no VM named {name}", hint="`labctl ls` lists labctl's VMs")
 
 
+SLOT_WAIT_S = 0.05  # how often a call waiting for a slot tries them again
+
+
 class LocalLocks:
     """flocks in the state dir: serialise labctl processes on this machine (PVE reserves
-    nothing, so two `up`s of one name, or two VMID allocations, must not overlap)."""
+    nothing, so two `up`s of one name, or two VMID allocations, must not overlap), or bound
+    how many of them do one thing at once (`one_of`). The kernel drops a dead process's flocks."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -238,3 +245,26 @@ class LocalLocks:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    @contextmanager
+    def one_of(self, name: str, count: int) -> Iterator[None]:
+        """Hold one of `count` slots called `name` (any thread or process of this machine
+        sharing the state dir), waiting while all are held."""
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+        paths = [self.directory / f"{stem}.{slot}.lock" for slot in range(count)]
+        while True:
+            for path in paths:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue
+                try:
+                    yield
+                    return
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                    os.close(fd)
+            time.sleep(SLOT_WAIT_S)

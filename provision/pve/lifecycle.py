@@ -71,7 +71,7 @@ class Lab:
         self.known_hosts = state_dir / "known_hosts"
         self._cluster = Cluster(config, reporter, client=client)
         self._locks = LocalLocks(state_dir / "locks")
-        self._agent = GuestAgent(self._cluster, self.known_hosts)
+        self._agent = GuestAgent(self._cluster, self.known_hosts, self._locks)
         self._placement = Placement(self._cluster)
         self._cloner = Cloner(self._cluster, self._locks)
         self._boot = Boot(self._cluster, self._agent)

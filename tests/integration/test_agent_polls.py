@@ -17,7 +17,7 @@ from provision.guest.known_hosts import pin_host_key
 from provision.progress import NullReporter
 from provision.pve.agent import GuestAgent
 from provision.pve.boot import Boot
-from provision.pve.cluster import Cluster, Resource, UpContext
+from provision.pve.cluster import Cluster, LocalLocks, Resource, UpContext
 from provision.pve.tasks import wait_task
 from provision.sim.guests.null import fake_address
 from provision.sim.server import SimServer
@@ -48,7 +48,9 @@ def agent_for(server: SimServer, state: Path, **values: Any) -> GuestAgent:
         }
         | values
     )
-    return GuestAgent(Cluster(config, NullReporter()), state / "known_hosts")
+    return GuestAgent(
+        Cluster(config, NullReporter()), state / "known_hosts", LocalLocks(state / "locks")
+    )
 
 
 def labctl_vm(client: Any, name: str) -> int:

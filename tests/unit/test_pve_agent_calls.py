@@ -8,7 +8,9 @@ import itertools
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -58,6 +60,7 @@ class AgentClient:
         self.peak_total = 0
         self.calls: list[tuple[str, float, float]] = []  # (path, start, end)
         self.params: list[tuple[str, dict[str, Any]]] = []
+        self.settings = SimpleNamespace(host="pve.example", port=8006)
 
     def get(self, path: str, *, poll: bool = False, retry: bool = True, **params: Any) -> Any:
         vm = path.split("/agent/")[0]
@@ -91,7 +94,8 @@ def make_cluster(client: Any, **values: Any) -> Cluster:
 
 
 def make_agent(tmp_path: Path, client: Any, **values: Any) -> GuestAgent:
-    return GuestAgent(make_cluster(client, **values), tmp_path / "known_hosts")
+    locks = LocalLocks(tmp_path / "locks")
+    return GuestAgent(make_cluster(client, **values), tmp_path / "known_hosts", locks)
 
 
 def resource(vmid: int) -> Resource:
@@ -139,6 +143,44 @@ def test_parallel_waits_keep_at_most_two_agent_calls_in_flight(tmp_path: Path) -
     assert found == ["10.0.0.5"] * 5
     assert client.peak_total == agent.AGENT_CALLS_IN_FLIGHT == 2
     assert set(client.peak_per_vm.values()) == {1}
+
+
+def test_labctl_processes_sharing_a_state_dir_keep_two_agent_calls_in_flight_together(
+    tmp_path: Path,
+) -> None:
+    # each GuestAgent stands for one `labctl up` process: its own client, cluster and locks
+    client = AgentClient(lambda _p, n: NOT_RUNNING if n < 2 else INTERFACES, hold_s=0.15)
+    agents = [make_agent(tmp_path, client, **{"timeouts.agent": 30}) for _ in range(4)]
+    found: list[str] = []
+    threads = [
+        threading.Thread(
+            target=lambda a=a, v=v: found.append(
+                a.wait_for_address(UpContext(name=f"vm{v}", vmid=v), resource(v))
+            )
+        )
+        for a, v in zip(agents, range(101, 105), strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert found == ["10.0.0.5"] * 4
+    assert client.peak_total == 2
+
+
+def test_agent_calls_to_two_nodes_have_two_slots_each(tmp_path: Path) -> None:
+    client = AgentClient(lambda _p, _n: INTERFACES, hold_s=0.3)
+    agents = [make_agent(tmp_path, client) for _ in range(4)]
+    nodes = ["pve", "pve", "pve2", "pve2"]
+    threads = [
+        threading.Thread(target=a.address, args=(replace(resource(100 + i), node=node),))
+        for i, (a, node) in enumerate(zip(agents, nodes, strict=True))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert client.peak_total == 4
 
 
 def test_listing_many_vms_keeps_at_most_two_agent_calls_in_flight(tmp_path: Path) -> None:
