@@ -290,9 +290,12 @@ class OllamaProcesses:
 class Sampler(threading.Thread):
     """Samples the VM at a fixed rate during one run and measures its own CPU cost."""
 
-    def __init__(self, run: int, interval_s: float, processes: OllamaProcesses) -> None:
+    def __init__(
+        self, run: int, interval_s: float, processes: OllamaProcesses, *, quiet: bool = False
+    ) -> None:
         super().__init__(name="labctl-sampler", daemon=True)
         self.run_index = run
+        self.quiet = quiet  # watch memory and runners without emitting samples (a load)
         self.interval_s = interval_s
         self.processes = processes
         self.stopping = threading.Event()
@@ -353,6 +356,8 @@ class Sampler(threading.Thread):
         self.swap_total = mem.get("SwapTotal", 0)
         self.swap_peak = max(self.swap_peak, swap_used)
         self.samples += 1
+        if self.quiet:
+            return now
         emit(
             "sample",
             run=self.run_index,
@@ -973,16 +978,20 @@ def server_num_parallel(roots: set[int]) -> int | None:
 
 def load_runner(
     api: Ollama, options: dict[str, Any], processes: OllamaProcesses, index: int
-) -> bool:
+) -> str:
     """Load the model with this thread count before measuring, and report the load apart.
 
     An empty prompt only schedules the model and is answered once it is loaded, with
     done_reason "load" and no durations (server/routes.go:475-483 in v0.32.15), so the load is
     timed here, in the guest. num_thread is a runner option: a new value restarts the runner.
-    Then `warmup` single requests, not measured. False when the load failed.
+    Then `warmup` single requests, not measured. Returns "ok", "failed" or "oom" (the runner
+    was killed for memory while loading: the model does not fit, and the probe stops).
     """
     model = options["model"]
-    wall0 = time.monotonic()
+    sampler = Sampler(index, options.get("sample_interval_s", 0.1), processes, quiet=True)
+    oom_counts = oom_kill_counts()
+    started_epoch, wall0 = time.time(), time.monotonic()
+    sampler.start()
     try:
         status, body = api.post(
             "/api/generate",
@@ -994,10 +1003,16 @@ def load_runner(
             },
             timeout=float(options.get("run_timeout_s", 900)),
         )
-    except OSError as error:
-        status, body = 0, {"error": f"connection to Ollama failed: {error}"}
+    except OSError as failure:
+        status, body = 0, {"error": f"connection to Ollama failed: {failure}"}
+    sampler.stopping.set()
+    sampler.join()
     load_wall_s = time.monotonic() - wall0
     ok = status == 200 and isinstance(body, dict) and not body.get("error")
+    error = None if ok else str((body or {}).get("error") or f"HTTP {status}")
+    oom = None
+    if error is not None:
+        oom = oom_verdict(error, sampler, processes, started_epoch, oom_counts)
     warmups = []
     if ok:
         for _ in range(int(options.get("warmup", 0))):
@@ -1009,14 +1024,17 @@ def load_runner(
         index=index,
         num_thread=options.get("num_thread"),
         ok=ok,
-        error=None if ok else str((body or {}).get("error") or f"HTTP {status}"),
+        error=error,
+        oom=oom,
         load_duration=(body or {}).get("load_duration") if ok else None,
         load_wall_s=round(load_wall_s, 4),
         wall_s=round(time.monotonic() - wall0, 4),
         warmups_ok=warmups,
         runners=runner_threads(processes),
     )
-    return ok
+    if ok:
+        return "ok"
+    return "oom" if oom and oom["likely"] else "failed"
 
 
 def level_request(options: dict[str, Any], nonce: str) -> dict[str, Any]:
@@ -1036,11 +1054,12 @@ def measure_level(
     index: int,
     users: int,
     repeat: int,
-) -> None:
+) -> bool:
     """N simultaneous streams, each with its own nonce (no shared cached prefix); emit them.
 
     Every timestamp is taken here, in the guest, by the stream's own thread as each chunk
-    arrives: no SSH latency enters TTFT or the inter-token gaps.
+    arrives: no SSH latency enters TTFT or the inter-token gaps. False when a failed request's
+    runner was killed for memory (the level's KV caches did not fit): the probe stops.
     """
     timeout = float(options.get("run_timeout_s", 900))
     gate = threading.Barrier(users)
@@ -1056,6 +1075,8 @@ def measure_level(
             outcomes[slot].error = f"{type(error).__name__}: {error}"
 
     sampler = Sampler(index, options.get("sample_interval_s", 0.1), processes)
+    oom_counts = oom_kill_counts()
+    started_epoch = time.time()
     usage0 = resource.getrusage(resource.RUSAGE_SELF)
     wall0 = time.perf_counter()
     sampler.start()
@@ -1068,6 +1089,10 @@ def measure_level(
     sampler.join()
     wall_s = time.perf_counter() - wall0
     usage1 = resource.getrusage(resource.RUSAGE_SELF)
+    failed = next((o.error for o in outcomes if o.error is not None), None)
+    oom = None
+    if failed is not None:
+        oom = oom_verdict(failed, sampler, processes, started_epoch, oom_counts)
     emit(
         "level",
         index=index,
@@ -1086,7 +1111,9 @@ def measure_level(
             "error": sampler.error,
         },
         requests=[_request_event(o, n, wall0) for o, n in zip(outcomes, nonces, strict=True)],
+        oom=oom,
     )
+    return not (oom and oom["likely"])
 
 
 def _request_event(outcome: RunOutcome, nonce: str, level_start: float) -> dict[str, Any]:
@@ -1104,17 +1131,25 @@ def _request_event(outcome: RunOutcome, nonce: str, level_start: float) -> dict[
 
 
 def probe_levels(api: Ollama, options: dict[str, Any], processes: OllamaProcesses) -> int:
-    """For each thread count: load apart, then each concurrency level `runs` times."""
+    """For each thread count: load apart, then each concurrency level `runs` times; stop at
+    the first OOM kill (the model, or this many users' KV caches, does not fit)."""
     index = 0
     threads_list = options.get("thread_counts") or [options.get("num_thread")]
     for load_index, threads in enumerate(threads_list):
         with_threads = dict(options, num_thread=threads)
-        if not load_runner(api, with_threads, processes, load_index):
+        loaded = load_runner(api, with_threads, processes, load_index)
+        if loaded == "oom":
+            emit("end", runs=0, levels=index, stopped="oom")
+            return 0
+        if loaded == "failed":
             continue
         for users in options.get("concurrency") or [1]:
             for repeat in range(int(options["runs"])):
-                measure_level(api, with_threads, processes, index, int(users), repeat)
+                fits = measure_level(api, with_threads, processes, index, int(users), repeat)
                 index += 1
+                if not fits:
+                    emit("end", runs=0, levels=index, stopped="oom")
+                    return 0
     emit("end", runs=0, levels=index, stopped=None)
     return 0
 

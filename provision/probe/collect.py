@@ -129,7 +129,8 @@ class Collector:
             self.listener.on_thread_load(load)
         threads = "auto" if load.num_thread is None else load.num_thread
         if not load.ok:
-            self._warn(f"loading with num_thread {threads} failed: {load.error}")
+            if not load.oom_likely:  # an OOM kill ends the probe with its own error
+                self._warn(f"loading with num_thread {threads} failed: {load.error}")
             return
         running = ", ".join(
             f"{r.name} -t {r.argv_threads or 'default'} ({r.tasks} tasks)" for r in load.runners
@@ -151,7 +152,7 @@ class Collector:
         if isinstance(self.listener, LevelListener):
             self.listener.on_level(level)
         done = [r for r in level.requests if r.ok]
-        for failed in (r for r in level.requests if not r.ok):
+        for failed in (r for r in level.requests if not r.ok and not level.oom_likely):
             self._warn(f"{level.users} user(s): a request failed: {failed.error}")
         tokens = sum(r.eval_count or 0 for r in done)
         self.reporter.step(
@@ -244,14 +245,14 @@ def _events(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
 def _raise_for_outcome(result: ProbeResult, vm: str) -> None:
     oom = next((r for r in result.runs if r.oom_likely), None)
     if oom is not None:
-        raise ModelDoesNotFit(
-            f"model does not fit in RAM: {result.options.model}'s runner was OOM-killed on "
-            f"{vm} ({_gib(result.facts.mem_total_bytes if result.facts else None)} RAM); "
-            f"{((oom.oom or {}).get('evidence') or [oom.error])[0]}",
-            hint=f"give {vm} more RAM (`labctl resize {vm} --ram SIZE --reboot`) or probe a "
-            "smaller model",
-            figure=oom_figure(oom, result.facts.mem_total_bytes if result.facts else None),
-        )
+        raise _does_not_fit(result, vm, oom.oom, oom.error, oom_figure(oom, _mem_total(result)))
+    load = next((t for t in result.thread_loads if t.oom_likely), None)
+    if load is not None:
+        raise _does_not_fit(result, vm, load.oom, load.error, "OOM-killed while loading")
+    level = next((r for r in result.rounds if r.oom_likely), None)
+    if level is not None:
+        error = next((r.error for r in level.requests if not r.ok), None)
+        raise _does_not_fit(result, vm, level.oom, error, level_oom_figure(level, result))
     measured = result.measured
     if result.complete and measured and not any(r.ok for r in measured):
         raise ProbeError(f"all {len(measured)} measured runs failed on {vm}: {measured[0].error}")
@@ -260,6 +261,35 @@ def _raise_for_outcome(result: ProbeResult, vm: str) -> None:
         loads = [load.error for load in result.thread_loads if load.error]
         why = (requests[0].error if requests else None) or (loads[0] if loads else "no level ran")
         raise ProbeError(f"no request of any concurrency level completed on {vm}: {why}")
+
+
+def _does_not_fit(
+    result: ProbeResult, vm: str, oom: dict[str, Any] | None, error: str | None, figure: str
+) -> ModelDoesNotFit:
+    evidence = (oom or {}).get("evidence") or [error or "the runner was killed"]
+    return ModelDoesNotFit(
+        f"model does not fit in RAM: {result.options.model}'s runner was OOM-killed on "
+        f"{vm} ({_gib(_mem_total(result))} RAM); {evidence[0]}",
+        hint=f"give {vm} more RAM (`labctl resize {vm} --ram SIZE --reboot`), probe fewer "
+        "users or a smaller model"
+        if result.rounds
+        else f"give {vm} more RAM (`labctl resize {vm} --ram SIZE --reboot`) or probe a "
+        "smaller model",
+        figure=figure,
+    )
+
+
+def _mem_total(result: ProbeResult) -> int | None:
+    return result.facts.mem_total_bytes if result.facts else None
+
+
+def level_oom_figure(level: LevelRound, result: ProbeResult) -> str:
+    """An OOM kill while N users were served: their KV caches on top of the weights."""
+    users = f"{level.users} user{'s' if level.users != 1 else ''}"
+    mem_total = _mem_total(result)
+    if level.peak_rss is None or not mem_total:
+        return f"OOM-killed serving {users}"
+    return f"OOM-killed serving {users}, Ollama held {_gib(level.peak_rss)} of {_gib(mem_total)}"
 
 
 def oom_figure(run: RunResult, mem_total: int | None) -> str:

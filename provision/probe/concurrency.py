@@ -102,6 +102,11 @@ class LevelRound:
     requests: tuple[RequestResult, ...]
     peak_rss: int | None = None
     peak_mem_used: int | None = None  # the VM's MemTotal - lowest MemAvailable in this round
+    oom: dict[str, Any] | None = None  # the agent's verdict when a request failed
+
+    @property
+    def oom_likely(self) -> bool:
+        return bool(self.oom and self.oom.get("likely"))
 
     @classmethod
     def from_event(
@@ -124,6 +129,7 @@ class LevelRound:
             requests=tuple(RequestResult.from_event(r) for r in event.get("requests") or ()),
             peak_rss=peak_rss,
             peak_mem_used=peak_mem_used,
+            oom=event.get("oom") or None,
         )
 
 
@@ -230,6 +236,11 @@ class ThreadLoad:
     load_s: float | None  # the loading request's time: Ollama answers it once loaded
     wall_s: float  # the load and the warm-up requests
     runners: tuple[RunnerThreads, ...]
+    oom: dict[str, Any] | None = None  # the agent's verdict when the load failed
+
+    @property
+    def oom_likely(self) -> bool:
+        return bool(self.oom and self.oom.get("likely"))
 
     @classmethod
     def from_event(cls, event: Mapping[str, Any]) -> ThreadLoad:
@@ -252,6 +263,7 @@ class ThreadLoad:
                 )
                 for r in event.get("runners") or ()
             ),
+            oom=event.get("oom") or None,
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -71,6 +71,25 @@ def test_runner_killed_by_the_kernel_for_memory_is_model_does_not_fit(
     assert [r.ok for r in kept] == [False], "the failed run is kept before the error"
 
 
+def test_a_level_probe_whose_runner_is_killed_while_loading_is_model_does_not_fit(
+    confined_double: DoubleOllama,
+) -> None:
+    options = ProbeOptions(
+        runs=1, warmup=0, num_predict=8, concurrency=(1, 2), ollama_url=confined_double.url
+    )
+    events, code = run_agent(options)
+
+    loads = of_kind(events, "thread_load")
+    assert code == 0 and len(loads) == 1 and of_kind(events, "level") == []
+    assert loads[0]["ok"] is False and loads[0]["oom"]["likely"] is True, loads[0]
+    assert events[-1] == {"event": "end", "runs": 0, "levels": 0, "stopped": "oom"}
+
+    with pytest.raises(ModelDoesNotFit) as raised:
+        collect([json.dumps(e) for e in events], options, RecordingReporter(), vm="tiny")
+    assert raised.value.exit_code == ExitCode.MODEL_DOES_NOT_FIT
+    assert raised.value.figure == "OOM-killed while loading"
+
+
 class _Keep:
     def __init__(self, into: list[RunResult]) -> None:
         self.into = into

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from provision.errors import InvalidShape, ProbeError
+from provision.errors import ExitCode, InvalidShape, ModelDoesNotFit, ProbeError
 from provision.probe.collect import collect
 from provision.probe.concurrency import LevelRound, ThreadLoad
 from provision.probe.facts import GuestFacts
@@ -133,3 +133,51 @@ def test_levels_where_no_request_completed_are_a_probe_error() -> None:
             RecordingReporter(),
             vm="gemma",
         )
+
+
+OOM_VERDICT = {
+    "likely": True,
+    "evidence": ["runner pid [9] vanished; the kernel counted 1 OOM kill(s) in /proc/vmstat"],
+}
+
+
+def test_a_level_whose_runner_was_killed_for_memory_is_model_does_not_fit() -> None:
+    keeper = Keeper()
+    killed = level(4, None, ok=False) | {"oom": OOM_VERDICT}
+    samples = [{"event": "sample", "run": 2, "t": 0.1, "mem_total": 4 << 30, "ollama_rss": 3 << 30}]
+    with pytest.raises(ModelDoesNotFit) as raised:
+        collect(
+            lines(FACTS, load(None), level(1, None), *samples, killed, {"event": "end"}),
+            OPTIONS,
+            RecordingReporter(),
+            keeper,
+            vm="gemma",
+        )
+    assert raised.value.exit_code == ExitCode.MODEL_DOES_NOT_FIT
+    assert str(raised.value).startswith("model does not fit in RAM: gemma2:2b's runner was")
+    assert "the kernel counted 1 OOM kill" in str(raised.value)
+    assert "probe fewer users" in (raised.value.hint or "")
+    assert raised.value.figure == "OOM-killed serving 4 users, Ollama held 3.0 GiB of 4.0 GiB"
+    assert [lv.users for lv in keeper.levels] == [1, 4], "the levels are kept before the error"
+
+
+def test_a_load_killed_for_memory_is_model_does_not_fit_while_loading() -> None:
+    killed = load(None) | {"ok": False, "error": "signal: killed", "oom": OOM_VERDICT}
+    reporter = RecordingReporter()
+    with pytest.raises(ModelDoesNotFit) as raised:
+        collect(lines(FACTS, killed, {"event": "end"}), OPTIONS, reporter, vm="gemma")
+    assert raised.value.figure == "OOM-killed while loading"
+    assert not any("loading with num_thread" in text for _kind, text in reporter.events)
+
+
+def test_a_failed_level_without_memory_evidence_stays_a_failed_request() -> None:
+    failed = level(2, None, ok=False) | {"oom": {"likely": False, "evidence": []}}
+    reporter = RecordingReporter()
+    result = collect(
+        lines(FACTS, load(None), level(1, None), failed, {"event": "end"}),
+        OPTIONS,
+        reporter,
+        vm="gemma",
+    )
+    assert [lv.failed for lv in result.levels] == [0, 2]
+    assert ("warn", "2 user(s): a request failed: boom") in reporter.events
