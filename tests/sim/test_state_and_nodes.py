@@ -63,6 +63,28 @@ def test_vms_and_credentials_survive_a_restart_and_running_vms_come_back_stopped
         assert int(prox.cluster.nextid.get()) == vmid + 1
 
 
+def test_finished_tasks_survive_a_restart_with_their_final_status_and_log(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state"
+    with SimServer(state, **FAST) as first:
+        prox = token_api(first)
+        vmid = int(prox.cluster.nextid.get())
+        clone = prox.nodes("pve").qemu(9000).clone.post(newid=vmid, name="tasks")
+        wait(prox, clone)
+        start = prox.nodes("pve").qemu(vmid).status.start.post()
+        wait(prox, start)
+        logs = {upid: prox.nodes("pve").tasks(upid).log.get() for upid in (clone, start)}
+    saved = json.loads((state / "state.json").read_text())
+    assert {t["upid"]: t["status"] for t in saved["tasks"]}[clone] == "stopped"
+    with SimServer(state, **FAST) as second:
+        prox = token_api(second)
+        for upid in (clone, start):
+            status = prox.nodes("pve").tasks(upid).status.get()
+            assert (status["status"], status["exitstatus"]) == ("stopped", "OK")
+            assert prox.nodes("pve").tasks(upid).log.get() == logs[upid]
+
+
 def test_two_nodes_share_one_vmid_space_but_keep_their_own_vms(sim: SimServer, prox: Any) -> None:
     assert [n["node"] for n in prox.nodes.get()] == ["pve", "pve2"]
     assert prox.nodes("pve2").status.get()["cpuinfo"]["cpus"] == 16

@@ -70,6 +70,7 @@ class ClusterState:
         self._write_lock = threading.Lock()
         self._snapshot_seq = 0
         self._written_seq = 0
+        self._finished_task_texts: dict[str, str] = {}  # a finished task's JSON never changes
         if not self._load():
             self._initialise(nodes, node_cpus, node_memory)
         self._add_missing_nodes(nodes, node_cpus, node_memory)
@@ -121,21 +122,29 @@ class ClusterState:
     def save(self) -> None:
         """Write state.json atomically (temp file + rename).
 
-        Snapshots are numbered so that a slow writer never replaces a newer snapshot.
+        Snapshots are numbered so that a slow writer never replaces a newer snapshot. Only the
+        copies are taken under the cluster lock; the JSON is written outside it, and a finished
+        task's text is made once: with KEEP_TASKS tasks kept, dumping them all on every change
+        took ~14 ms with the lock held, which every other request waited for.
         """
         with self.lock:
             self._snapshot_seq += 1
             seq = self._snapshot_seq
             tasks = sorted(self.tasks.values(), key=lambda t: t.starttime)[-KEEP_TASKS:]
-            data = {
+            task_texts = [self._task_text(task) for task in tasks]
+            self._finished_task_texts = {
+                t.upid: text
+                for t, text in zip(tasks, task_texts, strict=True)
+                if t.upid in self._finished_task_texts
+            }
+            head = {
                 "version": STATE_VERSION,
                 "settings": self.settings.to_json(),
                 "nodes": [asdict(n) for n in self.nodes.values()],
                 "vms": [asdict(v) for v in sorted(self.vms.values(), key=lambda v: v.vmid)],
-                "tasks": [t.to_json() for t in tasks],
                 "next_pid": self._next_pid,
             }
-            text = json.dumps(data, indent=1, sort_keys=True)
+        text = json.dumps(head, sort_keys=True)[:-1] + ', "tasks": [' + ", ".join(task_texts) + "]}"
         with self._write_lock:
             if seq < self._written_seq:
                 return
@@ -145,6 +154,16 @@ class ClusterState:
                 handle.write(text)
             os.replace(tmp, self.state_dir / STATE_FILE)
             self._written_seq = seq
+
+    def _task_text(self, task: Task) -> str:
+        """The task as JSON; a finished task's text is kept (it cannot change any more)."""
+        text = self._finished_task_texts.get(task.upid)
+        if text is None:
+            finished = task.done.is_set()  # read first: a task finishing meanwhile is not kept
+            text = json.dumps(task.to_json(), sort_keys=True)
+            if finished:
+                self._finished_task_texts[task.upid] = text
+        return text
 
     def close(self, timeout: float = 5.0) -> None:
         """Wait briefly for task threads, then persist."""
