@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from requests.adapters import HTTPAdapter
 
 from provision.sim import httpd
 from provision.sim.server import SimServer
@@ -106,7 +107,9 @@ def test_a_requests_session_makes_its_calls_over_one_connection(sim: SimServer) 
     before = raw("GET", "/version")
     for _ in range(5):
         assert raw("GET", "/nodes").status_code == 200
-    pool = raw.session.get_adapter(raw.base).poolmanager
+    adapter = raw.session.get_adapter(raw.base)
+    assert isinstance(adapter, HTTPAdapter)
+    pool = adapter.poolmanager
     connections = sum(p.num_connections for p in pool.pools._container.values())
     assert before.status_code == 200
     assert connections == 1
