@@ -43,16 +43,25 @@ def test_node_status_reports_memory_and_cpus_in_bytes(fresh_sim: SimServer) -> N
     assert status["memory"]["free"] == status["memory"]["total"] - status["memory"]["used"]
 
 
+def _clone_and_start(prox: Any, name: str, **config: Any) -> tuple[int, str, str]:
+    """A clone of the template, configured and started: (vmid, clone UPID, start UPID)."""
+    vmid = int(prox.cluster.nextid.get())
+    clone = prox.nodes("pve").qemu(9000).clone.post(newid=vmid, name=name)
+    wait(prox, clone)
+    if config:
+        prox.nodes("pve").qemu(vmid).config.put(**config)
+    start = prox.nodes("pve").qemu(vmid).status.start.post()
+    wait(prox, start)
+    return vmid, clone, start
+
+
 def test_vms_and_credentials_survive_a_restart_and_running_vms_come_back_stopped(
     tmp_path: Path,
 ) -> None:
     state = tmp_path / "state"
     with SimServer(state, **FAST) as first:
         prox = token_api(first)
-        vmid = int(prox.cluster.nextid.get())
-        wait(prox, prox.nodes("pve").qemu(9000).clone.post(newid=vmid, name="keeper"))
-        prox.nodes("pve").qemu(vmid).config.put(cores=3)
-        wait(prox, prox.nodes("pve").qemu(vmid).status.start.post())
+        vmid, _clone, _start = _clone_and_start(prox, "keeper", cores=3)
         creds, fingerprint = first.credentials, first.fingerprint
     with SimServer(state, **FAST) as second:
         assert (second.credentials, second.fingerprint) == (creds, fingerprint)
@@ -69,11 +78,7 @@ def test_finished_tasks_survive_a_restart_with_their_final_status_and_log(
     state = tmp_path / "state"
     with SimServer(state, **FAST) as first:
         prox = token_api(first)
-        vmid = int(prox.cluster.nextid.get())
-        clone = prox.nodes("pve").qemu(9000).clone.post(newid=vmid, name="tasks")
-        wait(prox, clone)
-        start = prox.nodes("pve").qemu(vmid).status.start.post()
-        wait(prox, start)
+        _vmid, clone, start = _clone_and_start(prox, "tasks")
         logs = {upid: prox.nodes("pve").tasks(upid).log.get() for upid in (clone, start)}
     saved = json.loads((state / "state.json").read_text())
     assert {t["upid"]: t["status"] for t in saved["tasks"]}[clone] == "stopped"
